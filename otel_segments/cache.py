@@ -1,0 +1,47 @@
+"""The latest segment of recently seen users, as ready-made span attributes.
+
+Fed by the refresh job, read by the span processor on every span: a read is one
+dict look-up, never I/O. Bounded, least recently used first out, per process.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from .context import USER_PREFIX, attribute_value
+
+
+def segment_attributes(properties: Mapping[str, object]) -> dict[str, Any]:
+    """``app.user.<P>`` span attributes for segment properties; None and unsupported values are left out."""
+    attributes: dict[str, Any] = {}
+    for key, value in properties.items():
+        clean = attribute_value(key, value)
+        if clean is not None:
+            attributes[USER_PREFIX + key] = clean
+    return attributes
+
+
+class SegmentCache:
+    def __init__(self, maxsize: int = 10_000) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, user_id: str) -> Mapping[str, Any] | None:
+        # Lock-free on purpose: a plain look-up is atomic under the GIL, and the
+        # span hot path must not wait for a writer. Recency is refreshed on write.
+        return self._data.get(user_id)
+
+    def put(self, user_id: str, properties: Mapping[str, object]) -> None:
+        attributes = segment_attributes(properties)
+        with self._lock:
+            self._data[user_id] = attributes
+            self._data.move_to_end(user_id)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)

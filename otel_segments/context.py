@@ -1,0 +1,228 @@
+"""Who the current request is for, held in a ``contextvars.ContextVar``.
+
+Each thread and each asyncio task sees its own value, so one user's properties
+never reach another user's span. The span attributes are computed once, when the
+user is set, so the span processor only reads a finished dict.
+
+Threads started from a ``ThreadPoolExecutor`` do not inherit the caller's
+context: submit ``contextvars.copy_context().run`` (or set the user inside the
+worker) to carry the user across.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import inspect
+import logging
+import math
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar, Token
+from typing import Any, TypeVar
+
+_logger = logging.getLogger(__name__)
+
+USER_ID = "user.id"
+USER_ROLES = "user.roles"
+USER_PREFIX = "app.user."
+
+#: Keys that name a person. They are dropped from user properties unless the app
+#: opts in with ``allow_pii=True`` (``configure(allow_pii=True)``).
+PII_KEYS = frozenset(
+    {
+        "name",
+        "full_name",
+        "first_name",
+        "last_name",
+        "display_name",
+        "username",
+        "user_name",
+        "email",
+        "email_address",
+        "phone",
+        "phone_number",
+        "address",
+        "ip",
+        "ip_address",
+    }
+)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_warned_keys: set[str] = set()
+_policy: dict[str, Any] = {"hash_key": None, "allow_pii": False}
+
+
+def set_privacy_policy(*, hash_key: bytes | None = None, allow_pii: bool = False) -> None:
+    """Choose how identity leaves the process: ``hash_key`` sends an HMAC-SHA256 of each user id instead of the id."""
+    _policy["hash_key"] = hash_key
+    _policy["allow_pii"] = allow_pii
+
+
+def pseudonymize(user_id: str) -> str:
+    """The id as it leaves the process: itself, or its keyed hash when a hash key is set."""
+    key = _policy["hash_key"]
+    if key is None:
+        return user_id
+    return hmac.new(key, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+def _warn_once(key: str, message: str, *args: object) -> None:
+    if key not in _warned_keys and len(_warned_keys) < 1000:
+        _warned_keys.add(key)
+        _logger.warning(message, *args)
+
+
+def _text(value: str | bytes) -> str:
+    """Valid UTF-8 text: a lone surrogate or stray byte would make the whole OTLP batch unencodable."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def attribute_value(key: str, value: object) -> Any:
+    """``value`` as a valid span attribute value, or None when it cannot be one (then it is left out)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**63 else str(value)  # OTLP ints are int64
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, str | bytes):
+        return _text(value)
+    if isinstance(value, list | tuple):
+        items = [attribute_value(key, v) for v in value]
+        items = [v for v in items if v is not None]
+        if items and len({type(v) for v in items}) == 1:
+            return tuple(items)
+        if not items:
+            return None
+    _warn_once(key, "otel_segments: user property %r has an unsupported type %s; it is left out", key, type(value).__name__)
+    return None
+
+
+class UserProperties:
+    """One user's span attributes, validated once."""
+
+    __slots__ = ("attributes", "user_id")
+
+    def __init__(
+        self,
+        user_id: object,
+        *,
+        role: object = None,
+        is_admin: object = None,
+        auth_method: object = None,
+        **extra: object,
+    ) -> None:
+        self.user_id = _text(user_id if isinstance(user_id, str | bytes) else str(user_id))
+        attributes: dict[str, Any] = {USER_ID: pseudonymize(self.user_id)}
+        role_value = attribute_value("role", role)
+        if isinstance(role_value, str):
+            attributes[USER_ROLES] = (role_value,)
+            attributes[USER_PREFIX + "role"] = role_value
+        if isinstance(is_admin, bool):
+            attributes[USER_PREFIX + "is_admin"] = is_admin
+        elif is_admin is not None:
+            _warn_once("is_admin", "otel_segments: is_admin must be a bool, got %s; it is left out", type(is_admin).__name__)
+        auth_value = attribute_value("auth_method", auth_method)
+        if auth_value is not None:
+            attributes[USER_PREFIX + "auth_method"] = auth_value
+        for key, value in extra.items():
+            if key.lower() in PII_KEYS and not _policy["allow_pii"]:
+                _warn_once(key, "otel_segments: user property %r names a person; it is not sent (allow_pii=False)", key)
+                continue
+            clean = attribute_value(key, value)
+            if clean is not None:
+                attributes[USER_PREFIX + _text(key)] = clean
+        self.attributes: Mapping[str, Any] = attributes
+
+    def __repr__(self) -> str:
+        return f"UserProperties(user_id={self.user_id!r})"
+
+
+_current_user: ContextVar[UserProperties | None] = ContextVar("otel_segments_user", default=None)
+
+
+def current_user() -> UserProperties | None:
+    return _current_user.get()
+
+
+def _properties(user_id: object, kwargs: dict[str, object]) -> UserProperties | None:
+    if user_id is None or user_id == "" or user_id == b"":
+        return None
+    try:
+        return UserProperties(user_id, **kwargs)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - bad input from the host app must not break its request
+        _warn_once("<user>", "otel_segments: could not read the user's properties; the span carries none", exc_info=True)
+        return None
+
+
+def set_user(
+    user_id: object, *, role: object = None, is_admin: object = None, auth_method: object = None, **extra: object
+) -> Token[UserProperties | None]:
+    """Make ``user_id`` the current user until :func:`clear_user` (for frameworks with request hooks)."""
+    props = _properties(user_id, {"role": role, "is_admin": is_admin, "auth_method": auth_method, **extra})
+    return _current_user.set(props)
+
+
+def clear_user(token: Token[UserProperties | None] | None = None) -> None:
+    """Forget the current user; with the token from :func:`set_user`, restore the one before it."""
+    if token is not None:
+        try:
+            _current_user.reset(token)
+            return
+        except ValueError:  # token from another context: fall back to clearing
+            pass
+    _current_user.set(None)
+
+
+class user_context:  # noqa: N801 - reads as a function at call sites, like contextlib's helpers
+    """Mark the code inside as working for one user; a context manager and a decorator.
+
+    >>> with user_context(42, role="admin", is_admin=True):
+    ...     handle_request()
+    """
+
+    def __init__(
+        self, user_id: object, *, role: object = None, is_admin: object = None, auth_method: object = None, **extra: object
+    ) -> None:
+        self.properties = _properties(user_id, {"role": role, "is_admin": is_admin, "auth_method": auth_method, **extra})
+        self._tokens: list[Token[UserProperties | None]] = []
+
+    def __enter__(self) -> UserProperties | None:
+        self._tokens.append(_current_user.set(self.properties))
+        return self.properties
+
+    def __exit__(self, *exc: object) -> None:
+        _current_user.reset(self._tokens.pop())
+
+    def __call__(self, func: _F) -> _F:
+        props = self.properties
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                token = _current_user.set(props)
+                try:
+                    return await func(*args, **kwargs)
+                finally:
+                    _current_user.reset(token)
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            token = _current_user.set(props)
+            try:
+                return func(*args, **kwargs)
+            finally:
+                _current_user.reset(token)
+
+        return wrapper  # type: ignore[return-value]

@@ -1,0 +1,64 @@
+"""The span processor that stamps every span with the super properties."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from .cache import SegmentCache
+from .context import current_user
+from .properties import ProcessProperties, detect_process_properties
+
+_logger = logging.getLogger(__name__)
+
+
+class SuperPropertiesSpanProcessor(SpanProcessor):
+    """Writes the process's and the current user's properties onto each span, in one call.
+
+    Everything is computed before ``on_start``: the process part here, the user
+    part when the user is set, the segment part when the refresh job runs. On the
+    hot path there is one context-variable read, one dict look-up and one
+    ``set_attributes``. It never raises into the app: the SDK calls ``on_start``
+    inside the app's ``start_span`` with no guard of its own.
+
+    Beware: these attributes identify users. Set ``OTEL_SEGMENTS_USER_ID_HASH_KEY``
+    to send a keyed hash instead of the id where the backend must not hold ids.
+    """
+
+    def __init__(self, process: ProcessProperties | None = None, segments: SegmentCache | None = None) -> None:
+        self._process: Mapping[str, Any] = dict((process or detect_process_properties()).attributes)
+        self._segments = segments
+        self._failed = False
+
+    @property
+    def segments(self) -> SegmentCache | None:
+        return self._segments
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        try:
+            user = current_user()
+            if user is None:
+                span.set_attributes(self._process)
+                return
+            segment = self._segments.get(user.user_id) if self._segments is not None else None
+            if segment:
+                span.set_attributes({**self._process, **segment, **user.attributes})
+            else:
+                span.set_attributes({**self._process, **user.attributes})
+        except Exception:
+            if not self._failed:
+                self._failed = True
+                _logger.exception("otel_segments: could not add super properties to a span; further failures are silent")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
