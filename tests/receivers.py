@@ -1,0 +1,220 @@
+"""Real OTLP receivers for the tests: HTTP/protobuf and gRPC servers on loopback.
+
+They decode what the SDK's exporters send with opentelemetry-proto, exactly as a
+collector would, and keep each request with its headers for assertions.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+_REQUEST_TYPES = {
+    "traces": (trace_service_pb2.ExportTraceServiceRequest, trace_service_pb2.ExportTraceServiceResponse),
+    "metrics": (metrics_service_pb2.ExportMetricsServiceRequest, metrics_service_pb2.ExportMetricsServiceResponse),
+    "logs": (logs_service_pb2.ExportLogsServiceRequest, logs_service_pb2.ExportLogsServiceResponse),
+}
+
+
+def any_value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return tuple(any_value(v) for v in value.array_value.values)
+    if kind == "kvlist_value":
+        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
+    return getattr(value, kind)
+
+
+def attributes(kvs: Any) -> dict[str, Any]:
+    return {kv.key: any_value(kv.value) for kv in kvs}
+
+
+@dataclass
+class Export:
+    signal: str
+    headers: dict[str, str]
+    request: Any
+
+
+@dataclass
+class ReceivedSpan:
+    name: str
+    attributes: dict[str, Any]
+    resource: dict[str, Any]
+    trace_id: str
+    status_code: int
+
+
+@dataclass
+class ReceivedLog:
+    event_name: str
+    body: Any
+    attributes: dict[str, Any]
+    resource: dict[str, Any]
+
+
+@dataclass
+class ReceivedPoint:
+    metric: str
+    value: float
+    attributes: dict[str, Any]
+    resource: dict[str, Any]
+
+
+@dataclass
+class Receiver:
+    """What a receiver got; shared by the HTTP and gRPC flavours."""
+
+    exports: list[Export] = field(default_factory=list)
+    status: int = 200
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, signal: str, headers: dict[str, str], request: Any) -> None:
+        with self.lock:
+            self.exports.append(Export(signal, {k.lower(): v for k, v in headers.items()}, request))
+
+    def of(self, signal: str) -> list[Export]:
+        with self.lock:
+            return [e for e in self.exports if e.signal == signal]
+
+    def spans(self) -> list[ReceivedSpan]:
+        out = []
+        for export in self.of("traces"):
+            for rs in export.request.resource_spans:
+                resource = attributes(rs.resource.attributes)
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        out.append(
+                            ReceivedSpan(span.name, attributes(span.attributes), resource, span.trace_id.hex(), span.status.code)
+                        )
+        return out
+
+    def logs(self) -> list[ReceivedLog]:
+        out = []
+        for export in self.of("logs"):
+            for rl in export.request.resource_logs:
+                resource = attributes(rl.resource.attributes)
+                for sl in rl.scope_logs:
+                    for record in sl.log_records:
+                        out.append(ReceivedLog(record.event_name, any_value(record.body), attributes(record.attributes), resource))
+        return out
+
+    def points(self) -> list[ReceivedPoint]:
+        out = []
+        for export in self.of("metrics"):
+            for rm in export.request.resource_metrics:
+                resource = attributes(rm.resource.attributes)
+                for sm in rm.scope_metrics:
+                    for metric in sm.metrics:
+                        data = metric.WhichOneof("data")
+                        for point in getattr(metric, data).data_points:
+                            value = point.as_int if point.WhichOneof("value") == "as_int" else point.as_double
+                            out.append(ReceivedPoint(metric.name, value, attributes(point.attributes), resource))
+        return out
+
+    def wait_for(self, predicate: Callable[[Receiver], Any], timeout: float = 15.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = predicate(self)
+            if result:
+                return result
+            time.sleep(0.05)
+        raise AssertionError(f"receiver did not get what was expected within {timeout}s; got {len(self.exports)} exports")
+
+
+class HttpReceiver(Receiver):
+    """OTLP/HTTP (protobuf) on ``/v1/traces``, ``/v1/metrics``, ``/v1/logs``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                signal = self.path.rstrip("/").rsplit("/", 1)[-1]
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                if signal not in _REQUEST_TYPES:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                request_type, response_type = _REQUEST_TYPES[signal]
+                request = request_type()
+                request.ParseFromString(body)
+                receiver.record(signal, dict(self.headers.items()), request)
+                payload = response_type().SerializeToString()
+                self.send_response(receiver.status)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class GrpcReceiver(Receiver):
+    """OTLP/gRPC: the collector's three services on one insecure port."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        receiver = self
+
+        def servicer(signal: str, base: type, method: str) -> Any:
+            _, response_type = _REQUEST_TYPES[signal]
+
+            def export(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+                receiver.record(signal, dict(context.invocation_metadata()), request)
+                return response_type()
+
+            return type(f"{signal}Servicer", (base,), {method: export})()
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
+            servicer("traces", trace_service_pb2_grpc.TraceServiceServicer, "Export"), self.server
+        )
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
+            servicer("metrics", metrics_service_pb2_grpc.MetricsServiceServicer, "Export"), self.server
+        )
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(
+            servicer("logs", logs_service_pb2_grpc.LogsServiceServicer, "Export"), self.server
+        )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.server.start()
+
+    def close(self) -> None:
+        self.server.stop(grace=None)
+
+
+def serve(kind: str) -> Iterator[Receiver]:
+    receiver: HttpReceiver | GrpcReceiver = HttpReceiver() if kind == "http" else GrpcReceiver()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
