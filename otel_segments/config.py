@@ -131,17 +131,19 @@ def _secret(env: Mapping[str, str], name: str) -> Secret | None:
     return Secret(value) if value else None
 
 
+_MAX_INT = 2**31 - 1  # ~24 days in ms: larger timer values overflow the thread primitives
+
+
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        _logger.warning("%s=%r is not an integer; using the default %d", name, raw[:64], default)
+    if len(raw) > 12 or not raw.isascii() or not raw.lstrip("-").isdigit():
+        _logger.warning("%s=%r is not an integer from 1 to %d; using the default %d", name, raw[:64], _MAX_INT, default)
         return default
-    if value <= 0:
-        _logger.warning("%s=%d must be positive; using the default %d", name, value, default)
+    value = int(raw)
+    if not 0 < value <= _MAX_INT:
+        _logger.warning("%s=%d is not an integer from 1 to %d; using the default %d", name, value, _MAX_INT, default)
         return default
     return value
 

@@ -110,7 +110,8 @@ class Receiver:
                 resource = attributes(rl.resource.attributes)
                 for sl in rl.scope_logs:
                     for record in sl.log_records:
-                        out.append(ReceivedLog(record.event_name, any_value(record.body), attributes(record.attributes), resource))
+                        body = any_value(record.body)
+                        out.append(ReceivedLog(record.event_name, body, attributes(record.attributes), resource))
         return out
 
     def points(self) -> list[ReceivedPoint]:
@@ -144,7 +145,7 @@ class HttpReceiver(Receiver):
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 signal = self.path.rstrip("/").rsplit("/", 1)[-1]
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
