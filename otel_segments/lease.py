@@ -1,0 +1,77 @@
+"""One refresher per fleet: a lease row in the state database.
+
+Many processes (gunicorn workers, pods) share one database; per interval only
+the lease holder refreshes. The lease is a row updated with a compare-and-set
+``UPDATE``, which every SQL database runs atomically, so SQLite and PostgreSQL
+behave the same. A holder that dies stops renewing and another takes over once
+the lease expires.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import Column, DateTime, MetaData, String, Table, and_, insert, or_, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+metadata = MetaData()
+lease_table = Table(
+    "otel_segments_lease",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("expires_at", DateTime(), nullable=False),  # naive UTC
+)
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    # Stored naive-UTC: SQLite keeps no zone, and comparisons must agree on both databases.
+    return moment.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+class Lease:
+    def __init__(self, engine: Engine, name: str = "refresh", holder: str | None = None) -> None:
+        self.engine = engine
+        self.name = name
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        metadata.create_all(engine, tables=[lease_table])
+
+    def acquire(self, ttl: timedelta, now: datetime | None = None) -> bool:
+        """Take or renew the lease for ``ttl``; False when another live holder has it."""
+        now = _naive_utc(now or datetime.now(timezone.utc))
+        expires = now + ttl
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                update(lease_table)
+                .where(
+                    and_(
+                        lease_table.c.name == self.name,
+                        or_(lease_table.c.holder == self.holder, lease_table.c.expires_at < now),
+                    )
+                )
+                .values(holder=self.holder, expires_at=expires)
+            ).rowcount
+        if taken:
+            return True
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(lease_table).values(name=self.name, holder=self.holder, expires_at=expires))
+            return True
+        except IntegrityError:
+            return False
+
+    def release(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(lease_table)
+                .where(and_(lease_table.c.name == self.name, lease_table.c.holder == self.holder))
+                .values(expires_at=datetime(1970, 1, 1))
+            )
+
+    def reset_holder(self) -> None:
+        """A forked child is a new holder: it must not inherit its parent's lease."""
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
