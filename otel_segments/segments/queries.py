@@ -1,0 +1,250 @@
+"""All users' segments in a few aggregate queries, streamed in keyset batches.
+
+Per batch of users (ordered by id, ``id > last`` keyset) there are at most four
+queries whatever the batch size: the users (with admin status), one conditional
+aggregation over activity grouped by user, one over activity joined to projects,
+one over tasks. The aggregates are restricted to the batch's id range, so each
+reads only its slice of the activity index and memory stays bounded by the
+batch size, at any number of users. The same SQLAlchemy Core runs on SQLite
+and PostgreSQL. Naive datetimes in the database are read as UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, exists, false, func, literal, select
+from sqlalchemy.engine import Connection, Engine
+
+from . import UserSegment
+from .rules import WINDOWS, UserActivity, next_change, person_properties, utc
+from .schema import BoundSchema, SchemaMapping, bind
+
+DEFAULT_BATCH_SIZE = 10_000
+_ID_CHUNK = 5_000  # ids per IN (...) list: well under SQLite's and PostgreSQL's parameter limits
+
+
+@dataclass(frozen=True)
+class AggregatedUser:
+    """One user's aggregates, plus the oldest entry inside each window (for :func:`rules.next_change`)."""
+
+    activity: UserActivity
+    oldest_in_window: dict[timedelta, datetime | None]
+
+    def segment(self, now: datetime) -> UserSegment:
+        return person_properties(self.activity, now=now)
+
+    def due_at(self, now: datetime) -> datetime | None:
+        return next_change(self.activity, self.oldest_in_window, now=now)
+
+
+def compute_segments(
+    engine: Engine,
+    schema: SchemaMapping | BoundSchema,
+    *,
+    now: datetime,
+    user_ids: Iterable[str] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Iterator[UserSegment]:
+    """Every user's (or only ``user_ids``') :class:`UserSegment`, in user id order, streamed."""
+    for user in aggregate_users(engine, schema, now=now, user_ids=user_ids, batch_size=batch_size):
+        yield user.segment(now)
+
+
+def aggregate_users(
+    engine: Engine,
+    schema: SchemaMapping | BoundSchema,
+    *,
+    now: datetime,
+    user_ids: Iterable[str] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Iterator[AggregatedUser]:
+    bound = schema if isinstance(schema, BoundSchema) else bind(schema, engine)
+    queries = _Queries(bound, utc(now))
+    with engine.connect() as conn:
+        if user_ids is None:
+            last: Any = None
+            while True:
+                users = conn.execute(queries.users(after=last, limit=batch_size)).all()
+                if not users:
+                    return
+                last = users[-1][0]
+                yield from queries.batch(conn, users, ids=None)
+                if len(users) < batch_size:
+                    return
+        else:
+            ids = queries.coerce_ids(user_ids)
+            for start in range(0, len(ids), _ID_CHUNK):
+                chunk = ids[start : start + _ID_CHUNK]
+                users = conn.execute(queries.users(ids=chunk)).all()
+                if users:
+                    yield from queries.batch(conn, users, ids=chunk)
+
+
+class _Queries:
+    """The SQL for one bound schema at one ``now``."""
+
+    def __init__(self, bound: BoundSchema, now: datetime) -> None:
+        self.bound = bound
+        self.now = now
+        self.mapping = bound.mapping
+
+    def coerce_ids(self, user_ids: Iterable[str]) -> list[Any]:
+        """distinct_ids are strings; compare them as the id column's own type, sorted and unique."""
+        python_type: type | None
+        try:
+            python_type = self.bound.users.c[self.mapping.users.id].type.python_type
+        except NotImplementedError:
+            python_type = None
+        out = set()
+        for raw in user_ids:
+            if python_type is int:
+                try:
+                    out.add(int(raw))
+                except (TypeError, ValueError):
+                    continue  # cannot be a user of this table
+            else:
+                out.add(str(raw))
+        return sorted(out)
+
+    def _time(self, column: Any, value: datetime) -> datetime:
+        """A bound parameter comparable with ``column``: aware UTC for timezone columns, naive UTC otherwise."""
+        if getattr(column.type, "timezone", False):
+            return value
+        return value.replace(tzinfo=None)
+
+    def users(self, *, after: Any = None, limit: int | None = None, ids: Sequence[Any] | None = None) -> Any:
+        u = self.mapping.users
+        t = self.bound.users
+        uid = t.c[u.id]
+        columns: list[Any] = [uid]
+        for name in (u.created_at, u.last_login, u.role, u.auth_method):
+            columns.append(t.c[name] if name else literal(None))
+        columns.append(self._is_admin())
+        query = select(*columns)
+        if ids is not None:
+            query = query.where(uid.in_(ids))
+        elif after is not None:
+            query = query.where(uid > after)
+        query = query.order_by(uid)
+        return query.limit(limit) if limit else query
+
+    def _is_admin(self) -> Any:
+        u = self.mapping.users
+        t = self.bound.users
+        conditions: list[ColumnElement[bool]] = []
+        if u.role:
+            conditions.append(t.c[u.role].in_(u.admin_role_values))
+        if self.bound.roles is not None and u.roles is not None:
+            r = u.roles
+            association, roles = self.bound.roles
+            conditions.append(
+                exists().where(
+                    association.c[r.user_id] == t.c[u.id],
+                    association.c[r.role_id] == roles.c[r.roles_id],
+                    roles.c[r.roles_name].in_(r.admin_names),
+                )
+            )
+        if not conditions:
+            return literal(None)
+        return case(*[(c, 1) for c in conditions], else_=0)
+
+    def batch(self, conn: Connection, users: Sequence[Any], *, ids: Sequence[Any] | None) -> Iterator[AggregatedUser]:
+        lo, hi = users[0][0], users[-1][0]
+        activity = {row[0]: row for row in conn.execute(self._activity(lo, hi, ids))}
+        projects = {row[0]: row for row in conn.execute(self._projects(lo, hi, ids))} if self.bound.projects is not None else None
+        tasks = {row[0]: row for row in conn.execute(self._tasks(lo, hi, ids))} if self.bound.tasks is not None else None
+        a = self.mapping.activity
+        for uid, created_at, last_login, role, auth, admin in users:
+            act = activity.get(uid)
+            counts = dict(
+                entries_all_time=act[1] if act else 0,
+                entries_24h=int(act[2] or 0) if act else 0,
+                entries_7d=int(act[3] or 0) if act else 0,
+                entries_30d=int(act[4] or 0) if act else 0,
+            )
+            if a.source:
+                counts["timer_entries"] = int(act[5] or 0) if act else 0
+                counts["manual_entries"] = int(act[6] or 0) if act else 0
+            if a.duration_seconds:
+                counts["total_seconds"] = float(act[7] or 0) if act else 0.0
+            if projects is not None:
+                p = projects.get(uid)
+                counts["total_projects"] = p[1] if p else 0
+                counts["active_projects"] = p[2] if p else 0
+            if tasks is not None:
+                t = tasks.get(uid)
+                counts["assigned_tasks"] = int(t[1] or 0) if t else 0
+                counts["completed_tasks"] = int(t[2] or 0) if t else 0
+            row = UserActivity(
+                user_id=str(uid),
+                created_at=_datetime(created_at),
+                last_login=_datetime(last_login),
+                role=None if role is None else str(role),
+                is_admin=None if admin is None else bool(admin),
+                auth_method=None if auth is None else str(auth),
+                **counts,
+            )
+            oldest = {w: _datetime(act[8 + i]) if act else None for i, w in enumerate(WINDOWS)}
+            yield AggregatedUser(activity=row, oldest_in_window=oldest)
+
+    def _range(self, column: Any, lo: Any, hi: Any, ids: Sequence[Any] | None) -> ColumnElement[bool]:
+        return column.in_(ids) if ids is not None else and_(column >= lo, column <= hi)
+
+    def _activity(self, lo: Any, hi: Any, ids: Sequence[Any] | None) -> Any:
+        a = self.mapping.activity
+        t = self.bound.activity
+        uid, ts = t.c[a.user_id], t.c[a.timestamp]
+        since = [self._time(ts, self.now - w) for w in WINDOWS]
+        in_window = [ts >= s for s in since]
+        columns: list[Any] = [uid, func.count()]
+        columns += [func.sum(case((cond, 1), else_=0)) for cond in in_window]
+        if a.source:
+            source = t.c[a.source]
+            columns.append(func.sum(case((source.in_(a.timer_values) if a.timer_values else false(), 1), else_=0)))
+            columns.append(func.sum(case((source.in_(a.manual_values) if a.manual_values else false(), 1), else_=0)))
+        else:
+            columns += [literal(None), literal(None)]
+        columns.append(func.sum(t.c[a.duration_seconds]) if a.duration_seconds else literal(None))
+        columns += [func.min(case((cond, ts), else_=None)) for cond in in_window]
+        return select(*columns).where(self._range(uid, lo, hi, ids)).group_by(uid)
+
+    def _projects(self, lo: Any, hi: Any, ids: Sequence[Any] | None) -> Any:
+        a, p = self.mapping.activity, self.mapping.projects
+        assert p is not None and a.project_id and self.bound.projects is not None
+        t, pt = self.bound.activity, self.bound.projects
+        uid, pid = t.c[a.user_id], t.c[a.project_id]
+        active = case((pt.c[p.status].in_(p.active_values), pid), else_=None)
+        return (
+            select(uid, func.count(pid.distinct()), func.count(active.distinct()))
+            .select_from(t.join(pt, pt.c[p.id] == pid))
+            .where(self._range(uid, lo, hi, ids))
+            .group_by(uid)
+        )
+
+    def _tasks(self, lo: Any, hi: Any, ids: Sequence[Any] | None) -> Any:
+        k = self.mapping.tasks
+        assert k is not None and self.bound.tasks is not None
+        t = self.bound.tasks
+        assignee, status = t.c[k.assignee], t.c[k.status]
+        not_open = (*k.done_values, *k.closed_values)
+        open_ = and_(status.is_not(None), status.not_in(not_open)) if not_open else status.is_not(None)
+        done = status.in_(k.done_values) if k.done_values else false()
+        return (
+            select(assignee, func.sum(case((open_, 1), else_=0)), func.sum(case((done, 1), else_=0)))
+            .where(self._range(assignee, lo, hi, ids))
+            .group_by(assignee)
+        )
+
+
+def _datetime(value: Any) -> datetime | None:
+    """Dates from any driver as datetimes (SQLite may hand back text for untyped columns)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        return None

@@ -1,0 +1,248 @@
+"""Segment rules: pure functions of counts and dates, each threshold named once.
+
+Every property name, formula and threshold is the reference's (TimeTracker's
+``posthog_segmentation.py``), with its defects fixed:
+
+- assigned tasks are the tasks assigned to the user whose status is neither done
+  nor cancelled (the reference's query could never run, so it always sent 0);
+- the timer/manual split uses the mapping's sets of source values;
+- the auth method is the mapping's auth column (TimeTracker: ``auth_provider``);
+- times are timezone-aware UTC ISO 8601 strings;
+- no value is ever None: an unknown property is left out (``username`` is never sent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from . import UserSegment
+
+DAY = timedelta(days=1)
+TICK = timedelta(microseconds=1)  # the resolution of Python and PostgreSQL timestamps
+
+# Windows over the activity timestamp; an entry at exactly ``now - window`` is inside.
+WINDOW_24H = timedelta(hours=24)
+WINDOW_7D = timedelta(days=7)
+WINDOW_30D = timedelta(days=30)
+WINDOWS = (WINDOW_24H, WINDOW_7D, WINDOW_30D)
+
+# engagement_level: entries in the last 7 days, at least this many.
+VERY_HIGH_ENGAGEMENT_MIN = 20
+HIGH_ENGAGEMENT_MIN = 10
+MEDIUM_ENGAGEMENT_MIN = 3
+LOW_ENGAGEMENT_MIN = 1
+
+# activity_trend: 7-day entries against the 30-day count divided by these.
+INCREASING_DIVISOR = 4  # 7d > 30d / 4: increasing
+DECREASING_DIVISOR = 5  # 7d < 30d / 5: decreasing
+
+# preferred_tracking_method: timer share of timer + manual entries, in percent, strictly above.
+TIMER_PERCENT_ABOVE = 70
+MIXED_PERCENT_ABOVE = 30
+
+# account_age_category: days, strictly below.
+NEW_ACCOUNT_DAYS = 7
+RECENT_ACCOUNT_DAYS = 30
+ESTABLISHED_ACCOUNT_DAYS = 180
+ACCOUNT_AGE_EDGES = (NEW_ACCOUNT_DAYS, RECENT_ACCOUNT_DAYS, ESTABLISHED_ACCOUNT_DAYS)
+
+POWER_USER_MIN_7D = HIGH_ENGAGEMENT_MIN
+
+
+def engagement_level(entries_7d: int) -> str:
+    if entries_7d >= VERY_HIGH_ENGAGEMENT_MIN:
+        return "very_high"
+    if entries_7d >= HIGH_ENGAGEMENT_MIN:
+        return "high"
+    if entries_7d >= MEDIUM_ENGAGEMENT_MIN:
+        return "medium"
+    if entries_7d >= LOW_ENGAGEMENT_MIN:
+        return "low"
+    return "inactive"
+
+
+def activity_trend(entries_7d: int, entries_30d: int) -> str:
+    """Compare the last week with a quarter (or a fifth) of the last 30 days; exact rational comparison."""
+    if entries_7d * INCREASING_DIVISOR > entries_30d:
+        return "increasing"
+    if entries_7d * DECREASING_DIVISOR < entries_30d:
+        return "decreasing"
+    return "stable"
+
+
+def is_active_user(entries_7d: int) -> bool:
+    return entries_7d > 0
+
+
+def is_power_user(entries_7d: int) -> bool:
+    return entries_7d >= POWER_USER_MIN_7D
+
+
+def is_at_risk(entries_7d: int, entries_all_time: int) -> bool:
+    """Tracked before, nothing in the last week."""
+    return entries_7d == 0 and entries_all_time > 0
+
+
+def timer_usage_percent(timer_entries: int, manual_entries: int) -> float:
+    total = timer_entries + manual_entries
+    return round(timer_entries / total * 100, 1) if total else 0.0
+
+
+def preferred_tracking_method(timer_percent: float) -> str:
+    """From the rounded percentage, as the reference does."""
+    if timer_percent > TIMER_PERCENT_ABOVE:
+        return "timer"
+    if timer_percent > MIXED_PERCENT_ABOVE:
+        return "mixed"
+    return "manual"
+
+
+def account_age_category(age_days: int) -> str:
+    if age_days < NEW_ACCOUNT_DAYS:
+        return "new"
+    if age_days < RECENT_ACCOUNT_DAYS:
+        return "recent"
+    if age_days < ESTABLISHED_ACCOUNT_DAYS:
+        return "established"
+    return "long_term"
+
+
+def is_new_user(age_days: int) -> bool:
+    return age_days < NEW_ACCOUNT_DAYS
+
+
+def is_established_user(age_days: int) -> bool:
+    return age_days >= RECENT_ACCOUNT_DAYS
+
+
+def total_hours(total_seconds: float) -> float:
+    return round(total_seconds / 3600, 1)
+
+
+def whole_days(since: datetime, now: datetime) -> int:
+    """Whole days elapsed, floored like ``timedelta.days``."""
+    return (now - since) // DAY
+
+
+def utc(value: datetime) -> datetime:
+    """Naive datetimes are UTC (as the app stores them); aware ones are converted."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def iso(value: datetime) -> str:
+    return utc(value).isoformat()
+
+
+@dataclass(frozen=True)
+class UserActivity:
+    """One user's aggregated row, as the batched queries produce it.
+
+    None means "not known for this app" (its table or column is not mapped):
+    the properties that depend on it are left out.
+    """
+
+    user_id: str
+    created_at: datetime | None = None
+    last_login: datetime | None = None
+    role: str | None = None
+    is_admin: bool | None = None
+    auth_method: str | None = None
+    entries_24h: int = 0
+    entries_7d: int = 0
+    entries_30d: int = 0
+    entries_all_time: int = 0
+    timer_entries: int | None = None
+    manual_entries: int | None = None
+    total_seconds: float | None = None
+    active_projects: int | None = None
+    total_projects: int | None = None
+    assigned_tasks: int | None = None
+    completed_tasks: int | None = None
+
+
+def person_properties(row: UserActivity, *, now: datetime) -> UserSegment:
+    """The full ``$set`` / ``$set_once`` of one user, with every reference property that is known."""
+    now = utc(now)
+    props: dict[str, object] = {}
+    if row.role is not None:
+        props["role"] = row.role
+    if row.is_admin is not None:
+        props["is_admin"] = row.is_admin
+    if row.auth_method is not None:
+        props["auth_method"] = row.auth_method
+
+    e7, e30, total = row.entries_7d, row.entries_30d, row.entries_all_time
+    props.update(
+        entries_last_24h=row.entries_24h,
+        entries_last_7_days=e7,
+        entries_last_30_days=e30,
+        entries_all_time=total,
+        engagement_level=engagement_level(e7),
+        activity_trend=activity_trend(e7, e30),
+        is_active_user=is_active_user(e7),
+        is_power_user=is_power_user(e7),
+        is_at_risk=is_at_risk(e7, total),
+    )
+
+    if row.total_projects is not None:
+        props["active_projects_count"] = row.active_projects or 0
+        props["total_projects_count"] = row.total_projects
+    if row.assigned_tasks is not None:
+        props["assigned_tasks_count"] = row.assigned_tasks
+        props["completed_tasks_count"] = row.completed_tasks or 0
+    if row.timer_entries is not None and row.manual_entries is not None:
+        percent = timer_usage_percent(row.timer_entries, row.manual_entries)
+        props.update(
+            timer_entries_count=row.timer_entries,
+            manual_entries_count=row.manual_entries,
+            timer_usage_percent=percent,
+            preferred_tracking_method=preferred_tracking_method(percent),
+            uses_timer=row.timer_entries > 0,
+            uses_manual_entry=row.manual_entries > 0,
+        )
+    if row.total_seconds is not None:
+        props["total_hours_tracked"] = total_hours(row.total_seconds)
+
+    if row.created_at is not None:
+        age = whole_days(utc(row.created_at), now)
+        props.update(
+            account_age_days=age,
+            account_age_category=account_age_category(age),
+            is_new_user=is_new_user(age),
+            is_established_user=is_established_user(age),
+        )
+    if row.last_login is not None:
+        props["last_login"] = iso(row.last_login)
+        props["days_since_last_login"] = whole_days(utc(row.last_login), now)
+    props["last_segment_update"] = now.isoformat()
+
+    once: dict[str, object] = {}
+    if row.created_at is not None:
+        once["first_login"] = iso(row.created_at)
+    if row.auth_method is not None:
+        once["signup_method"] = row.auth_method
+    return UserSegment(distinct_id=row.user_id, set=props, set_once=once)
+
+
+def next_change(row: UserActivity, oldest_in_window: dict[timedelta, datetime | None], *, now: datetime) -> datetime | None:
+    """The earliest moment after ``now`` when a property of ``row`` changes with no new data.
+
+    That is when an entry leaves a 24 h / 7 d / 30 d window, or a day counter
+    (account age, days since login) ticks. ``oldest_in_window`` maps each window
+    to the oldest activity timestamp still inside it. The refresh stores this
+    as the user's due time, so a clock-driven change is never missed.
+    """
+    now = utc(now)
+    candidates: list[datetime] = []
+    for window, oldest in oldest_in_window.items():
+        if oldest is not None:
+            candidates.append(utc(oldest) + window + TICK)  # the first instant it is outside
+    for since in (row.created_at, row.last_login):
+        if since is not None:
+            start = utc(since)
+            candidates.append(start + (whole_days(start, now) + 1) * DAY)
+    later = [c for c in candidates if c > now]
+    return min(later) if later else None

@@ -1,0 +1,190 @@
+"""Refresh and delivery state, in tables the plugin creates in a state database (default: the app's).
+
+``otel_segments_user_state``: per user, the digest of the last computed
+properties, when they were computed, when they are next due (the first moment a
+property changes with the clock alone, or the maximum age), and the properties
+themselves as JSON so a restarted process fills its cache without recomputing.
+
+``otel_segments_delivery``: per (sink, user), the digest last delivered. A user
+is pending for a sink while its computed digest differs from its delivered one,
+so a crash between compute and delivery resends rather than loses an update.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Index, MetaData, String, Table, Text, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from . import UserSegment
+from .rules import utc
+
+_ID_CHUNK = 5_000
+
+
+def _tables(prefix: str) -> tuple[MetaData, Table, Table, Table]:
+    metadata = MetaData()
+    users = Table(
+        f"{prefix}user_state",
+        metadata,
+        Column("user_id", String(255), primary_key=True),
+        Column("digest", String(64), nullable=False),
+        Column("computed_at", DateTime(timezone=True), nullable=False),
+        Column("due_at", DateTime(timezone=True), nullable=False),
+        Column("properties", Text, nullable=False),
+    )
+    Index(f"{prefix}user_state_due_at", users.c.due_at)
+    delivery = Table(
+        f"{prefix}delivery",
+        metadata,
+        Column("sink", String(100), primary_key=True),
+        Column("user_id", String(255), primary_key=True),
+        Column("digest", String(64), nullable=False),
+        Column("delivered_at", DateTime(timezone=True), nullable=False),
+    )
+    meta = Table(f"{prefix}meta", metadata, Column("key", String(100), primary_key=True), Column("value", Text, nullable=False))
+    return metadata, users, delivery, meta
+
+
+class RefreshState:
+    """The state tables in one database; created on first use (``CREATE TABLE IF NOT EXISTS``)."""
+
+    WATERMARK = "watermark"
+
+    def __init__(self, engine: Engine, *, table_prefix: str = "otel_segments_") -> None:
+        self.engine = engine
+        metadata, self.users, self.delivery, self.meta = _tables(table_prefix)
+        metadata.create_all(engine, checkfirst=True)
+
+    # -- refresh side ---------------------------------------------------------------------------
+
+    def watermark(self) -> datetime | None:
+        """The ``now`` of the last completed refresh, or None before the first."""
+        with self.engine.connect() as conn:
+            value = conn.execute(select(self.meta.c.value).where(self.meta.c.key == self.WATERMARK)).scalar()
+        return datetime.fromisoformat(value) if value else None
+
+    def set_watermark(self, when: datetime) -> None:
+        with self.engine.begin() as conn:
+            _upsert(conn, self.meta, [{"key": self.WATERMARK, "value": utc(when).isoformat()}], ["key"])
+
+    def digests(self, user_ids: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(user_ids), _ID_CHUNK):
+                chunk = user_ids[start : start + _ID_CHUNK]
+                query = select(self.users.c.user_id, self.users.c.digest).where(self.users.c.user_id.in_(chunk))
+                out.update((row[0], row[1]) for row in conn.execute(query))
+        return out
+
+    def due(self, now: datetime) -> Iterator[str]:
+        """Users whose segment can have changed with the clock alone, or is older than the maximum age."""
+        with self.engine.connect() as conn:
+            query = select(self.users.c.user_id).where(self.users.c.due_at <= utc(now))
+            for row in conn.execution_options(yield_per=_ID_CHUNK).execute(query):
+                yield row[0]
+
+    def save(self, rows: Sequence[tuple[UserSegment, str, datetime, datetime]]) -> None:
+        """Store (segment, digest, computed_at, due_at) for users whose digest changed."""
+        if not rows:
+            return
+        values = [
+            {
+                "user_id": segment.distinct_id,
+                "digest": digest,
+                "computed_at": utc(computed_at),
+                "due_at": utc(due_at),
+                "properties": json.dumps({"$set": segment.set, "$set_once": segment.set_once}, sort_keys=True),
+            }
+            for segment, digest, computed_at, due_at in rows
+        ]
+        with self.engine.begin() as conn:
+            _upsert(conn, self.users, values, ["user_id"])
+
+    def touch(self, rows: Sequence[tuple[str, datetime, datetime]]) -> None:
+        """Advance computed_at / due_at of users recomputed with an unchanged digest (properties stay)."""
+        if not rows:
+            return
+        statement = (
+            update(self.users)
+            .where(self.users.c.user_id == bindparam("uid"))
+            .values(computed_at=bindparam("computed"), due_at=bindparam("due"))
+        )
+        with self.engine.begin() as conn:
+            conn.execute(statement, [{"uid": u, "computed": utc(c), "due": utc(d)} for u, c, d in rows])
+
+    # -- read side ------------------------------------------------------------------------------
+
+    def segments(self, user_ids: Sequence[str] | None = None) -> Iterator[UserSegment]:
+        """Stored segments (all, or ``user_ids``'), e.g. to fill a cache after a restart without recomputing."""
+        with self.engine.connect() as conn:
+            if user_ids is None:
+                query = select(self.users.c.user_id, self.users.c.properties).order_by(self.users.c.user_id)
+                for row in conn.execution_options(yield_per=_ID_CHUNK).execute(query):
+                    yield _segment(row[0], row[1])
+                return
+            for start in range(0, len(user_ids), _ID_CHUNK):
+                chunk = list(user_ids[start : start + _ID_CHUNK])
+                query = select(self.users.c.user_id, self.users.c.properties).where(self.users.c.user_id.in_(chunk))
+                for row in conn.execute(query):
+                    yield _segment(row[0], row[1])
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(self.users)).scalar() or 0)
+
+    # -- delivery side --------------------------------------------------------------------------
+
+    def pending(self, sink: str, limit: int = 1000) -> list[UserSegment]:
+        """Up to ``limit`` users whose computed digest has not been delivered to ``sink``.
+
+        Deliver them, then call :meth:`mark_delivered` with ``(distinct_id, segment.digest())``
+        for the ones the sink accepted. Oldest computations first.
+        """
+        u, d = self.users, self.delivery
+        query = (
+            select(u.c.user_id, u.c.properties)
+            .select_from(u.outerjoin(d, and_(d.c.sink == sink, d.c.user_id == u.c.user_id)))
+            .where(or_(d.c.digest.is_(None), d.c.digest != u.c.digest))
+            .order_by(u.c.computed_at, u.c.user_id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [_segment(row[0], row[1]) for row in conn.execute(query)]
+
+    def mark_delivered(self, sink: str, delivered: Iterable[tuple[str, str]], *, now: datetime | None = None) -> None:
+        """Record that ``sink`` accepted these ``(user_id, digest)`` pairs."""
+        when = utc(now or datetime.now(timezone.utc))
+        values = [{"sink": sink, "user_id": uid, "digest": digest, "delivered_at": when} for uid, digest in delivered]
+        if values:
+            with self.engine.begin() as conn:
+                _upsert(conn, self.delivery, values, ["sink", "user_id"])
+
+
+def _segment(user_id: str, properties: str) -> UserSegment:
+    data = json.loads(properties)
+    return UserSegment(distinct_id=user_id, set=data.get("$set", {}), set_once=data.get("$set_once", {}))
+
+
+def _upsert(conn: Connection, table: Table, values: list[dict[str, Any]], keys: list[str]) -> None:
+    """INSERT ... ON CONFLICT DO UPDATE on SQLite and PostgreSQL; delete-then-insert elsewhere."""
+    name = conn.dialect.name
+    if name in ("sqlite", "postgresql"):
+        if name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        for start in range(0, len(values), _ID_CHUNK):
+            statement = insert(table)
+            statement = statement.on_conflict_do_update(
+                index_elements=keys, set_={c.name: statement.excluded[c.name] for c in table.c if c.name not in keys}
+            )
+            conn.execute(statement, values[start : start + _ID_CHUNK])
+        return
+    for row in values:
+        conn.execute(delete(table).where(and_(*[table.c[k] == row[k] for k in keys])))
+    conn.execute(table.insert(), values)
