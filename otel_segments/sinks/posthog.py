@@ -1,0 +1,306 @@
+"""PostHog sink: each user's segment as one ``$set`` event, posted synchronously through the posthog SDK.
+
+Why not ``client.set()`` and ``flush()``: the SDK's queue drops events when it is
+full (a warning, nothing else), and ``flush()`` waits for the queue without
+saying whether the batches arrived. A segment update must never be lost, so:
+
+1. events are *built* by a real ``posthog.Client`` (``capture("$set", ...)``) that
+   has ``send=False`` and ``sync_mode=True``: it stamps uuid, timestamp, ``$lib``
+   and the client's ``super_properties`` exactly as for any event, and hands the
+   finished event to ``before_send``, where we take it. That client has no queue,
+   no consumer thread, no atexit hook and no feature-flag poller;
+2. each batch is *sent* with the SDK's own request function,
+   ``posthog.request.batch_post`` (``POST {host}/batch/``, optionally gzip), in the
+   calling thread, and only an HTTP 200 counts.
+
+``deliver`` therefore returns only when PostHog accepted every event of the
+batch, and raises :class:`~otel_segments.sinks.DeliveryError` otherwise; the job
+keeps the users pending and retries on its next cycle. Person-property updates
+are idempotent, so a batch sent twice (after a partial failure) does no harm.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from ..config import Secret
+from ..context import PII_KEYS
+from ..context import _policy as _privacy_policy
+from ..properties import detect_process_properties
+from ..segments import UserSegment
+from . import DeliveryError
+
+_logger = logging.getLogger(__name__)
+
+EVENT = "$set"
+#: The SDK's own limits (``posthog.consumer``): 900 KiB per event, 5 MiB per request body.
+MAX_EVENT_BYTES = 900 * 1024
+MAX_REQUEST_BYTES = 5 * 1024 * 1024
+DEFAULT_BATCH_SIZE = 1000
+DEFAULT_TIMEOUT_S = 10.0
+#: A Retry-After longer than this is capped: one bad header must not stop delivery for days.
+MAX_RETRY_AFTER_S = 600.0
+
+
+class RateLimitedError(DeliveryError):
+    """PostHog answered 429 (or 503 with Retry-After); ``retry_after_s`` says when to come back."""
+
+    def __init__(self, message: str, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PostHogSink:
+    """Delivers :class:`UserSegment` batches to PostHog as person properties, losing none.
+
+    ``super_properties`` (default: this process's properties, e.g.
+    ``deployment.environment.name``) are given to the SDK client as its
+    ``super_properties``, so every event it builds carries them, as event
+    properties; they are not person properties. The distinct id is the user id
+    as the app gives it, so the person matches the app's own PostHog events.
+
+    Nothing runs at construction: the SDK client and the HTTP session are made on
+    the first :meth:`deliver`, and made again in a forked child.
+    """
+
+    def __init__(
+        self,
+        api_key: str | Secret,
+        host: str | None = None,
+        *,
+        super_properties: Mapping[str, Any] | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        gzip: bool = False,
+    ) -> None:
+        key = api_key.reveal() if isinstance(api_key, Secret) else api_key
+        if not key or not key.strip():
+            raise ValueError("PostHogSink needs a project API key")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self._api_key = Secret(key.strip())
+        self._host = (host or "").strip() or None
+        self._super_properties = dict(detect_process_properties().attributes if super_properties is None else super_properties)
+        self.batch_size = batch_size
+        self.timeout_s = timeout_s
+        self.gzip = gzip
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._client: Any = None
+        self._session: requests.Session | None = None
+        self._built: list[dict[str, Any]] = []
+        self._not_before = 0.0
+        self._shut = False
+
+    def __repr__(self) -> str:
+        return f"PostHogSink(host={self.host!r}, batch_size={self.batch_size}, gzip={self.gzip})"
+
+    @property
+    def host(self) -> str:
+        """Where events go, without any credentials embedded in the URL (safe to log)."""
+        from posthog.request import determine_server_host
+
+        parts = urlsplit(determine_server_host(self._host))
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+    @property
+    def super_properties(self) -> Mapping[str, Any]:
+        return dict(self._super_properties)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def _ensure(self) -> Any:
+        """The SDK client and HTTP session of *this* process, made on first use."""
+        pid = os.getpid()
+        if self._client is not None and self._pid == pid:
+            return self._client
+        # In a forked child the parent's pooled sockets must not be reused; they are left, not closed,
+        # so the parent's connections stay intact.
+        from posthog import Posthog
+
+        self._client = Posthog(
+            self._api_key.reveal(),
+            host=self._host,
+            send=False,  # the client only builds events; batch_post below sends them
+            sync_mode=True,  # no queue, no consumer thread, no atexit flush
+            super_properties=self._super_properties,  # <- the process super properties, merged into each event
+            before_send=self._take,
+            capture_mode="v0",  # /batch/ whatever POSTHOG_CAPTURE_MODE says: we post the batch ourselves
+            enable_exception_autocapture=False,
+            enable_local_evaluation=False,
+            disable_geoip=True,
+            max_retries=0,
+        )
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        self._session = session
+        self._pid = pid
+        return self._client
+
+    def _take(self, event: dict[str, Any]) -> dict[str, Any]:
+        self._built.append(event)
+        return event
+
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Nothing is ever pending here (``deliver`` is synchronous); release the client and connections."""
+        with self._lock:
+            self._shut = True
+            client, session = self._client, self._session
+            self._client = self._session = None
+            if self._pid != os.getpid():
+                return
+        if client is not None:
+            try:
+                client.shutdown()
+            except Exception:
+                _logger.warning("otel_segments: the PostHog client did not shut down cleanly", exc_info=True)
+        if session is not None:
+            session.close()
+
+    # -- delivery ----------------------------------------------------------------------------------------------
+
+    def deliver(self, batch: Sequence[UserSegment]) -> None:
+        """Send every update in ``batch``; return only when PostHog answered 200 to all of it."""
+        with self._lock:
+            if self._shut:
+                raise DeliveryError("the PostHog sink is shut down; nothing was sent")
+            wait = self._not_before - time.monotonic()
+            if wait > 0:
+                raise RateLimitedError(
+                    f"PostHog at {self.host} asked us to wait; {wait:.0f}s left, {len(batch)} updates not sent", wait
+                )
+            events = self._build(batch)
+            sent = 0
+            for chunk in self._chunks(events):
+                self._post(chunk, sent, len(events))
+                sent += len(chunk)
+
+    def _build(self, batch: Sequence[UserSegment]) -> list[dict[str, Any]]:
+        from posthog import new_context
+
+        client = self._ensure()
+        self._built = []
+        try:
+            # A fresh PostHog context: tags or a session id of whatever context called us must not leak in.
+            with new_context(fresh=True, capture_exceptions=False):
+                for segment in batch:
+                    properties = _person_properties(segment)
+                    if not properties:
+                        continue
+                    before = len(self._built)
+                    uuid = client.capture(EVENT, distinct_id=str(segment.distinct_id), properties=properties)
+                    if uuid is None or len(self._built) != before + 1:
+                        raise DeliveryError(
+                            f"the PostHog SDK did not build the event for one of {len(batch)} users; nothing was sent"
+                        )
+            return self._built
+        finally:
+            self._built = []
+
+    def _chunks(self, events: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+        from posthog.request import DatetimeSerializer
+
+        pending = [events[i : i + self.batch_size] for i in range(0, len(events), self.batch_size)]
+        pending.reverse()
+        while pending:
+            chunk = pending.pop()
+            size = len(json.dumps(chunk, cls=DatetimeSerializer).encode())
+            if size <= MAX_REQUEST_BYTES:
+                yield chunk
+            elif len(chunk) == 1:
+                raise DeliveryError(
+                    f"one user's update is {size} bytes, over PostHog's {MAX_EVENT_BYTES // 1024} KiB event limit; "
+                    "nothing from this point on was sent"
+                )
+            else:
+                half = len(chunk) // 2
+                pending.extend((chunk[half:], chunk[:half]))
+
+    def _post(self, chunk: list[dict[str, Any]], sent: int, total: int) -> None:
+        from posthog.request import APIError, batch_post
+
+        done = f"{sent} of {total} updates were accepted before this batch" if sent else "no update was accepted"
+        # One immediate retry on a connection error: a pooled keep-alive connection that the server
+        # closed between cycles fails this way, and a fresh connection is then used.
+        for attempt in (1, 2):
+            try:
+                batch_post(
+                    self._api_key.reveal(),
+                    self._host,
+                    gzip=self.gzip,
+                    timeout=self.timeout_s,
+                    session=self._session,
+                    batch=chunk,
+                    historical_migration=False,
+                )
+                return
+            except APIError as error:
+                status = error.status
+                retry_after = getattr(error, "retry_after", None)
+                if status == 429 or (retry_after is not None and status == 503):
+                    wait = min(max(retry_after or 0.0, 0.0), MAX_RETRY_AFTER_S)
+                    self._not_before = time.monotonic() + wait
+                    raise RateLimitedError(
+                        f"PostHog at {self.host} rate-limited a batch of {len(chunk)} updates (HTTP {status}, "
+                        f"retry after {wait:.0f}s); {done}",
+                        wait,
+                    ) from None
+                raise DeliveryError(
+                    f"PostHog at {self.host} answered HTTP {status} to a batch of {len(chunk)} updates; {done}"
+                ) from None
+            except requests.Timeout:
+                raise DeliveryError(
+                    f"PostHog at {self.host} did not answer within {self.timeout_s:g}s (batch of {len(chunk)} updates); {done}"
+                ) from None
+            except requests.ConnectionError as error:
+                if attempt == 2:
+                    raise DeliveryError(f"could not reach PostHog at {self.host} ({_cause(error)}); {done}") from None
+            except requests.RequestException as error:
+                raise DeliveryError(f"the request to PostHog at {self.host} failed ({type(error).__name__}); {done}") from None
+
+
+def _person_properties(segment: UserSegment) -> dict[str, Any]:
+    properties: dict[str, Any] = {}
+    for name, values in (("$set", segment.set), ("$set_once", segment.set_once)):
+        clean = {k: v for k, v in values.items() if v is not None and _allowed(k)}
+        if clean:
+            properties[name] = clean
+    return properties
+
+
+def _allowed(key: str) -> bool:
+    """Person properties that name a person never leave the process unless the app opted in (``allow_pii``)."""
+    return key.lower() not in PII_KEYS or bool(_privacy_policy["allow_pii"])
+
+
+def _cause(error: BaseException) -> str:
+    """The root cause's class name: the message may carry a URL, never needed to understand the failure."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        nxt = current.__cause__ or current.__context__
+        if nxt is None and current.args and isinstance(current.args[0], BaseException):
+            nxt = current.args[0]
+        reason = getattr(current, "reason", None)
+        current = reason if isinstance(reason, BaseException) else nxt
+    return type(error).__name__
