@@ -1,0 +1,156 @@
+"""OtlpSegmentSink through the standard OTLP log exporters to the real receivers in tests/receivers.py."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import socket
+from datetime import datetime, timezone
+
+import pytest
+from opentelemetry.sdk.resources import Resource
+
+from otel_segments.config import Settings
+from otel_segments.context import set_privacy_policy
+from otel_segments.segments import UserSegment
+from otel_segments.sinks import DeliveryError
+from otel_segments.sinks.otlp import EVENT_NAME, OtlpSegmentSink, log_exporter
+from tests.receivers import Receiver
+
+TOKEN = "otlp-bearer-token-xyz"
+BASE = Resource({"service.name": "timetracker", "deployment.environment.name": "test"})
+
+
+def users(n: int, start: int = 0) -> list[UserSegment]:
+    return [
+        UserSegment(
+            str(i),
+            set={"engagement_level": "high" if i % 2 else "low", "entries_7d": i, "is_admin": i % 3 == 0},
+            set_once={"signup_method": "local"},
+        )
+        for i in range(start, start + n)
+    ]
+
+
+def exporter_for(endpoint: str, protocol: str, monkeypatch: pytest.MonkeyPatch, **kwargs: object) -> object:
+    """The exporter the plugin would build from the environment: protocol, endpoint, token."""
+    for name in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_LOGS_HEADERS", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TOKEN", TOKEN)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    kwargs.setdefault("timeout", 2)
+    return log_exporter(Settings.from_env(), **kwargs)
+
+
+@pytest.fixture(params=["http/protobuf", "grpc"])
+def receiver(request: pytest.FixtureRequest) -> Receiver:
+    return request.getfixturevalue("http_receiver" if request.param == "http/protobuf" else "grpc_receiver")
+
+
+@pytest.fixture
+def sink(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> OtlpSegmentSink:
+    protocol = "grpc" if type(receiver).__name__ == "GrpcReceiver" else "http/protobuf"
+    return OtlpSegmentSink(exporter_for(receiver.endpoint, protocol, monkeypatch), BASE)  # type: ignore[arg-type]
+
+
+def test_each_user_is_a_record_whose_resource_is_the_user(receiver: Receiver, sink: OtlpSegmentSink) -> None:
+    batch = users(20)
+    sink.deliver(batch)
+
+    logs = receiver.logs()
+    assert len(logs) == 20
+    by_user = {log.resource["user.id"]: log for log in logs}
+    assert set(by_user) == {u.distinct_id for u in batch}
+    for user in batch:
+        log = by_user[user.distinct_id]
+        assert log.event_name == EVENT_NAME
+        assert log.resource == {
+            "service.name": "timetracker",
+            "deployment.environment.name": "test",
+            "user.id": user.distinct_id,
+            "app.user.engagement_level": user.set["engagement_level"],
+            "app.user.entries_7d": user.set["entries_7d"],
+            "app.user.is_admin": user.set["is_admin"],
+            "app.user.signup_method": "local",
+        }
+        assert log.attributes == {}
+    # one ResourceLogs per user: a collector sees each user as its own entity
+    assert sum(len(e.request.resource_logs) for e in receiver.of("logs")) == 20
+    assert {e.headers["authorization"] for e in receiver.of("logs")} == {f"Bearer {TOKEN}"}
+
+
+def test_user_id_is_pseudonymised_when_a_hash_key_is_set(receiver: Receiver, sink: OtlpSegmentSink) -> None:
+    set_privacy_policy(hash_key=b"k3y")
+    try:
+        sink.deliver(users(1, start=42))
+    finally:
+        set_privacy_policy()
+    (log,) = receiver.logs()
+    assert log.resource["user.id"] == hmac.new(b"k3y", b"42", hashlib.sha256).hexdigest()
+    assert "42" not in log.resource.values()
+
+
+def test_values_become_valid_attributes_or_are_left_out(http_receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = OtlpSegmentSink(exporter_for(http_receiver.endpoint, "http/protobuf", monkeypatch), BASE)  # type: ignore[arg-type]
+    segment = UserSegment(
+        "9",
+        set={"gone": None, "tags": ["a", "b"], "ratio": 0.5, "odd": {"nested": 1}, "email": "a@b.c", "plan": "pro"},
+        set_once={"first_login": datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc), "plan": "free"},
+    )
+    sink.deliver([segment])
+    (log,) = http_receiver.logs()
+    user = {k: v for k, v in log.resource.items() if k.startswith("app.user.")}
+    assert user == {
+        "app.user.tags": ("a", "b"),
+        "app.user.ratio": 0.5,
+        "app.user.plan": "pro",  # $set wins over $set_once
+        "app.user.first_login": "2024-01-02T03:04:05+00:00",
+    }
+
+
+def test_a_collector_answering_503_fails_the_delivery_then_recovery_delivers(
+    http_receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = OtlpSegmentSink(exporter_for(http_receiver.endpoint, "http/protobuf", monkeypatch, timeout=1), BASE)  # type: ignore[arg-type]
+    http_receiver.status = 503
+    with pytest.raises(DeliveryError, match="could not deliver a batch of 5 user records"):
+        sink.deliver(users(5))
+    http_receiver.status = 200
+    http_receiver.exports.clear()
+    sink.deliver(users(5))
+    assert {log.resource["user.id"] for log in http_receiver.logs()} == {"0", "1", "2", "3", "4"}
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_an_unreachable_collector_fails_the_delivery(protocol: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sink = OtlpSegmentSink(exporter_for(f"http://127.0.0.1:{port}", protocol, monkeypatch, timeout=1), BASE)  # type: ignore[arg-type]
+    with pytest.raises(DeliveryError) as raised:
+        sink.deliver(users(3))
+    assert TOKEN not in str(raised.value)
+
+
+def test_batches_are_exported_in_chunks_and_all_arrive(http_receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    exporter = exporter_for(http_receiver.endpoint, "http/protobuf", monkeypatch)
+    sink = OtlpSegmentSink(exporter, BASE, batch_size=100)  # type: ignore[arg-type]
+    sink.deliver(users(250))
+    assert len(http_receiver.of("logs")) == 3
+    assert len({log.resource["user.id"] for log in http_receiver.logs()}) == 250
+
+
+def test_a_logger_provider_is_refused_because_it_cannot_confirm_delivery() -> None:
+    from opentelemetry.sdk._logs import LoggerProvider
+
+    with pytest.raises(TypeError, match="LogRecordExporter"):
+        OtlpSegmentSink(LoggerProvider(), BASE)  # type: ignore[arg-type]
+
+
+def test_shut_down_sink_refuses(http_receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = OtlpSegmentSink(exporter_for(http_receiver.endpoint, "http/protobuf", monkeypatch), BASE)  # type: ignore[arg-type]
+    sink.shutdown(1.0)
+    with pytest.raises(DeliveryError, match="shut down"):
+        sink.deliver(users(1))
+    assert http_receiver.of("logs") == []
