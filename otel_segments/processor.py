@@ -9,6 +9,7 @@ from typing import Any
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from .baggage import user_from_baggage
 from .cache import SegmentCache
 from .context import current_user
 from .properties import ProcessProperties, detect_process_properties
@@ -27,11 +28,18 @@ class SuperPropertiesSpanProcessor(SpanProcessor):
 
     Beware: these attributes identify users. Set ``OTEL_SEGMENTS_USER_ID_HASH_KEY``
     to send a keyed hash instead of the id where the backend must not hold ids.
+
+    ``trust_baggage=True`` (``OTEL_SEGMENTS_TRUST_BAGGAGE``) reads the user id and
+    role from incoming W3C baggage when no user is set here. Off by default:
+    baggage is whatever the caller sent, see :mod:`otel_segments.baggage`.
     """
 
-    def __init__(self, process: ProcessProperties | None = None, segments: SegmentCache | None = None) -> None:
+    def __init__(
+        self, process: ProcessProperties | None = None, segments: SegmentCache | None = None, trust_baggage: bool = False
+    ) -> None:
         self._process: Mapping[str, Any] = dict((process or detect_process_properties()).attributes)
         self._segments = segments
+        self._trust_baggage = trust_baggage
         self._failed = False
 
     @property
@@ -42,7 +50,10 @@ class SuperPropertiesSpanProcessor(SpanProcessor):
         try:
             user = current_user()
             if user is None:
-                span.set_attributes(self._process)
+                if self._trust_baggage:
+                    self._from_baggage(span, parent_context)
+                else:
+                    span.set_attributes(self._process)
                 return
             segment = self._segments.get(user.user_id) if self._segments is not None else None
             if segment:
@@ -53,6 +64,15 @@ class SuperPropertiesSpanProcessor(SpanProcessor):
             if not self._failed:
                 self._failed = True
                 _logger.exception("otel_segments: could not add super properties to a span; further failures are silent")
+
+    def _from_baggage(self, span: Span, parent_context: Context | None) -> None:
+        found = user_from_baggage(parent_context)
+        if found is None:
+            span.set_attributes(self._process)
+            return
+        user_id, attributes = found
+        segment = self._segments.get(user_id) if self._segments is not None and user_id is not None else None
+        span.set_attributes({**self._process, **segment, **attributes} if segment else {**self._process, **attributes})
 
     def on_end(self, span: ReadableSpan) -> None:
         return None

@@ -1,0 +1,111 @@
+"""Framework integrations: set the user context for each request, from the framework's own idea of the user.
+
+Each submodule imports its framework only when it is imported itself, so
+``import otel_segments`` never pulls in Flask or Django. They share the helpers
+here: turning a user object or a resolver's dict into the user context, and
+writing the user's attributes onto the request's server span, which the
+framework's instrumentation started before anyone knew who the user was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from contextvars import Token
+from typing import Any
+
+from opentelemetry import trace
+
+from ..context import UserProperties, current_user, set_user
+
+_logger = logging.getLogger(__name__)
+_reported: set[str] = set()
+
+#: What a resolver or user loader returns: ``set_user`` keyword arguments with ``user_id``, or None for anonymous.
+UserInfo = Mapping[str, Any]
+Resolver = Callable[..., Any]
+
+#: Attributes of a user object that may carry the auth method, in order of preference.
+_AUTH_ATTRIBUTES = ("auth_method", "auth_provider")
+
+
+def report_once(where: str, message: str) -> None:
+    """Log ``message`` with the current exception the first time ``where`` fails; stay silent after."""
+    if where not in _reported:
+        _reported.add(where)
+        _logger.warning("otel_segments: %s; the request goes on without user properties (logged once)", message, exc_info=True)
+
+
+def _plain(value: Any) -> Any:
+    """A property value, called first when the object exposes it as a method (``user.is_admin()``)."""
+    return value() if callable(value) else value
+
+
+def user_info(user: Any) -> dict[str, Any] | None:
+    """The user-context arguments for a framework user object (Flask-Login, Django), or None when anonymous.
+
+    Reads the id and, when present, ``role``, ``is_admin`` and ``auth_method`` /
+    ``auth_provider``. Nothing else: a user object's name, username and email stay in the process.
+    """
+    if user is None or not _plain(getattr(user, "is_authenticated", False)):
+        return None
+    get_id = getattr(user, "get_id", None)
+    user_id = get_id() if callable(get_id) else getattr(user, "pk", None)
+    if user_id is None:
+        user_id = getattr(user, "id", None)
+    if user_id is None:
+        return None
+    info: dict[str, Any] = {"user_id": user_id}
+    role = _plain(getattr(user, "role", None))
+    if isinstance(role, str):
+        info["role"] = role
+    is_admin = _plain(getattr(user, "is_admin", None))
+    if isinstance(is_admin, bool):
+        info["is_admin"] = is_admin
+    for name in _AUTH_ATTRIBUTES:
+        method = _plain(getattr(user, name, None))
+        if isinstance(method, str) and method:
+            info["auth_method"] = method
+            break
+    return info
+
+
+def activate(info: UserInfo | None) -> Token[UserProperties | None]:
+    """Make ``info`` the current user (None: anonymous) and write its attributes onto the current span.
+
+    Returns the token to hand to ``clear_user`` at the end of the request, so the
+    value before the request comes back (a pooled thread must not keep a user).
+    """
+    if info is None:
+        return set_user(None)
+    if not isinstance(info, Mapping) or "user_id" not in info:
+        raise TypeError(f"a user resolver must return a mapping with 'user_id' or None, not {type(info).__name__}")
+    kwargs = dict(info)
+    token = set_user(kwargs.pop("user_id"), **kwargs)
+    annotate_current_span()
+    return token
+
+
+def annotate_current_span() -> None:
+    """Write the current user's attributes (and cached segment) onto the current span, when it records.
+
+    The server span of a request starts before authentication runs, so the span
+    processor saw no user then; this catches that span up.
+    """
+    user = current_user()
+    if user is None:
+        return
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    segment = _segment(user.user_id)
+    span.set_attributes({**segment, **user.attributes} if segment else user.attributes)
+
+
+def _segment(user_id: str) -> Mapping[str, Any] | None:
+    from ..configuration import configured
+
+    handle = configured()
+    if handle is None or handle.segments is None:
+        return None
+    return handle.segments.get(user_id)
