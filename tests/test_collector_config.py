@@ -452,6 +452,7 @@ BROKEN: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
         _policy(1, {"name": "admins", "type": "boolean_attribute", "string_attribute": {"key": "app.user.is_admin"}}),
         "has no 'boolean_attribute' settings",
     ),
+    "status code typo": (_set("processors.tail_sampling.policies.0.status_code.status_codes", ["EROR"]), "'EROR' is not one of"),
     "unknown policy type": (_policy(0, {"name": "errors", "type": "status", "status": {}}), "'status' is not one of"),
     "attribute the plugin never writes": (
         _policy(2, {"name": "vip", "type": "boolean_attribute", "boolean_attribute": {"key": "app.user.is_vip", "value": True}}),
