@@ -1,0 +1,94 @@
+"""The otel-segments command, run as a user runs it: a subprocess with a clean environment."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import create_engine
+
+from otel_segments.segments.queries import compute_segments
+from otel_segments.segments.schema import TIMETRACKER
+from tests.conftest import clean_env
+
+from .data import fill_other
+
+
+def _run(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "otel_segments.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(**env),
+        cwd=cwd,
+    )
+
+
+def test_demo_then_compute(tmp_path: Path) -> None:
+    db = tmp_path / "demo.sqlite"
+    demo = _run("demo", "--users", "40", "--seed", "3", "--database", str(db))
+    assert demo.returncode == 0, demo.stderr
+    assert "Cohort sizes" in demo.stdout and "very_high_engagement" in demo.stdout
+    assert "@example" not in demo.stdout and "Demo User" not in demo.stdout
+
+    out = _run("compute", "--format", "jsonl", OTEL_SEGMENTS_DATABASE_URL=f"sqlite:///{db}")
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["distinct_id"] for line in lines] == [str(i) for i in range(1, 41)]
+    # Same properties as the library computes (bar the update time, which differs between the two runs).
+    engine = create_engine(f"sqlite:///{db}")
+    now = lines[0]["$set"]["last_segment_update"]
+    lib = {s.distinct_id: s for s in compute_segments(engine, TIMETRACKER, now=datetime.fromisoformat(now))}
+    for line in lines:
+        assert line["$set_once"] == lib[line["distinct_id"]].set_once
+        assert set(line["$set"]) == set(lib[line["distinct_id"]].set)
+
+    changed = _run("compute", "--changed", "--database-url", f"sqlite:///{db}")
+    assert changed.returncode == 0 and "incremental" in changed.stderr  # the demo already refreshed this database
+
+    table = _run("compute", "--database-url", f"sqlite:///{db}", "--format", "table")
+    assert table.returncode == 0 and "Segments" in table.stdout and "long_term" in table.stdout
+
+    again = _run("demo", "--database", str(db))
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_other_schema_by_module_object(tmp_path: Path) -> None:
+    db = tmp_path / "crm.sqlite"
+    fill_other(create_engine(f"sqlite:///{db}"), users=12)
+    root = Path(__file__).resolve().parents[2]
+    out = _run("compute", "--database-url", f"sqlite:///{db}", "--schema", "tests.segments.data:OTHER", cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 12
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.sqlite"
+    create_engine(f"sqlite:///{empty}").connect().close()
+    cases = [
+        (["compute"], "OTEL_SEGMENTS_DATABASE_URL"),
+        (["compute", "--database-url", "nonsense"], "malformed database URL"),
+        (["compute", "--database-url", "nosuchdb://x"], "unsupported"),
+        (["compute", "--database-url", f"sqlite:///{tmp_path / 'missing.sqlite'}"], "does not exist"),
+        (["compute", "--database-url", f"sqlite:///{empty}"], "table 'users' does not exist"),
+        (["compute", "--database-url", f"sqlite:///{empty}", "--schema", "nope"], "unknown schema"),
+        (["compute", "--database-url", "postgresql+psycopg://me:hunter2@127.0.0.1:1/db"], "cannot connect"),
+    ]
+    for args, message in cases:
+        result = _run(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_cohorts_formats() -> None:
+    posthog = json.loads(_run("cohorts", "--format", "posthog").stdout)
+    assert posthog[0]["filters"]["properties"]["values"][0]["values"][0]["key"] == "engagement_level"
+    traceql = _run("cohorts", "--format", "traceql").stdout.splitlines()
+    assert 'very_high_engagement\t{ span.app.user.engagement_level = "very_high" }' in traceql
+    assert len(json.loads(_run("cohorts", "--format", "json").stdout)) == 20
