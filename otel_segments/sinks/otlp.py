@@ -99,7 +99,10 @@ class OtlpSegmentSink:
         with self._lock:
             if self._shut:
                 raise DeliveryError("the OTLP segment sink is shut down; nothing was sent")
-            records = [self.record(segment) for segment in batch]
+            try:
+                records = [self.record(segment) for segment in batch]
+            except Exception as error:  # a bad value fails the delivery, not the job
+                raise DeliveryError(f"could not build the user records ({type(error).__name__})") from error
             for start in range(0, len(records), self.batch_size):
                 chunk = records[start : start + self.batch_size]
                 try:

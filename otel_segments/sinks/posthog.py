@@ -186,11 +186,16 @@ class PostHogSink:
                 raise RateLimitedError(
                     f"PostHog at {self.host} asked us to wait; {wait:.0f}s left, {len(batch)} updates not sent", wait
                 )
-            events = self._build(batch)
-            sent = 0
-            for chunk in self._chunks(events):
-                self._post(chunk, sent, len(events))
-                sent += len(chunk)
+            try:
+                events = self._build(batch)
+                sent = 0
+                for chunk in self._chunks(events):
+                    self._post(chunk, sent, len(events))
+                    sent += len(chunk)
+            except DeliveryError:
+                raise
+            except Exception as error:  # the contract: anything short of a 200 is a DeliveryError
+                raise DeliveryError(f"delivering to PostHog failed unexpectedly ({type(error).__name__})") from error
 
     def _build(self, batch: Sequence[UserSegment]) -> list[dict[str, Any]]:
         from posthog import new_context
