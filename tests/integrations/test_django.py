@@ -1,0 +1,141 @@
+"""Django behind OpenTelemetry's WSGI and ASGI middleware: ``request.user`` on the server span and its children."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+django = pytest.importorskip("django")
+
+from django.conf import settings  # noqa: E402
+from django.http import HttpResponse  # noqa: E402
+from django.urls import path  # noqa: E402
+from opentelemetry import trace  # noqa: E402
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as AsgiTelemetry  # noqa: E402
+from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as WsgiTelemetry  # noqa: E402
+from werkzeug.test import Client  # noqa: E402
+
+from otel_segments import current_user  # noqa: E402
+
+from .conftest import Pipeline, user_part  # noqa: E402
+
+_state: dict[str, trace.Tracer] = {}
+
+
+def login_view(request, username: str) -> HttpResponse:
+    from django.contrib.auth import login
+    from django.contrib.auth.models import User
+
+    with _state["tracer"].start_as_current_span("before-login"):
+        pass
+    login(request, User.objects.get(username=username))
+    with _state["tracer"].start_as_current_span("after-login"):
+        pass
+    return HttpResponse("ok")
+
+
+def work_view(request) -> HttpResponse:
+    with _state["tracer"].start_as_current_span("work"):
+        user = current_user()
+        return HttpResponse(user.user_id if user else "-")
+
+
+urlpatterns = [path("login/<str:username>", login_view), path("work", work_view)]
+
+
+@pytest.fixture(scope="module")
+def users(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    if not settings.configured:
+        settings.configure(
+            SECRET_KEY="test-only",
+            ALLOWED_HOSTS=["*"],
+            ROOT_URLCONF=__name__,
+            INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions"],
+            MIDDLEWARE=[
+                "django.contrib.sessions.middleware.SessionMiddleware",
+                "django.contrib.auth.middleware.AuthenticationMiddleware",
+                "otel_segments.integrations.django.UserContextMiddleware",
+            ],
+            DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path_factory.mktemp("dj") / "db")}},
+            PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
+            USE_TZ=True,
+        )
+    django.setup()
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+    ann = User.objects.create_user("ann", "ann@example.com", "x", is_superuser=True)
+    bo = User.objects.create_user("bo", "bo@example.com", "x")
+    return {"ann": ann.pk, "bo": bo.pk}
+
+
+@pytest.fixture
+def wsgi(users: dict[str, int], pipeline: Pipeline) -> Client:
+    from django.core.wsgi import get_wsgi_application
+
+    _state["tracer"] = pipeline.provider.get_tracer("test")
+    return Client(WsgiTelemetry(get_wsgi_application(), tracer_provider=pipeline.provider))
+
+
+def server_span(pipeline: Pipeline):
+    [span] = [s for s in pipeline.spans() if s.kind.name == "SERVER"]
+    return span
+
+
+def test_sync_stack_user_on_server_and_child_spans(wsgi: Client, users: dict[str, int], pipeline: Pipeline) -> None:
+    ann, bo, anonymous = wsgi, Client(wsgi.application), Client(wsgi.application)
+    assert ann.get("/login/ann", buffered=True).status_code == 200
+    assert user_part(pipeline.named("before-login")[0]) == {}
+    assert user_part(pipeline.named("after-login")[0])["user.id"] == str(users["ann"])
+    assert user_part(server_span(pipeline))["user.id"] == str(users["ann"])
+    bo.get("/login/bo", buffered=True)
+    for client, name in ((ann, "ann"), (bo, "bo"), (anonymous, None)):
+        pipeline.exporter.clear()
+        assert client.get("/work", buffered=True).get_data(as_text=True) == (str(users[name]) if name else "-")
+        expected = {"user.id": str(users[name]), "app.user.is_admin": name == "ann"} if name else {}
+        assert user_part(server_span(pipeline)) == expected
+        assert user_part(pipeline.named("work")[0]) == expected
+    assert not any("example.com" in str(v) or v in ("ann", "bo") for s in pipeline.spans() for v in (s.attributes or {}).values())
+
+
+def test_login_signal_outside_a_request_sets_no_user(users: dict[str, int]) -> None:
+    from django.contrib.auth import login
+    from django.contrib.auth.models import User
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.http import HttpRequest
+
+    request = HttpRequest()
+    request.session = SessionStore()
+    login(request, User.objects.get(username="bo"))  # a shell or Client.login(): not inside the middleware
+    assert current_user() is None
+
+
+def test_async_stack_reads_the_user_without_blocking_the_loop(users: dict[str, int], pipeline: Pipeline) -> None:
+    from django.core.asgi import get_asgi_application
+
+    _state["tracer"] = pipeline.provider.get_tracer("test")
+    app = AsgiTelemetry(get_asgi_application(), tracer_provider=pipeline.provider)
+
+    async def scenario() -> list[str]:
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://test") as ann,
+            httpx.AsyncClient(transport=transport, base_url="http://test") as bo,
+        ):
+            await ann.get("/login/ann")
+            await bo.get("/login/bo")
+            pipeline.exporter.clear()
+            responses = await asyncio.gather(*(c.get("/work") for c in (ann, bo) * 3))
+        return [r.text for r in responses]
+
+    assert asyncio.run(scenario()) == [str(users["ann"]), str(users["bo"])] * 3
+    servers = [s for s in pipeline.spans() if s.kind.name == "SERVER"]
+    works = pipeline.named("work")
+    assert len(servers) == len(works) == 6
+    for work in works:
+        [server] = [s for s in servers if s.context.span_id == work.parent.span_id]
+        assert user_part(server) == user_part(work)
+        assert user_part(work)["app.user.is_admin"] is (user_part(work)["user.id"] == str(users["ann"]))

@@ -1,0 +1,132 @@
+"""End to end: the TimeTracker example under ``opentelemetry-instrument``, two users, spans at a real OTLP receiver."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, VENV_BIN, clean_env
+from tests.receivers import ReceivedSpan, Receiver
+
+APP = ROOT / "examples" / "timetracker" / "app.py"
+ALICE = {"user.id": "1", "app.user.role": "admin", "app.user.is_admin": True, "app.user.auth_method": "oidc"}
+BOB = {"user.id": "2", "app.user.role": "user", "app.user.is_admin": False, "app.user.auth_method": "local"}
+USER_KEYS = set(ALICE)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def example_app(http_receiver: Receiver, tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    env = clean_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=http_receiver.endpoint,
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_TOKEN="example-token",
+        OTEL_SERVICE_NAME="timetracker-example",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+        TIMETRACKER_DATABASE_URL=f"sqlite:///{tmp_path / 'tt.db'}",
+    )
+    log = (tmp_path / "app.log").open("w+")
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "opentelemetry-instrument"), str(VENV_BIN / "python"), str(APP), "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"example app did not start:\n{log.read()[-3000:]}")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.seek(0)
+        output = log.read()
+        log.close()
+        assert "Traceback" not in output, output[-3000:]
+
+
+def _user_part(span: ReceivedSpan) -> dict[str, object]:
+    return {k: v for k, v in span.attributes.items() if k in USER_KEYS}
+
+
+def test_each_users_spans_carry_their_own_properties(example_app: str, http_receiver: Receiver) -> None:
+    alice = httpx.Client(base_url=example_app, timeout=10)
+    bob = httpx.Client(base_url=example_app, timeout=10)
+    anonymous = httpx.Client(base_url=example_app, timeout=10)
+    with alice, bob, anonymous:
+        assert alice.post("/login", data={"username": "alice", "password": "alice"}).status_code == 200
+        assert bob.post("/login", data={"username": "bob", "password": "bob"}).status_code == 200
+        for _ in range(2):  # interleaved, on the dev server's threads
+            assert alice.post("/timer/start", data={"project_id": "1"}).status_code in (201, 409)
+            assert bob.get("/entries").status_code == 200
+            assert alice.get("/entries").status_code == 200
+            assert bob.post("/timer/start", data={"project_id": "1"}).status_code in (201, 409)
+        assert anonymous.get("/health").status_code == 200
+        assert anonymous.get("/entries").status_code == 401
+
+    def complete(r: Receiver) -> list[ReceivedSpan] | None:
+        spans = r.spans()
+        servers = [s for s in spans if s.attributes.get("http.route")]
+        return spans if len(servers) >= 12 else None
+
+    spans = http_receiver.wait_for(complete)
+    assert {s.resource.get("service.name") for s in spans} == {"timetracker-example"}
+    export = http_receiver.of("traces")[0]
+    assert export.headers["authorization"] == "Bearer example-token"
+
+    by_trace: dict[str, list[ReceivedSpan]] = {}
+    for span in spans:
+        by_trace.setdefault(span.trace_id, []).append(span)
+
+    seen = {"1": 0, "2": 0}
+    for trace_spans in by_trace.values():
+        [server] = [s for s in trace_spans if s.attributes.get("http.route")]
+        route = server.attributes["http.route"]
+        if (
+            route == "/health"
+            or server.attributes.get("http.response.status_code", server.attributes.get("http.status_code")) == 401
+        ):
+            assert _user_part(server) == {}, server
+            continue
+        assert server.attributes.get("user.id") in ("1", "2"), (route, server.attributes)
+        expected = ALICE if server.attributes["user.id"] == "1" else BOB
+        # the server span (started before login was known) and every child span carry one user, complete
+        for span in trace_spans:
+            assert _user_part(span) == expected, (route, span.name, span.attributes)
+            assert "app.user.username" not in span.attributes and "app.user.email" not in span.attributes
+            assert not any("example.com" in str(v) or "alice" == v or "bob" == v for v in span.attributes.values())
+        seen[expected["user.id"]] += 1
+    # each: 1 login + 2 timer starts + 2 list requests
+    assert seen == {"1": 5, "2": 5}
+    children = {s.name for s in spans if not s.attributes.get("http.route")}
+    assert {"timetracker.login", "timetracker.start_timer", "timetracker.list_entries"} <= children

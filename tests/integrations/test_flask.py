@@ -1,0 +1,127 @@
+"""Flask in process: Flask-Login's user, a custom loader, a loader that raises, the server span caught up."""
+
+from __future__ import annotations
+
+import flask
+import pytest
+from flask_login import LoginManager, UserMixin, login_user
+from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+from otel_segments import current_user
+from otel_segments.integrations.flask import init_app
+
+from .conftest import Pipeline, user_part
+
+
+class Member(UserMixin):
+    def __init__(self, id: int, role: str, auth_provider: str, admin: bool) -> None:
+        self.id = id
+        self.role = role
+        self.auth_provider = auth_provider
+        self.username = f"member{id}"
+        self.email = f"member{id}@example.com"
+        self._admin = admin
+
+    def is_admin(self) -> bool:  # a method, as some apps write it
+        return self._admin
+
+
+MEMBERS = {"7": Member(7, "admin", "ldap", True), "8": Member(8, "user", "local", False)}
+
+
+def build(pipeline: Pipeline, **kwargs: object) -> flask.Flask:
+    app = flask.Flask(__name__)
+    app.config["SECRET_KEY"] = "test"
+    FlaskInstrumentor().instrument_app(app, tracer_provider=pipeline.provider)
+    manager = LoginManager(app)
+    manager.user_loader(MEMBERS.get)
+    init_app(app, **kwargs)  # type: ignore[arg-type]
+    tracer = pipeline.provider.get_tracer("test")
+
+    @app.post("/login/<uid>")
+    def login(uid: str) -> str:
+        with tracer.start_as_current_span("before-login"):
+            pass
+        login_user(MEMBERS[uid])
+        with tracer.start_as_current_span("after-login"):
+            pass
+        return "ok"
+
+    @app.get("/work")
+    def work() -> str:
+        with tracer.start_as_current_span("work"):
+            user = current_user()
+            return user.user_id if user else "-"
+
+    return app
+
+
+@pytest.fixture
+def app(pipeline: Pipeline):
+    app = build(pipeline)
+    yield app
+    FlaskInstrumentor().uninstrument_app(app)
+
+
+def server(pipeline: Pipeline, route: str):
+    [span] = [s for s in pipeline.spans() if (s.attributes or {}).get("http.route") == route]
+    return span
+
+
+def test_flask_login_user_on_server_and_child_spans(app: flask.Flask, pipeline: Pipeline) -> None:
+    alice, bob = app.test_client(), app.test_client()
+    alice.post("/login/7")
+    bob.post("/login/8")
+    pipeline.exporter.clear()
+    assert alice.get("/work").text == "7"
+    [span] = pipeline.named("work")
+    expected = {
+        "user.id": "7",
+        "user.roles": ("admin",),
+        "app.user.role": "admin",
+        "app.user.is_admin": True,
+        "app.user.auth_method": "ldap",
+    }
+    assert user_part(span) == expected
+    assert user_part(server(pipeline, "/work")) == expected
+    pipeline.exporter.clear()
+    assert bob.get("/work").text == "8"
+    assert user_part(server(pipeline, "/work"))["user.id"] == "8"
+    assert user_part(pipeline.named("work")[0])["app.user.is_admin"] is False
+    for span in pipeline.spans():
+        assert not any("member" in str(v) for v in (span.attributes or {}).values())
+
+
+def test_login_during_the_request_switches_the_user_and_teardown_clears_it(app: flask.Flask, pipeline: Pipeline) -> None:
+    app.test_client().post("/login/8")
+    assert user_part(pipeline.named("before-login")[0]) == {}
+    assert user_part(pipeline.named("after-login")[0])["user.id"] == "8"
+    assert user_part(server(pipeline, "/login/<uid>"))["user.id"] == "8"
+
+
+def test_anonymous_request_has_no_user(app: flask.Flask, pipeline: Pipeline) -> None:
+    assert app.test_client().get("/work").text == "-"
+    assert user_part(server(pipeline, "/work")) == {}
+
+
+def test_custom_loader_and_a_raising_loader(pipeline: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
+    app = build(pipeline, user_loader=lambda: {"user_id": flask.request.headers["X-User"], "role": "viewer", "plan": "pro"})
+    try:
+        client = app.test_client()
+        assert client.get("/work", headers={"X-User": "u-1"}).text == "u-1"
+        assert user_part(server(pipeline, "/work"))["app.user.role"] == "viewer"
+        assert server(pipeline, "/work").attributes["app.user.plan"] == "pro"
+        for _ in range(3):  # the loader raises KeyError: the request still succeeds, logged once
+            assert client.get("/work").status_code == 200
+    finally:
+        FlaskInstrumentor().uninstrument_app(app)
+    assert len([r for r in caplog.records if "user loader raised" in r.getMessage()]) == 1
+
+
+def test_loader_returning_garbage_does_not_break_the_request(pipeline: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
+    app = build(pipeline, user_loader=lambda: ["not", "a", "mapping"])
+    try:
+        assert app.test_client().get("/work").text == "-"
+    finally:
+        FlaskInstrumentor().uninstrument_app(app)
+    assert any("not a user" in r.getMessage() for r in caplog.records)
