@@ -9,8 +9,8 @@ Run it under OpenTelemetry's launcher, with otel_segments installed:
 Log in (``curl -c jar -d username=alice -d password=alice http://localhost:5000/login``)
 and every span of your requests carries ``user.id``, ``app.user.role``,
 ``app.user.is_admin`` and ``app.user.auth_method``; never the username or email.
-The database is ``TIMETRACKER_DATABASE_URL`` (default: SQLite file next to this
-script); demo users alice (admin, oidc) and bob (user, local) are created on start.
+The database is ``TIMETRACKER_DATABASE_URL`` (default: ``timetracker.db`` in the current
+directory); demo users alice (admin, oidc) and bob (user, local) are created on start.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def create_app(database_url: str | None = None) -> Flask:
     app = Flask(__name__)
     app.config["SECRET_KEY"] = os.environ.get("TIMETRACKER_SECRET_KEY", "dev-only-secret")
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url or os.environ.get(
-        "TIMETRACKER_DATABASE_URL", f"sqlite:///{Path(__file__).with_name('timetracker.db')}"
+        "TIMETRACKER_DATABASE_URL", f"sqlite:///{Path.cwd() / 'timetracker.db'}"
     )
     db.init_app(app)
     login_manager.init_app(app)
