@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import asyncio
 
+import django
 import httpx
 import pytest
+from django.conf import settings
+from django.http import HttpResponse
+from django.urls import path
+from opentelemetry import trace
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as AsgiTelemetry
+from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as WsgiTelemetry
+from werkzeug.test import Client
 
-django = pytest.importorskip("django")
+from otel_segments import current_user
 
-from django.conf import settings  # noqa: E402
-from django.http import HttpResponse  # noqa: E402
-from django.urls import path  # noqa: E402
-from opentelemetry import trace  # noqa: E402
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as AsgiTelemetry  # noqa: E402
-from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as WsgiTelemetry  # noqa: E402
-from werkzeug.test import Client  # noqa: E402
-
-from otel_segments import current_user  # noqa: E402
-
-from .conftest import Pipeline, user_part  # noqa: E402
+from .conftest import Pipeline, user_part
 
 _state: dict[str, trace.Tracer] = {}
 
