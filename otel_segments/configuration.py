@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
+from urllib.parse import quote
 
 from opentelemetry import metrics, trace
 from opentelemetry._logs import get_logger_provider
@@ -41,6 +42,7 @@ _EXPORTERS = {
     ("logs", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc._log_exporter", "OTLPLogExporter"),
     ("logs", "http/protobuf"): ("opentelemetry.exporter.otlp.proto.http._log_exporter", "OTLPLogExporter"),
 }
+_OTLP_EXPORTER_NAMES = {"grpc": "otlp_proto_grpc", "http/protobuf": "otlp_proto_http"}
 _EXPORTER_VARIABLES = {"traces": "OTEL_TRACES_EXPORTER", "metrics": "OTEL_METRICS_EXPORTER", "logs": "OTEL_LOGS_EXPORTER"}
 _EXPORTER_NAMES_OPTION = {"traces": "trace_exporter_names", "metrics": "metric_exporter_names", "logs": "log_exporter_names"}
 
@@ -121,7 +123,9 @@ def _configure_enabled(settings: Settings, allow_pii: bool, sdk_options: dict[st
         }
         for signal in config.SIGNALS:
             if not os.environ.get(_EXPORTER_VARIABLES[signal], "").strip():
-                options[_EXPORTER_NAMES_OPTION[signal]] = ["otlp"]  # the SDK exports nothing when unset
+                # The SDK exports nothing when unset; it maps only names from the variable to a protocol,
+                # so name the exporter for the protocol ourselves ("otlp" alone would always be gRPC).
+                options[_EXPORTER_NAMES_OPTION[signal]] = [_OTLP_EXPORTER_NAMES[config.protocol(signal)]]
         _SDKConfigurator()._configure(**options, **sdk_options)
         handle.owns_providers = True
     return handle
@@ -149,7 +153,17 @@ def _exporter_args(settings: Settings) -> dict[type, dict[str, Any]]:
 
 
 def _sanitize_environment() -> None:
-    """Repair the values the SDK would turn into an exception that stops the app's start-up."""
+    """Repair the values the SDK would turn into an exception that stops the app's start-up.
+
+    Header variables are parsed once here (one warning per malformed item) and
+    written back clean, so neither our per-signal look-ups nor the SDK's exporters
+    warn about the same item again.
+    """
+    for name in (config.OTEL_EXPORTER_OTLP_HEADERS, *(f"OTEL_EXPORTER_OTLP_{s.upper()}_HEADERS" for s in config.SIGNALS)):
+        raw = os.environ.get(name, "")
+        if raw.strip():
+            headers = config.parse_headers(name, raw)
+            os.environ[name] = ",".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in headers.items())
     for signal in config.SIGNALS:
         for name in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL", config.OTEL_EXPORTER_OTLP_PROTOCOL):
             raw = os.environ.get(name, "").strip()
@@ -188,4 +202,3 @@ def _warn_if_token_missing(settings: Settings) -> None:
 
 def configured() -> Configured | None:
     return _configured
-
