@@ -116,13 +116,14 @@ def _configure_enabled(settings: Settings, allow_pii: bool, sdk_options: dict[st
         _warn_if_token_missing(settings)
     else:
         _sanitize_environment()
+        # The app's own options are merged with ours, not passed twice (a duplicate keyword would abort set-up).
         options: dict[str, Any] = {
-            "span_processors": [processor],
-            "exporter_args_map": _exporter_args(settings),
+            "span_processors": [processor, *(sdk_options.pop("span_processors", None) or ())],
+            "exporter_args_map": {**_exporter_args(settings), **(sdk_options.pop("exporter_args_map", None) or {})},
             "resource_attributes": {**process.attributes, **(sdk_options.pop("resource_attributes", None) or {})},
         }
         for signal in config.SIGNALS:
-            if not os.environ.get(_EXPORTER_VARIABLES[signal], "").strip():
+            if _EXPORTER_NAMES_OPTION[signal] not in sdk_options and not os.environ.get(_EXPORTER_VARIABLES[signal], "").strip():
                 # The SDK exports nothing when unset; it maps only names from the variable to a protocol,
                 # so name the exporter for the protocol ourselves ("otlp" alone would always be gRPC).
                 options[_EXPORTER_NAMES_OPTION[signal]] = [_OTLP_EXPORTER_NAMES[config.protocol(signal)]]

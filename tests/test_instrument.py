@@ -177,6 +177,25 @@ def test_opentelemetry_distro_chosen_explicitly_still_gets_our_attributes(grpc_r
     assert "OTEL_PYTHON_CONFIGURATOR=otel_segments" in warnings[0] and "OTEL_EXPORTER_OTLP_TOKEN" in warnings[0]
 
 
+def test_sitecustomize_path_with_their_distro_first_attaches_and_warns(grpc_receiver, tmp_path):
+    """Without the ``opentelemetry-instrument`` command (an operator injects only ``PYTHONPATH``), our
+    environment-variables hook never runs, so the first distro found wins: here opentelemetry-distro's.
+    Our post-instrument hook still adds the attributes, and one warning says how to get the token sent."""
+    import opentelemetry.instrumentation.auto_instrumentation as auto
+
+    env = _env(grpc_receiver, "grpc", PYTHONPATH=str(Path(auto.__file__).parent))
+    folder = _app_folder(tmp_path)
+    assert _first_distro(folder, env) == "distro"
+    result = subprocess.run(
+        [str(VENV_BIN / "python"), "flask_app.py"], cwd=folder, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "served 2", result.stderr
+    assert TOKEN not in result.stdout + result.stderr
+    _assert_user_spans(grpc_receiver, _process_attributes(env))
+    assert all("authorization" not in e.headers for e in grpc_receiver.exports)
+    assert len(_stderr_lines(result, TOKEN_HINT)) == 1, result.stderr
+
+
 GATE_SCRIPT = textwrap.dedent(
     """
     import json, logging, os, sys, threading
@@ -266,7 +285,15 @@ CODE_SCRIPT = textwrap.dedent(
     from opentelemetry import metrics, trace
     from opentelemetry._logs import LogRecord, get_logger
 
-    handle = otel_segments.configure()
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class Seen(SpanProcessor):
+        names = []
+
+        def on_end(self, span):
+            self.names.append(span.name)
+
+    handle = otel_segments.configure(span_processors=[Seen()], resource_attributes={"team": "billing"})
     again = otel_segments.configure()
     provider = trace.get_tracer_provider()
     ours = [p for p in provider._active_span_processor._span_processors
@@ -277,7 +304,7 @@ CODE_SCRIPT = textwrap.dedent(
             get_logger("in-code").emit(LogRecord(body="in-code"))
     handle.shutdown()
     handle.shutdown()
-    print(json.dumps({"same": again is handle, "enabled": handle.enabled, "ours": len(ours)}))
+    print(json.dumps({"same": again is handle, "enabled": handle.enabled, "ours": len(ours), "seen": Seen.names}))
     """
 )
 
@@ -288,13 +315,14 @@ def test_configure_in_code_exports_with_bearer_and_is_idempotent(http_receiver, 
         [str(VENV_BIN / "python"), "-c", CODE_SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"same": True, "enabled": True, "ours": 1}
+    assert json.loads(result.stdout) == {"same": True, "enabled": True, "ours": 1, "seen": ["in-code"]}
     assert TOKEN not in result.stdout + result.stderr
     spans = http_receiver.wait_for(lambda r: r.spans())
     assert [s.name for s in spans] == ["in-code"]  # once: a second configure() added no second pipeline
     expected = {**_process_attributes(env), "user.id": "u-9", "user.roles": ("viewer",), "app.user.auth_method": "sso"}
     assert {k: spans[0].attributes.get(k) for k in expected} == expected
     assert spans[0].resource["service.name"] == SERVICE
+    assert spans[0].resource["team"] == "billing"  # the app's own options merge with ours
     for signal in ("traces", "metrics", "logs"):
         exports = http_receiver.wait_for(lambda r, s=signal: r.of(s))
         assert {e.headers.get("authorization") for e in exports} == {f"Bearer {TOKEN}"}, signal
