@@ -25,15 +25,28 @@ def segment_attributes(properties: Mapping[str, object]) -> dict[str, Any]:
 
 
 class SegmentCache:
+    """Segment attributes by user id. A miss is remembered (bounded) so the job loads that user next cycle."""
+
     def __init__(self, maxsize: int = 10_000) -> None:
         self.maxsize = maxsize
         self._data: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
+        self._missed: set[str] = set()
         self._lock = threading.Lock()
 
     def get(self, user_id: str) -> Mapping[str, Any] | None:
-        # Lock-free on purpose: a plain look-up is atomic under the GIL, and the
-        # span hot path must not wait for a writer. Recency is refreshed on write.
-        return self._data.get(user_id)
+        # Lock-free on purpose: a plain look-up and a set.add are atomic under the GIL,
+        # and the span hot path must not wait for a writer. Recency is refreshed on write.
+        found = self._data.get(user_id)
+        if found is None and len(self._missed) < self.maxsize:
+            self._missed.add(user_id)
+        return found
+
+    def wanted(self) -> list[str]:
+        """The users to (re)load from the refresh state: those cached, then those missed since the last call."""
+        missed, self._missed = self._missed, set()
+        with self._lock:
+            cached = list(self._data)
+        return cached + [user_id for user_id in missed if user_id not in self._data]
 
     def put(self, user_id: str, properties: Mapping[str, object]) -> None:
         attributes = segment_attributes(properties)
