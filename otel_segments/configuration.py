@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from datetime import timedelta
 from importlib.metadata import entry_points
 from typing import Any
 from urllib.parse import quote
@@ -22,14 +23,16 @@ from opentelemetry._logs import get_logger_provider
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from . import config
 from .cache import SegmentCache
 from .config import Settings
 from .context import set_privacy_policy
+from .job import RefreshJob
 from .processor import SuperPropertiesSpanProcessor
-from .properties import detect_process_properties
+from .properties import ProcessProperties, detect_process_properties
 
 _logger = logging.getLogger(__name__)
 
@@ -55,7 +58,8 @@ class Configured:
     processor: SuperPropertiesSpanProcessor | None = None
     segments: SegmentCache | None = None
     owns_providers: bool = False
-    job: Any = None
+    job: RefreshJob | None = None
+    meter_provider: MeterProvider | None = None  # the refresh job's own, see otel_segments.reader
     _shut: bool = field(default=False, repr=False)
 
     @property
@@ -66,8 +70,13 @@ class Configured:
         if self._shut:
             return
         self._shut = True
-        if self.job is not None:
+        if self.meter_provider is not None:
+            self.meter_provider.shutdown()  # shuts the reader, which shuts the job down first
+        elif self.job is not None:
             self.job.shutdown()
+        if self.job is not None:
+            for engine in {id(e): e for e in (self.job.app_engine, self.job.state_engine)}.values():
+                engine.dispose()
         if self.owns_providers:
             for provider in (trace.get_tracer_provider(), metrics.get_meter_provider(), get_logger_provider()):
                 if isinstance(provider, TracerProvider | MeterProvider | LoggerProvider):
@@ -108,7 +117,7 @@ def _configure_enabled(settings: Settings, allow_pii: bool, sdk_options: dict[st
     )
     process = detect_process_properties()
     segments = SegmentCache(settings.cache_size)
-    processor = SuperPropertiesSpanProcessor(process, segments)
+    processor = SuperPropertiesSpanProcessor(process, segments, trust_baggage=settings.trust_baggage)
     handle = Configured(settings, processor=processor, segments=segments)
     provider = trace.get_tracer_provider()
     if isinstance(provider, TracerProvider):
@@ -129,7 +138,80 @@ def _configure_enabled(settings: Settings, allow_pii: bool, sdk_options: dict[st
                 options[_EXPORTER_NAMES_OPTION[signal]] = [_OTLP_EXPORTER_NAMES[config.protocol(signal)]]
         _SDKConfigurator()._configure(**options, **sdk_options)
         handle.owns_providers = True
+    if settings.database_url is not None:
+        _start_segments(handle, process)
     return handle
+
+
+def _start_segments(handle: Configured, process: ProcessProperties) -> None:
+    """Build the refresh job, its sinks and its MetricReader; nothing connects until the first cycle."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    from .reader import SegmentsMetricReader, segments_meter_provider
+    from .segments.schema import SchemaError, load_schema
+
+    settings = handle.settings
+    try:
+        schema = load_schema(settings.schema)
+    except SchemaError as error:
+        _logger.error("otel_segments: %s=%r: %s; segments are off", config.OTEL_SEGMENTS_SCHEMA, settings.schema, error)
+        return
+    engines = []
+    urls = ((config.OTEL_SEGMENTS_DATABASE_URL, settings.database_url), (config.OTEL_SEGMENTS_STATE_URL, settings.state_url))
+    for name, secret in urls:
+        if secret is None:
+            continue
+        try:
+            engines.append(_engine(secret.reveal()))
+        except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as error:
+            # The message may quote the URL, password included: name the variable and the error class only.
+            _logger.error("otel_segments: %s is not a usable database URL (%s); segments are off", name, type(error).__name__)
+            return
+    provider = trace.get_tracer_provider()
+    resource = provider.resource if isinstance(provider, TracerProvider) else Resource.create(dict(process.attributes))
+    sinks: dict[str, Any] = {"otlp": lambda: _otlp_sink(settings, resource)}
+    if settings.posthog_api_key is not None:
+        sinks["posthog"] = lambda: _posthog_sink(settings, process)
+    job = RefreshJob(
+        engines[0],
+        schema,
+        state_engine=engines[-1],
+        sinks=sinks,
+        cache=handle.segments,
+        interval=timedelta(milliseconds=settings.refresh_interval_ms),
+        max_age=timedelta(milliseconds=settings.max_segment_age_ms),
+    )
+    handle.job = job
+    handle.meter_provider = segments_meter_provider(SegmentsMetricReader(_otlp_exporter("metrics", settings), job), resource)
+
+
+def _engine(url: str) -> Any:
+    from sqlalchemy import create_engine, make_url
+
+    parsed = make_url(url)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        connect_args["connect_timeout"] = 10  # a database that is away fails the cycle, not hangs it
+    # pre_ping: a database restarted between cycles costs one reconnect, not a failed cycle.
+    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _otlp_sink(settings: Settings, resource: Resource) -> Any:
+    from .sinks.otlp import OtlpSegmentSink, log_exporter
+
+    return OtlpSegmentSink(log_exporter(settings), resource)
+
+
+def _posthog_sink(settings: Settings, process: ProcessProperties) -> Any:
+    from .sinks.posthog import PostHogSink
+
+    assert settings.posthog_api_key is not None
+    return PostHogSink(settings.posthog_api_key, settings.posthog_host, super_properties=dict(process.attributes))
+
+
+def _otlp_exporter(signal: str, settings: Settings) -> Any:
+    module, name = _EXPORTERS[(signal, config.protocol(signal))]
+    return getattr(importlib.import_module(module), name)(**_exporter_kwargs(signal, settings))
 
 
 class _SDKConfigurator(_OTelSDKConfigurator):
@@ -145,12 +227,16 @@ def _exporter_args(settings: Settings) -> dict[type, dict[str, Any]]:
         except ImportError:
             _logger.warning("otel_segments: %s is not installed; %s exports use the SDK defaults", module, signal)
             continue
-        kwargs: dict[str, Any] = {"headers": config.otlp_headers(signal, settings.token)}
-        endpoint = config.otlp_endpoint(signal, settings)
-        if endpoint is not None:
-            kwargs["endpoint"] = endpoint
-        args[exporter] = kwargs
+        args[exporter] = _exporter_kwargs(signal, settings)
     return args
+
+
+def _exporter_kwargs(signal: str, settings: Settings) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"headers": config.otlp_headers(signal, settings.token)}
+    endpoint = config.otlp_endpoint(signal, settings)
+    if endpoint is not None:
+        kwargs["endpoint"] = endpoint
+    return kwargs
 
 
 def _sanitize_environment() -> None:

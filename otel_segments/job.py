@@ -1,0 +1,347 @@
+"""The refresh job: one cycle = lease, incremental refresh, delivery to every sink, cache update.
+
+A cycle is started by :meth:`RefreshJob.kick`, which the
+:class:`~otel_segments.reader.SegmentsMetricReader` calls on each collection; it
+runs in the job's own worker thread, so a slow database never stalls a metric
+export or the host app, and a kick while a cycle runs is ignored (never two
+refreshes at once in a process).
+
+Across a fleet, the cycle runs its refresh and delivery only while it holds the
+lease row in the state database; the others just load segments for their own
+users from the state tables. Delivery state advances only after a sink accepted a
+batch, so a failure anywhere leaves the updates pending for the next cycle:
+at-least-once, and exactly-once while the lease holder is not killed between a
+sink's acknowledgement and the write that records it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+
+from .cache import SegmentCache
+from .lease import Lease
+from .segments import UserSegment
+from .segments.cohorts import COHORTS
+from .segments.refresh import DEFAULT_MAX_AGE, RefreshResult, refresh
+from .segments.schema import BoundSchema, SchemaMapping, bind
+from .segments.state import RefreshState
+from .sinks import DeliveryError
+from .sinks.posthog import RateLimitedError
+
+_logger = logging.getLogger(__name__)
+
+GAUGE = "app.segments.users"
+SEGMENT_NAME = "app.segment.name"
+SEGMENT_VALUE = "app.segment.value"
+DEFAULT_INTERVAL = timedelta(seconds=60)
+MIN_LEASE_TTL = timedelta(seconds=30)
+DEFAULT_DELIVERY_BATCH = 1000
+#: The (property, value) pairs counted for the gauge: every value a cohort names, zeros included.
+SEGMENT_VALUES: tuple[tuple[str, str | bool], ...] = tuple(dict.fromkeys((c.property, c.value) for c in COHORTS))
+
+
+class Sink(Protocol):
+    def deliver(self, batch: list[UserSegment]) -> None: ...
+
+    def shutdown(self, timeout_s: float = 5.0) -> None: ...
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """What one cycle did; ``error`` is the one-line cause when it stopped early."""
+
+    holder: bool = False
+    refreshed: RefreshResult | None = None
+    delivered: Mapping[str, int] = field(default_factory=dict)
+    failed: Mapping[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+
+class RefreshJob:
+    """Refreshes segments and delivers them; owns one worker thread, started on the first :meth:`kick`.
+
+    ``sinks`` maps a sink name (its key in the delivery state) to a factory: sinks
+    are built in the worker, once per process, so a forked child never reuses its
+    parent's connections.
+    """
+
+    def __init__(
+        self,
+        app_engine: Engine,
+        schema: SchemaMapping,
+        *,
+        state_engine: Engine | None = None,
+        sinks: Mapping[str, Callable[[], Sink]] | None = None,
+        cache: SegmentCache | None = None,
+        interval: timedelta = DEFAULT_INTERVAL,
+        max_age: timedelta = DEFAULT_MAX_AGE,
+        lease_ttl: timedelta | None = None,
+        delivery_batch: int = DEFAULT_DELIVERY_BATCH,
+    ) -> None:
+        self.app_engine = app_engine
+        self.state_engine = state_engine or app_engine
+        self.schema = schema
+        self.cache = cache
+        self.interval = interval
+        self.max_age = max_age
+        # Renewed before every delivery batch; long enough that a live holder never loses it between cycles.
+        self.lease_ttl = lease_ttl or max(2 * interval, MIN_LEASE_TTL)
+        self.delivery_batch = delivery_batch
+        self._sink_factories = dict(sinks or {})
+        self._sinks: dict[str, Sink] = {}
+        self._state: RefreshState | None = None
+        self._bound: BoundSchema | None = None
+        self._lease: Lease | None = None
+        self._counts: dict[tuple[str, str | bool], int] | None = None
+        self._init_process_state()
+        self._paused = False
+        self._shut = False
+        self._cycles = 0
+        _register_at_fork(self)
+
+    def _init_process_state(self) -> None:
+        self._cycle_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._last_error: str | None = None
+
+    # -- driving ---------------------------------------------------------------------------------------------
+
+    def kick(self) -> bool:
+        """Ask for a cycle without waiting for it; False when one is already running (or the job is stopped)."""
+        if self._stopping or self._paused or self._cycle_lock.locked():
+            return False
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._work, name="otel_segments-refresh", daemon=True)
+            self._thread.start()
+        self._wake.set()
+        return True
+
+    def _work(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            self.run_cycle()
+
+    def run_cycle(self, now: datetime | None = None) -> CycleResult | None:
+        """Run one cycle in the calling thread; None when another is running. Never raises."""
+        if not self._cycle_lock.acquire(blocking=False):
+            return None
+        try:
+            self._cycles += 1
+            result = self._cycle(now)
+        except Exception as error:  # noqa: BLE001 - the job must never take the host app down
+            result = CycleResult(error=_cause(error))
+            self._report(result.error, error)
+        else:
+            if result.error is None and not result.failed and self._last_error is not None:
+                _logger.info("otel_segments: segment refresh works again")
+                self._last_error = None
+        finally:
+            self._cycle_lock.release()
+        return result
+
+    def _cycle(self, now: datetime | None) -> CycleResult:
+        state, lease = self._ensure_state()
+        if not lease.acquire(self.lease_ttl):
+            self._counts = None  # only the holder reports cohort sizes, so a fleet reports each once
+            self._sync_cache(state)
+            return CycleResult(holder=False)
+        refreshed = refresh(self.app_engine, state, self._ensure_bound(), now=now, max_age=self.max_age)
+        if refreshed.changed or self._counts is None:
+            self._counts = _count(state.segments())
+        delivered: dict[str, int] = {}
+        failed: dict[str, str] = {}
+        for name in self._sink_factories:
+            try:
+                delivered[name] = self._deliver(name, state, lease)
+            except DeliveryError as error:
+                failed[name] = str(error)
+                self._report_sink(name, error)
+        self._sync_cache(state)
+        return CycleResult(holder=True, refreshed=refreshed, delivered=delivered, failed=failed)
+
+    def _ensure_state(self) -> tuple[RefreshState, Lease]:
+        if self._state is None or self._lease is None:
+            try:
+                self._state, self._lease = RefreshState(self.state_engine), Lease(self.state_engine)
+            except DBAPIError:
+                # Processes starting together race to create the tables; the loser finds them on a second look.
+                self._state, self._lease = RefreshState(self.state_engine), Lease(self.state_engine)
+        return self._state, self._lease
+
+    def _ensure_bound(self) -> BoundSchema:
+        if self._bound is None:
+            self._bound = bind(self.schema, self.app_engine)  # reflection: a wrong mapping fails here, by name
+        return self._bound
+
+    # -- delivery --------------------------------------------------------------------------------------------
+
+    def _sink(self, name: str) -> Sink:
+        sink = self._sinks.get(name)
+        if sink is None:
+            sink = self._sinks[name] = self._sink_factories[name]()
+        return sink
+
+    def _deliver(self, name: str, state: RefreshState, lease: Lease, deadline: float | None = None) -> int:
+        """Send everything pending for ``name``, batch by batch; the lease is renewed before each batch."""
+        try:
+            sink = self._sink(name)
+        except Exception as error:
+            raise DeliveryError(f"could not set up the sink ({_cause(error)})") from error
+        sent = 0
+        while deadline is None or time.monotonic() < deadline:
+            if self._stopping and deadline is None:
+                break
+            batch = state.pending(name, limit=self.delivery_batch)
+            if not batch:
+                break
+            if not lease.acquire(self.lease_ttl):
+                _logger.info("otel_segments: the refresh lease passed to another process; it delivers the rest")
+                break
+            sink.deliver(batch)
+            state.mark_delivered(name, [(segment.distinct_id, segment.digest()) for segment in batch])
+            sent += len(batch)
+        return sent
+
+    # -- what other parts read -------------------------------------------------------------------------------
+
+    def cohort_sizes(self) -> Mapping[tuple[str, str | bool], int]:
+        """Users per (property, value) after the last refresh this process ran; empty when it does not hold the lease."""
+        return dict(self._counts or {})
+
+    def observe(self, options: CallbackOptions | None = None) -> Iterable[Observation]:
+        """Callback of the ``app.segments.users`` gauge: reads finished counts, never the database."""
+        for (prop, value), count in (self._counts or {}).items():
+            text = str(value).lower() if isinstance(value, bool) else value
+            yield Observation(count, {SEGMENT_NAME: prop, SEGMENT_VALUE: text})
+
+    def _sync_cache(self, state: RefreshState) -> None:
+        """Load the stored segment of every user this process has cached or seen; ``{}`` marks a user with none."""
+        if self.cache is None:
+            return
+        wanted = self.cache.wanted()
+        if not wanted:
+            return
+        found = {segment.distinct_id: segment for segment in state.segments(wanted)}
+        for user_id in wanted:
+            segment = found.get(user_id)
+            self.cache.put(user_id, {**segment.set_once, **segment.set} if segment else {})
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Stop the worker, deliver what is pending while time allows, release the lease; bounded by ``timeout_s``."""
+        if self._shut:
+            return
+        self._shut = True
+        deadline = time.monotonic() + timeout_s
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if not self._paused and self._cycle_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            try:
+                self._flush(deadline)
+            finally:
+                self._cycle_lock.release()
+        for name, sink in list(self._sinks.items()):
+            try:
+                sink.shutdown(timeout_s=max(0.1, deadline - time.monotonic()))
+            except Exception:
+                _logger.warning("otel_segments: the %s sink did not shut down cleanly", name, exc_info=True)
+        self._sinks.clear()
+
+    def _flush(self, deadline: float) -> None:
+        if self._state is None or self._lease is None or self._cycles == 0:
+            return
+        try:
+            if not self._lease.acquire(self.lease_ttl):
+                return
+            for name in self._sink_factories:
+                try:
+                    self._deliver(name, self._state, self._lease, deadline)
+                except DeliveryError as error:
+                    self._report_sink(name, error)
+            self._lease.release()
+        except Exception as error:  # noqa: BLE001
+            self._report(_cause(error), error)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's thread does not exist here and its locks may be held: start afresh, as a new lease holder.
+        self._init_process_state()
+        self._paused = self._shut
+        self._sinks = {}
+        self._counts = None
+        if self._lease is not None:
+            self._lease.reset_holder()
+        for engine in {id(e): e for e in (self.app_engine, self.state_engine)}.values():
+            engine.dispose(close=False)  # the parent's pooled connections stay the parent's
+
+    def _after_fork_in_parent(self) -> None:
+        if self._cycles == 0 and not self._paused:
+            # Forking before the first cycle is a pre-fork server (gunicorn --preload): the workers do the work.
+            self._paused = True
+            _logger.debug("otel_segments: process forked before its first refresh; the refresh runs in the children")
+
+    # -- reporting -------------------------------------------------------------------------------------------
+
+    def _report(self, cause: str, error: BaseException) -> None:
+        self._last_error = cause
+        _logger.warning("otel_segments: segment refresh failed, retrying next cycle: %s", cause)
+        _logger.debug("otel_segments: refresh failure details", exc_info=error)
+
+    def _report_sink(self, name: str, error: DeliveryError) -> None:
+        self._last_error = str(error)
+        wait = error.retry_after_s if isinstance(error, RateLimitedError) else None
+        retry = f" (retry after {wait:.0f}s)" if wait else ""
+        _logger.warning("otel_segments: %s delivery failed, updates stay pending%s: %s", name, retry, error)
+
+
+def _count(segments: Iterable[UserSegment]) -> dict[tuple[str, str | bool], int]:
+    counts: Counter[tuple[str, str | bool]] = Counter({key: 0 for key in SEGMENT_VALUES})
+    wanted = set(SEGMENT_VALUES)
+    for segment in segments:
+        for prop, value in segment.set.items():
+            if isinstance(value, str | bool) and (prop, value) in wanted:
+                counts[(prop, value)] += 1
+    return dict(counts)
+
+
+def _cause(error: BaseException) -> str:
+    """The error's class and first line, from the driver's own error when SQLAlchemy wraps one (no SQL, no URL)."""
+    inner = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+    text = str(inner).strip().splitlines()[0][:300] if str(inner).strip() else ""
+    return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
+
+
+def _register_at_fork(job: RefreshJob) -> None:
+    ref = weakref.ref(job)
+
+    def child() -> None:
+        if (alive := ref()) is not None:
+            alive._after_fork_in_child()
+
+    def parent() -> None:
+        if (alive := ref()) is not None:
+            alive._after_fork_in_parent()
+
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=child, after_in_parent=parent)
