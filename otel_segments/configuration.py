@@ -8,6 +8,7 @@ configurator built them first, it attaches what it can to those providers.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 import os
@@ -70,10 +71,10 @@ class Configured:
         if self._shut:
             return
         self._shut = True
+        if self.job is not None:
+            self.job.shutdown()  # first: the meter provider's last collection must not start a refresh
         if self.meter_provider is not None:
-            self.meter_provider.shutdown()  # shuts the reader, which shuts the job down first
-        elif self.job is not None:
-            self.job.shutdown()
+            self.meter_provider.shutdown()
         if self.job is not None:
             for engine in {id(e): e for e in (self.job.app_engine, self.job.state_engine)}.values():
                 engine.dispose()
@@ -147,7 +148,7 @@ def _start_segments(handle: Configured, process: ProcessProperties) -> None:
     """Build the refresh job, its sinks and its MetricReader; nothing connects until the first cycle."""
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-    from .reader import SegmentsMetricReader, segments_meter_provider
+    from .reader import segments_meter_provider
     from .segments.schema import SchemaError, load_schema
 
     settings = handle.settings
@@ -182,7 +183,10 @@ def _start_segments(handle: Configured, process: ProcessProperties) -> None:
         max_age=timedelta(milliseconds=settings.max_segment_age_ms),
     )
     handle.job = job
-    handle.meter_provider = segments_meter_provider(SegmentsMetricReader(_otlp_exporter("metrics", settings), job), resource)
+    handle.meter_provider = segments_meter_provider(job, _otlp_exporter("metrics", settings), resource)
+    # Registered after the provider's own exit hook, so it runs first: the provider's last collection
+    # then finds the job stopped instead of starting a refresh while the interpreter exits.
+    atexit.register(job.shutdown, timeout_s=5.0)
 
 
 def _engine(url: str) -> Any:

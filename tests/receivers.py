@@ -123,7 +123,10 @@ class Receiver:
                     for metric in sm.metrics:
                         data = metric.WhichOneof("data")
                         for point in getattr(metric, data).data_points:
-                            value = point.as_int if point.WhichOneof("value") == "as_int" else point.as_double
+                            if data in ("histogram", "exponential_histogram", "summary"):
+                                value = point.sum
+                            else:
+                                value = point.as_int if point.WhichOneof("value") == "as_int" else point.as_double
                             out.append(ReceivedPoint(metric.name, value, attributes(point.attributes), resource))
         return out
 
