@@ -1,0 +1,71 @@
+"""configure() with a database that is wrong or away: one clear line naming the problem, the app runs on,
+no secret in the output. Each case runs in its own interpreter, as configure() is once per process."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.conftest import VENV_BIN, clean_env
+from tests.receivers import Receiver
+
+APP = """
+import time, otel_segments
+from opentelemetry import trace
+handle = otel_segments.configure()
+with otel_segments.user_context("1"):
+    trace.get_tracer("t").start_span("work").end()
+time.sleep(1.2)
+print("alive", handle.job is not None)
+"""
+
+
+def _run(receiver: Receiver, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = clean_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        OTEL_EXPORTER_OTLP_TOKEN="tok-err-1",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_SEGMENTS_REFRESH_INTERVAL="300",
+        **extra,
+    )
+    result = subprocess.run([str(VENV_BIN / "python"), "-c", APP], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "tok-err-1" not in result.stdout + result.stderr
+    return result
+
+
+def _ours(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in result.stderr.splitlines() if "otel_segments" in line or "OTEL_SEGMENTS" in line]
+
+
+@pytest.mark.parametrize("url", ["not a url", "nosuchdriver://u:pw-x9@h/db"])
+def test_unusable_database_url_is_one_error_without_the_url(http_receiver, url: str) -> None:
+    result = _run(http_receiver, OTEL_SEGMENTS_DATABASE_URL=url)
+    assert result.stdout.strip() == "alive False"
+    lines = _ours(result)
+    assert len(lines) == 1 and "OTEL_SEGMENTS_DATABASE_URL is not a usable database URL" in lines[0], result.stderr
+    assert "pw-x9" not in result.stderr
+    http_receiver.wait_for(lambda r: r.spans())  # spans still go out
+
+
+def test_unknown_schema_is_one_error(http_receiver, tmp_path) -> None:
+    result = _run(http_receiver, OTEL_SEGMENTS_DATABASE_URL=f"sqlite:///{tmp_path}/x.db", OTEL_SEGMENTS_SCHEMA="nosuch")
+    lines = _ours(result)
+    assert len(lines) == 1 and "OTEL_SEGMENTS_SCHEMA='nosuch'" in lines[0], result.stderr
+
+
+def test_missing_table_is_named_once_per_cycle(http_receiver, tmp_path) -> None:
+    result = _run(http_receiver, OTEL_SEGMENTS_DATABASE_URL=f"sqlite:///{tmp_path}/empty.db")
+    assert result.stdout.strip() == "alive True"
+    lines = _ours(result)
+    assert lines and all("segment refresh failed" in line and "'users'" in line for line in lines), result.stderr
+    assert len(lines) <= 5  # one per cycle: 1.2 s at 300 ms
+
+
+def test_unreachable_postgres_says_why_without_the_password(http_receiver) -> None:
+    result = _run(http_receiver, OTEL_SEGMENTS_DATABASE_URL="postgresql+psycopg://app:pw-s3cr3t@127.0.0.1:9/app")
+    lines = _ours(result)
+    assert lines and all("segment refresh failed" in line and "OperationalError" in line for line in lines), result.stderr
+    assert "pw-s3cr3t" not in result.stderr
