@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -26,6 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from .config import DEFAULT_SCHEMA, OTEL_SEGMENTS_DATABASE_URL, OTEL_SEGMENTS_SCHEMA, OTEL_SEGMENTS_STATE_URL
+from .job import RefreshJob
 from .segments import UserSegment
 from .segments.cohorts import COHORTS, cohort_description, export
 from .segments.refresh import refresh
@@ -246,13 +248,23 @@ def _demo(args: argparse.Namespace, err: Console) -> int:
         f"Demo database [bold]{path}[/]: {counts['users']} users, {counts['projects']} projects, "
         f"{counts['tasks']} tasks, {counts['time_entries']} time entries ({generated:.1f} s)"
     )
+    job, delivering = _demo_job(engine)
+    first = job.run_cycle()
+    second = job.run_cycle()
+    job.shutdown(timeout_s=10)
+    for label, cycle in (("First cycle (full refresh)", first), ("Next cycle (incremental)", second)):
+        if cycle is None or cycle.error or cycle.refreshed is None:
+            raise CliError(f"the refresh failed: {cycle.error if cycle else 'another refresh was running'}")
+        done = cycle.refreshed
+        sent = ", ".join(f"{n} to {name}" for name, n in cycle.delivered.items()) or "nothing delivered"
+        failed = "".join(f"; {name} failed: {why}" for name, why in cycle.failed.items())
+        out.print(f"{label}: {done.computed} users computed, {done.changed} changed in {done.seconds:.2f} s; {sent}{failed}")
+    if not delivering:
+        out.print(
+            "No sink configured: set POSTHOG_API_KEY (and POSTHOG_HOST) or OTEL_EXPORTER_OTLP_ENDPOINT and "
+            "OTEL_EXPORTER_OTLP_TOKEN to deliver these updates; the state in the database keeps them pending."
+        )
     state = RefreshState(engine)
-    result = refresh(engine, state, bind(load_schema(DEFAULT_SCHEMA), engine))
-    out.print(f"Full refresh: {result.computed} users computed in {result.seconds:.2f} s, state stored in the same database")
-    again = refresh(engine, state, bind(load_schema(DEFAULT_SCHEMA), engine))
-    out.print(
-        f"Incremental refresh right after: {again.computed} users recomputed, {again.changed} changed ({again.seconds:.2f} s)"
-    )
 
     sizes: Counter[str] = Counter()
     sample: list[UserSegment] = []
@@ -278,6 +290,26 @@ def _demo(args: argparse.Namespace, err: Console) -> int:
     out.print(f"Next: otel-segments compute --database-url sqlite:///{path} --format table")
     out.print("      otel-segments cohorts --format traceql")
     return 0
+
+
+def _demo_job(engine: Engine) -> tuple[RefreshJob, bool]:
+    """The real refresh job on the demo database, delivering to the sinks the environment configures."""
+    from .config import Settings
+
+    settings = Settings.from_env()
+    sinks: dict[str, Any] = {}
+    if settings.posthog_api_key is not None:
+        from .sinks.posthog import PostHogSink
+
+        key, host = settings.posthog_api_key, settings.posthog_host
+        sinks["posthog"] = lambda: PostHogSink(key, host)
+    if settings.enabled:
+        from opentelemetry.sdk.resources import Resource
+
+        from .sinks.otlp import OtlpSegmentSink, log_exporter
+
+        sinks["otlp"] = lambda: OtlpSegmentSink(log_exporter(settings), Resource.create())
+    return RefreshJob(engine, load_schema(DEFAULT_SCHEMA), sinks=sinks), bool(sinks)
 
 
 def _one_line(exc: BaseException) -> str:
