@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
@@ -105,17 +106,15 @@ class Settings:
         return self.disabled_reason is None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, object] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        endpoint = _endpoint(env)
-        token = env.get(OTEL_EXPORTER_OTLP_TOKEN, "").strip()
         return cls(
-            endpoint=endpoint,
-            token=Secret(token) if token else None,
-            sdk_disabled=env.get(OTEL_SDK_DISABLED, "").strip().lower() == "true",
+            endpoint=_endpoint(env),
+            token=_token(env),
+            sdk_disabled=_sdk_disabled(env),
             database_url=_secret(env, OTEL_SEGMENTS_DATABASE_URL),
             state_url=_secret(env, OTEL_SEGMENTS_STATE_URL),
-            schema=env.get(OTEL_SEGMENTS_SCHEMA, "").strip() or DEFAULT_SCHEMA,
+            schema=_raw(env, OTEL_SEGMENTS_SCHEMA) or DEFAULT_SCHEMA,
             refresh_interval_ms=_positive_int(env, OTEL_SEGMENTS_REFRESH_INTERVAL, DEFAULT_REFRESH_INTERVAL_MS),
             max_segment_age_ms=_positive_int(env, OTEL_SEGMENTS_MAX_SEGMENT_AGE, DEFAULT_MAX_SEGMENT_AGE_MS),
             cache_size=_positive_int(env, OTEL_SEGMENTS_CACHE_SIZE, DEFAULT_CACHE_SIZE),
@@ -126,30 +125,68 @@ class Settings:
         )
 
 
-def _secret(env: Mapping[str, str], name: str) -> Secret | None:
-    value = env.get(name, "").strip()
+def _raw(env: Mapping[str, object], name: str) -> str:
+    """The variable's value, stripped. Code (not a shell) may pass other types: bytes are decoded, the rest is text."""
+    value = env.get(name)
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "surrogateescape")  # as os.environ decodes the process environment
+    elif not isinstance(value, str):
+        try:
+            value = str(value)
+        except Exception:  # noqa: BLE001 - a broken __str__ is a missing value, not a crash
+            return ""
+    return value.strip()
+
+
+def _secret(env: Mapping[str, object], name: str) -> Secret | None:
+    value = _raw(env, name)
     return Secret(value) if value else None
 
 
+def _token(env: Mapping[str, object]) -> Secret | None:
+    """The bearer token. It goes into an HTTP header and gRPC metadata, so only printable ASCII without spaces.
+
+    Anything else would fail every export, and the HTTP client's error would quote the whole header, token
+    included, into the exporter's log. The warning never shows the value.
+    """
+    value = _raw(env, OTEL_EXPORTER_OTLP_TOKEN)
+    if not value:
+        return None
+    if not (value.isascii() and value.isprintable()) or " " in value:
+        _logger.warning(
+            "%s has characters a bearer token cannot have (spaces, control or non-ASCII characters); ignoring it",
+            OTEL_EXPORTER_OTLP_TOKEN,
+        )
+        return None
+    return Secret(value)
+
+
+def _sdk_disabled(env: Mapping[str, object]) -> bool:
+    """As the OpenTelemetry specification says: only ``true`` (any case) is true; other values warn."""
+    raw = _raw(env, OTEL_SDK_DISABLED).lower()
+    if raw not in ("", "true", "false"):
+        _logger.warning("%s=%r is not true or false; using false", OTEL_SDK_DISABLED, raw[:64])
+    return raw == "true"
+
+
 _MAX_INT = 2**31 - 1  # ~24 days in ms: larger timer values overflow the thread primitives
+_INTEGER = re.compile(r"[+-]?[0-9]{1,12}")
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
+def _positive_int(env: Mapping[str, object], name: str, default: int) -> int:
+    raw = _raw(env, name)
     if not raw:
         return default
-    if len(raw) > 12 or not raw.isascii() or not raw.lstrip("-").isdigit():
+    if _INTEGER.fullmatch(raw) is None or not 0 < int(raw) <= _MAX_INT:
         _logger.warning("%s=%r is not an integer from 1 to %d; using the default %d", name, raw[:64], _MAX_INT, default)
         return default
-    value = int(raw)
-    if not 0 < value <= _MAX_INT:
-        _logger.warning("%s=%d is not an integer from 1 to %d; using the default %d", name, value, _MAX_INT, default)
-        return default
-    return value
+    return int(raw)
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
+def _bool(env: Mapping[str, object], name: str, default: bool) -> bool:
+    raw = _raw(env, name).lower()
     if not raw:
         return default
     if raw in ("true", "1", "yes", "on"):
@@ -160,45 +197,58 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     return default
 
 
-def _url(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = env.get(name, "").strip()
+def _url(env: Mapping[str, object], name: str, default: str) -> str:
+    raw = _raw(env, name)
     if not raw:
         return default
-    fixed = _with_scheme(name, raw)
-    return fixed or default
+    return _with_scheme(name, raw) or default
 
 
-def _with_scheme(name: str, raw: str) -> str | None:
-    """Return ``raw`` as an http(s) URL, adding ``http://`` (with a warning) when the scheme is missing."""
+def _url_problem(url: str) -> str | None:
+    """Why the exporters or requests could not use ``url``, or None."""
+    if not url.isprintable() or any(c.isspace() for c in url):
+        return "has spaces or control characters"
     try:
-        parts = urlsplit(raw)
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port out of range
     except ValueError:
-        _logger.warning("%s=%r is not a URL; ignoring it", name, raw[:200])
-        return None
-    if parts.scheme in ("http", "https") and parts.netloc:
-        return raw
-    if "://" in raw:
-        _logger.warning("%s=%r has an unsupported scheme (use http or https); ignoring it", name, raw[:200])
-        return None
-    fixed = "http://" + raw
-    _logger.warning("%s=%r has no scheme; using %r", name, raw[:200], fixed)
-    return fixed
+        return "is not a URL"
+    if parts.scheme not in ("http", "https"):
+        return "has an unsupported scheme (use http or https)"
+    if not parts.hostname:
+        return "has no host"
+    return None
 
 
-def _endpoint(env: Mapping[str, str]) -> str | None:
-    raw = env.get(OTEL_EXPORTER_OTLP_ENDPOINT, "").strip()
+def _with_scheme(name: str, raw: str, *, bearer_token: bool = False) -> str | None:
+    """``raw`` as a usable http(s) URL, adding ``http://`` when the scheme is missing; None when unusable.
+
+    One warning at most: a missing scheme and, for a URL that carries the ``bearer_token``, plain http
+    to a host other than this one are reported together. Values are shortened in the message.
+    """
+    added = "://" not in raw
+    url = "http://" + raw if added else raw
+    problem = _url_problem(url)
+    if problem is not None:
+        _logger.warning("%s=%r %s; ignoring it", name, raw[:200], problem)
+        return None
+    host = urlsplit(url).hostname or ""
+    exposed = bearer_token and url.startswith("http://") and host not in _LOOPBACK_HOSTS and not host.startswith("127.")
+    risk = f"{host[:200]} over plain http: the bearer token travels unencrypted; use https"
+    if added:
+        _logger.warning(
+            "%s=%r has no scheme; using %r%s", name, raw[:200], url[:207], f", which points at {risk}" if exposed else ""
+        )
+    elif exposed:
+        _logger.warning("%s points at %s", name, risk)
+    return url
+
+
+def _endpoint(env: Mapping[str, object]) -> str | None:
+    raw = _raw(env, OTEL_EXPORTER_OTLP_ENDPOINT)
     if not raw:
         return None
-    endpoint = _with_scheme(OTEL_EXPORTER_OTLP_ENDPOINT, raw)
-    if endpoint is not None:
-        host = urlsplit(endpoint).hostname or ""
-        if endpoint.startswith("http://") and host not in _LOOPBACK_HOSTS and not host.startswith("127."):
-            _logger.warning(
-                "%s points at %s over plain http: the bearer token travels unencrypted; use https",
-                OTEL_EXPORTER_OTLP_ENDPOINT,
-                host,
-            )
-    return endpoint
+    return _with_scheme(OTEL_EXPORTER_OTLP_ENDPOINT, raw, bearer_token=True)
 
 
 def protocol(signal: str, environ: Mapping[str, str] | None = None) -> str:
@@ -215,18 +265,33 @@ def protocol(signal: str, environ: Mapping[str, str] | None = None) -> str:
 
 
 def parse_headers(name: str, raw: str) -> dict[str, str]:
-    """Parse an ``OTEL_EXPORTER_OTLP_*HEADERS`` value, warning once for each malformed item."""
+    """Parse an ``OTEL_EXPORTER_OTLP_*HEADERS`` value, skipping malformed items with one warning for all of them.
+
+    An item is malformed without ``=``, with a key that is empty or not printable ASCII without spaces,
+    or with control characters in its value: the HTTP client would refuse such a header on every export,
+    and quote it (value included) in its error.
+    """
     headers: dict[str, str] = {}
+    malformed = 0
     for item in raw.split(","):
         item = item.strip()
         if not item:
             continue
         key, sep, value = item.partition("=")
         key = unquote(key).strip().lower()
-        if not sep or not key or any(c.isspace() for c in key):
-            _logger.warning("%s has a malformed item (expected key=value); skipping it", name)
+        value = unquote(value).strip()
+        if not sep or not key or not (key.isascii() and key.isprintable()) or " " in key or not value.isprintable():
+            malformed += 1
             continue
-        headers[key] = unquote(value).strip()
+        headers[key] = value
+    if malformed:
+        _logger.warning(
+            "%s has %d malformed item%s (expected key=value without control characters); skipping %s",
+            name,
+            malformed,
+            "" if malformed == 1 else "s",
+            "it" if malformed == 1 else "them",
+        )
     return headers
 
 
