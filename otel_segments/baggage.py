@@ -25,7 +25,7 @@ from typing import Any
 from opentelemetry import baggage
 from opentelemetry.context import Context, attach, detach, get_current
 
-from .context import USER_ID, USER_PREFIX, USER_ROLES, UserProperties, _policy, current_user
+from .context import USER_ID, USER_PREFIX, USER_ROLES, UserProperties, current_user, user_id_hash_key
 
 BAGGAGE_USER_ID = "app.user.id"
 BAGGAGE_USER_PSEUDO_ID = "app.user.pseudo_id"
@@ -80,7 +80,7 @@ def user_from_baggage(context: Context | None = None) -> tuple[str | None, Mappi
     role = _clean(entries.get(BAGGAGE_USER_ROLE), _MAX_ROLE)
     user_id = _clean(entries.get(BAGGAGE_USER_ID), _MAX_ID)
     if user_id is not None:
-        return _from_id(user_id, role, _policy["hash_key"])
+        return _from_id(user_id, role, user_id_hash_key())
     pseudo_id = _clean(entries.get(BAGGAGE_USER_PSEUDO_ID), _MAX_ID)
     if pseudo_id is not None:
         return _from_pseudo_id(pseudo_id, role)

@@ -48,6 +48,9 @@ PII_KEYS = frozenset(
     }
 )
 
+_PII_NAMES = frozenset(k.replace("_", "") for k in PII_KEYS)
+_SEPARATORS = str.maketrans("", "", "_-. ")
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 _warned_keys: set[str] = set()
 _policy: dict[str, Any] = {"hash_key": None, "allow_pii": False}
@@ -59,6 +62,21 @@ def set_privacy_policy(*, hash_key: bytes | None = None, allow_pii: bool = False
     _policy["allow_pii"] = allow_pii
 
 
+def pii_allowed() -> bool:
+    """Whether the app opted in to sending keys that name a person (``configure(allow_pii=True)``)."""
+    return bool(_policy["allow_pii"])
+
+
+def user_id_hash_key() -> bytes | None:
+    """The key user ids are hashed with, or None: for caches whose entries depend on the policy."""
+    return _policy["hash_key"]
+
+
+def is_pii_key(key: str) -> bool:
+    """Whether ``key`` names a person, whatever its case and separators (``firstName``, ``e-mail``, ``Full Name``)."""
+    return key.lower().translate(_SEPARATORS) in _PII_NAMES
+
+
 def pseudonymize(user_id: str) -> str:
     """The id as it leaves the process: itself, or its keyed hash when a hash key is set."""
     key = _policy["hash_key"]
@@ -67,10 +85,10 @@ def pseudonymize(user_id: str) -> str:
     return hmac.new(key, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
-def _warn_once(key: str, message: str, *args: object) -> None:
+def _warn_once(key: str, message: str, *args: object, exc_info: bool = False) -> None:
     if key not in _warned_keys and len(_warned_keys) < 1000:
         _warned_keys.add(key)
-        _logger.warning(message, *args)
+        _logger.warning(message, *args, exc_info=exc_info)
 
 
 def _text(value: str | bytes) -> str:
@@ -99,10 +117,10 @@ def attribute_value(key: str, value: object) -> Any:
     if isinstance(value, list | tuple):
         items = [attribute_value(key, v) for v in value]
         items = [v for v in items if v is not None]
-        if items and len({type(v) for v in items}) == 1:
-            return tuple(items)
         if not items:
             return None
+        if len({type(v) for v in items}) == 1 and not isinstance(items[0], tuple):  # arrays of primitives only
+            return tuple(items)
     _warn_once(key, "otel_segments: user property %r has an unsupported type %s; it is left out", key, type(value).__name__)
     return None
 
@@ -135,7 +153,7 @@ class UserProperties:
         if auth_value is not None:
             attributes[USER_PREFIX + "auth_method"] = auth_value
         for key, value in extra.items():
-            if key.lower() in PII_KEYS and not _policy["allow_pii"]:
+            if is_pii_key(key) and not pii_allowed():
                 _warn_once(key, "otel_segments: user property %r names a person; it is not sent (allow_pii=False)", key)
                 continue
             clean = attribute_value(key, value)
@@ -155,9 +173,10 @@ def current_user() -> UserProperties | None:
 
 
 def _properties(user_id: object, kwargs: dict[str, object]) -> UserProperties | None:
-    if user_id is None or user_id == "" or user_id == b"":
-        return None
     try:
+        # isinstance, not ==: an id such as a numpy value compares into something whose truth value raises
+        if user_id is None or (isinstance(user_id, str | bytes) and not user_id):
+            return None
         return UserProperties(user_id, **kwargs)  # type: ignore[arg-type]
     except Exception:  # noqa: BLE001 - bad input from the host app must not break its request
         _warn_once("<user>", "otel_segments: could not read the user's properties; the span carries none", exc_info=True)

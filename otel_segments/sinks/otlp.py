@@ -31,8 +31,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from .. import config
 from ..config import Settings
-from ..context import PII_KEYS, USER_ID, USER_PREFIX, attribute_value, pseudonymize
-from ..context import _policy as _privacy_policy
+from ..context import USER_ID, USER_PREFIX, attribute_value, is_pii_key, pii_allowed, pseudonymize
 from ..segments import UserSegment
 from . import DeliveryError
 
@@ -150,7 +149,7 @@ def user_resource_attributes(segment: UserSegment) -> dict[str, Any]:
     attributes: dict[str, Any] = {USER_ID: pseudonymize(str(segment.distinct_id))}
     for values in (segment.set_once, segment.set):
         for key, value in values.items():
-            if key.lower() in PII_KEYS and not _privacy_policy["allow_pii"]:
+            if is_pii_key(key) and not pii_allowed():
                 continue
             clean = attribute_value(key, value.isoformat() if isinstance(value, date) else value)
             if clean is not None:

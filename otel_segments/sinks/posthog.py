@@ -34,8 +34,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from ..config import Secret
-from ..context import PII_KEYS
-from ..context import _policy as _privacy_policy
+from ..context import is_pii_key, pii_allowed
 from ..properties import detect_process_properties
 from ..segments import UserSegment
 from . import DeliveryError
@@ -292,7 +291,7 @@ def _person_properties(segment: UserSegment) -> dict[str, Any]:
 
 def _allowed(key: str) -> bool:
     """Person properties that name a person never leave the process unless the app opted in (``allow_pii``)."""
-    return key.lower() not in PII_KEYS or bool(_privacy_policy["allow_pii"])
+    return not is_pii_key(key) or pii_allowed()
 
 
 def _cause(error: BaseException) -> str:
