@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, exists, false, func, literal, select
+from sqlalchemy import ColumnElement, String, and_, case, exists, false, func, literal, select, type_coerce
 from sqlalchemy.engine import Connection, Engine
 
 from . import UserSegment
@@ -63,7 +63,7 @@ def aggregate_users(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Iterator[AggregatedUser]:
     bound = schema if isinstance(schema, BoundSchema) else bind(schema, engine)
-    queries = _Queries(bound, utc(now))
+    queries = _Queries(bound, utc(now), engine.dialect.name)
     with engine.connect() as conn:
         if user_ids is None:
             last: Any = None
@@ -87,10 +87,11 @@ def aggregate_users(
 class _Queries:
     """The SQL for one bound schema at one ``now``."""
 
-    def __init__(self, bound: BoundSchema, now: datetime) -> None:
+    def __init__(self, bound: BoundSchema, now: datetime, dialect: str = "") -> None:
         self.bound = bound
         self.now = now
         self.mapping = bound.mapping
+        self.dialect = dialect
 
     def coerce_ids(self, user_ids: Iterable[str]) -> list[Any]:
         """distinct_ids are strings; compare them as the id column's own type, sorted and unique."""
@@ -121,10 +122,12 @@ class _Queries:
         t = self.bound.users
         uid = t.c[u.id]
         columns: list[Any] = [uid]
-        for name in (u.created_at, u.last_login, u.role, u.auth_method):
+        for name in (u.created_at, u.last_login):
+            columns.append(self._readable_time(t.c[name]) if name else literal(None))
+        for name in (u.role, u.auth_method):
             columns.append(t.c[name] if name else literal(None))
         columns.append(self._is_admin())
-        query = select(*columns)
+        query = select(*columns).where(uid.is_not(None))  # a NULL id names no one (possible in views and legacy tables)
         if ids is not None:
             query = query.where(uid.in_(ids))
         elif after is not None:
@@ -191,6 +194,18 @@ class _Queries:
             oldest = {w: _datetime(act[8 + i]) if act else None for i, w in enumerate(WINDOWS)}
             yield AggregatedUser(activity=row, oldest_in_window=oldest)
 
+    def _readable_time(self, column: Any) -> Any:
+        """A timestamp as the driver can hand it over, whatever the row holds; :func:`_datetime` finishes the job.
+
+        SQLite keeps any text in a date column, which SQLAlchemy's own parser rejects with an exception: we
+        take the text. PostgreSQL's ``infinity`` has no Python datetime (psycopg raises): we read it as NULL.
+        """
+        if self.dialect == "sqlite":
+            return type_coerce(column, String)
+        if self.dialect == "postgresql":
+            return case((func.isfinite(column), column), else_=None)
+        return column
+
     def _range(self, column: Any, lo: Any, hi: Any, ids: Sequence[Any] | None) -> ColumnElement[bool]:
         return column.in_(ids) if ids is not None else and_(column >= lo, column <= hi)
 
@@ -208,8 +223,12 @@ class _Queries:
             columns.append(func.sum(case((source.in_(a.manual_values) if a.manual_values else false(), 1), else_=0)))
         else:
             columns += [literal(None), literal(None)]
-        columns.append(func.sum(t.c[a.duration_seconds]) if a.duration_seconds else literal(None))
-        columns += [func.min(case((cond, ts), else_=None)) for cond in in_window]
+        if a.duration_seconds:
+            duration = t.c[a.duration_seconds]
+            columns.append(func.sum(case((duration > 0, duration), else_=0)))  # a negative duration is a bad row: 0
+        else:
+            columns.append(literal(None))
+        columns += [self._readable_time(func.min(case((cond, ts), else_=None))) for cond in in_window]
         return select(*columns).where(self._range(uid, lo, hi, ids)).group_by(uid)
 
     def _projects(self, lo: Any, hi: Any, ids: Sequence[Any] | None) -> Any:

@@ -9,10 +9,16 @@ Every property name, formula and threshold is the reference's (TimeTracker's
 - the auth method is the mapping's auth column (TimeTracker: ``auth_provider``);
 - times are timezone-aware UTC ISO 8601 strings;
 - no value is ever None: an unknown property is left out (``username`` is never sent).
+
+Bad rows are read as follows, never as an exception: a date in the future (a clock
+ahead of ours, a "never" sentinel such as 9999-12-31) makes an age of 0 days; a
+duration total that is negative or not a finite number is unknown (left out); a change
+beyond the year 9999 is never due.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -125,6 +131,11 @@ def whole_days(since: datetime, now: datetime) -> int:
     return (now - since) // DAY
 
 
+def age_days(since: datetime, now: datetime) -> int:
+    """Whole days since ``since``; 0 when it is in the future (another clock ahead of ours, a sentinel date)."""
+    return max(whole_days(since, now), 0)
+
+
 def utc(value: datetime) -> datetime:
     """Naive datetimes are UTC (as the app stores them); aware ones are converted."""
     if value.tzinfo is None:
@@ -203,11 +214,11 @@ def person_properties(row: UserActivity, *, now: datetime) -> UserSegment:
             uses_timer=row.timer_entries > 0,
             uses_manual_entry=row.manual_entries > 0,
         )
-    if row.total_seconds is not None:
+    if row.total_seconds is not None and math.isfinite(row.total_seconds) and row.total_seconds >= 0:
         props["total_hours_tracked"] = total_hours(row.total_seconds)
 
     if row.created_at is not None:
-        age = whole_days(utc(row.created_at), now)
+        age = age_days(utc(row.created_at), now)
         props.update(
             account_age_days=age,
             account_age_category=account_age_category(age),
@@ -216,7 +227,7 @@ def person_properties(row: UserActivity, *, now: datetime) -> UserSegment:
         )
     if row.last_login is not None:
         props["last_login"] = iso(row.last_login)
-        props["days_since_last_login"] = whole_days(utc(row.last_login), now)
+        props["days_since_last_login"] = age_days(utc(row.last_login), now)
     props["last_segment_update"] = now.isoformat()
 
     once: dict[str, object] = {}
@@ -236,13 +247,21 @@ def next_change(row: UserActivity, oldest_in_window: dict[timedelta, datetime | 
     as the user's due time, so a clock-driven change is never missed.
     """
     now = utc(now)
-    candidates: list[datetime] = []
+    candidates: list[datetime | None] = []
     for window, oldest in oldest_in_window.items():
         if oldest is not None:
-            candidates.append(utc(oldest) + window + TICK)  # the first instant it is outside
+            candidates.append(_after(utc(oldest), window + TICK))  # the first instant it is outside
     for since in (row.created_at, row.last_login):
         if since is not None:
             start = utc(since)
-            candidates.append(start + (whole_days(start, now) + 1) * DAY)
-    later = [c for c in candidates if c > now]
+            candidates.append(_after(start, (age_days(start, now) + 1) * DAY))
+    later = [c for c in candidates if c is not None and c > now]
     return min(later) if later else None
+
+
+def _after(start: datetime, delta: timedelta) -> datetime | None:
+    """``start + delta``, or None past the last representable date: such a moment never comes."""
+    try:
+        return start + delta
+    except OverflowError:
+        return None

@@ -95,7 +95,7 @@ def expected(
             p["preferred_tracking_method"] = "timer" if percent > 70 else "mixed" if percent > 30 else "manual"
             p["uses_timer"] = timer > 0
             p["uses_manual_entry"] = manual > 0
-            p["total_hours_tracked"] = round(sum(e[a.duration_seconds] or 0 for e in entries) / 3600, 1)
+            p["total_hours_tracked"] = round(sum(max(e[a.duration_seconds] or 0, 0) for e in entries) / 3600, 1)
             created = _utc(user[u.created_at])
             once: dict[str, Any] = {}
             if created is not None:
