@@ -1,0 +1,62 @@
+"""One member of the fleet in test_fleet.py: its own RefreshJob, cycling until SIGTERM.
+
+    python fleet_worker.py DATABASE_URL POSTHOG_HOST INTERVAL_S LEASE_TTL_S
+
+Every cycle prints one JSON line (pid, wall-clock start and end, the
+CycleResult) so the test can see who refreshed when. SIGTERM stops the loop and
+calls ``job.shutdown()``, as the SDK's shutdown would; the last line is
+``{"pid": ..., "exit": "shutdown"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import timedelta
+
+from sqlalchemy import create_engine
+
+from otel_segments.job import RefreshJob
+from otel_segments.segments.schema import TIMETRACKER
+from otel_segments.sinks.posthog import PostHogSink
+
+
+def main() -> int:
+    url, host, interval_s, ttl_s = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    engine = create_engine(url)
+    job = RefreshJob(
+        engine,
+        TIMETRACKER,
+        sinks={"posthog": lambda: PostHogSink("phc_fleet_key", host, super_properties={"service.name": "fleet"})},
+        interval=timedelta(seconds=interval_s),
+        lease_ttl=timedelta(seconds=ttl_s),
+    )
+    while not stop.is_set():
+        start = time.time()
+        result = job.run_cycle()
+        end = time.time()
+        line = {"pid": os.getpid(), "start": start, "end": end}
+        if result is not None:
+            line.update(
+                holder=result.holder,
+                changed=result.refreshed.changed if result.refreshed else None,
+                delivered=dict(result.delivered),
+                failed=dict(result.failed),
+                error=result.error,
+            )
+        print(json.dumps(line), flush=True)
+        stop.wait(interval_s)
+    job.shutdown(timeout_s=5)
+    engine.dispose()
+    print(json.dumps({"pid": os.getpid(), "exit": "shutdown"}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
