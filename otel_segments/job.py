@@ -206,12 +206,14 @@ class RefreshJob:
         except Exception as error:
             raise DeliveryError(f"could not set up the sink ({_cause(error)})") from error
         sent = 0
+        after: str | None = None
         while deadline is None or time.monotonic() < deadline:
             if self._stopping and deadline is None:
                 break
-            batch = state.pending(name, limit=self.delivery_batch)
+            batch = state.pending(name, limit=self.delivery_batch, after=after)
             if not batch:
                 break
+            after = batch[-1].distinct_id
             if not lease.acquire(self.lease_ttl):
                 _logger.info("otel_segments: the refresh lease passed to another process; it delivers the rest")
                 break

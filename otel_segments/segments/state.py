@@ -139,20 +139,24 @@ class RefreshState:
 
     # -- delivery side --------------------------------------------------------------------------
 
-    def pending(self, sink: str, limit: int = 1000) -> list[UserSegment]:
-        """Up to ``limit`` users whose computed digest has not been delivered to ``sink``.
+    def pending(self, sink: str, limit: int = 1000, *, after: str | None = None) -> list[UserSegment]:
+        """Up to ``limit`` users, in user id order, whose computed digest has not been delivered to ``sink``.
 
         Deliver them, then call :meth:`mark_delivered` with ``(distinct_id, segment.digest())``
-        for the ones the sink accepted. Oldest computations first.
+        for the ones the sink accepted. Pass the last id of a batch as ``after`` to get
+        the next: each query then walks the primary key from there and stops after
+        ``limit`` matches, so a whole pass costs one walk of the table, not one per batch.
         """
         u, d = self.users, self.delivery
         query = (
             select(u.c.user_id, u.c.properties)
             .select_from(u.outerjoin(d, and_(d.c.sink == sink, d.c.user_id == u.c.user_id)))
             .where(or_(d.c.digest.is_(None), d.c.digest != u.c.digest))
-            .order_by(u.c.computed_at, u.c.user_id)
+            .order_by(u.c.user_id)
             .limit(limit)
         )
+        if after is not None:
+            query = query.where(u.c.user_id > after)
         with self.engine.connect() as conn:
             return [_segment(row[0], row[1]) for row in conn.execute(query)]
 
