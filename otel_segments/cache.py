@@ -11,13 +11,15 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from .context import USER_PREFIX, attribute_value
+from .context import USER_PREFIX, attribute_value, is_pii_key, pii_allowed
 
 
 def segment_attributes(properties: Mapping[str, object]) -> dict[str, Any]:
-    """``app.user.<P>`` span attributes for segment properties; None and unsupported values are left out."""
+    """``app.user.<P>`` span attributes for segment properties; None, unsupported values and person keys left out."""
     attributes: dict[str, Any] = {}
     for key, value in properties.items():
+        if is_pii_key(key) and not pii_allowed():
+            continue
         clean = attribute_value(key, value)
         if clean is not None:
             attributes[USER_PREFIX + key] = clean
