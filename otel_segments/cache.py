@@ -6,12 +6,19 @@ dict look-up, never I/O. Bounded, least recently used first out, per process.
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 from .context import USER_PREFIX, attribute_value, is_pii_key, pii_allowed
+
+_logger = logging.getLogger(__name__)
+
+#: Segment properties sent on a span, at most (the built-in rules make about 30); see ``context.MAX_USER_PROPERTIES``.
+MAX_SEGMENT_PROPERTIES = 64
 
 
 def segment_attributes(properties: Mapping[str, object]) -> dict[str, Any]:
@@ -21,9 +28,18 @@ def segment_attributes(properties: Mapping[str, object]) -> dict[str, Any]:
         if is_pii_key(key) and not pii_allowed():
             continue
         clean = attribute_value(key, value)
-        if clean is not None:
-            attributes[USER_PREFIX + key] = clean
+        if clean is None:
+            continue
+        if len(attributes) == MAX_SEGMENT_PROPERTIES:
+            _warn_too_many()
+            break
+        attributes[USER_PREFIX + key] = clean
     return attributes
+
+
+@functools.cache
+def _warn_too_many() -> None:
+    _logger.warning("otel_segments: a segment has more than %d properties; the rest are not put on spans", MAX_SEGMENT_PROPERTIES)
 
 
 class SegmentCache:

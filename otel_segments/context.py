@@ -48,6 +48,10 @@ PII_KEYS = frozenset(
     }
 )
 
+#: Extra user properties sent on a span, at most. With the segment's (``cache.MAX_SEGMENT_PROPERTIES``) and the
+#: process's, this stays well under the SDK's default limit of 128 attributes a span, so the app's own fit too.
+MAX_USER_PROPERTIES = 32
+
 _PII_NAMES = frozenset(k.replace("_", "") for k in PII_KEYS)
 _SEPARATORS = str.maketrans("", "", "_-. ")
 
@@ -140,7 +144,25 @@ class UserProperties:
         **extra: object,
     ) -> None:
         self.user_id = _text(user_id if isinstance(user_id, str | bytes) else str(user_id))
-        attributes: dict[str, Any] = {USER_ID: pseudonymize(self.user_id)}
+        # Extras first and the id last: a span that runs out of attribute room loses its oldest attributes first.
+        attributes: dict[str, Any] = {}
+        sent = 0
+        for key, value in extra.items():
+            if is_pii_key(key) and not pii_allowed():
+                _warn_once(key, "otel_segments: user property %r names a person; it is not sent (allow_pii=False)", key)
+                continue
+            clean = attribute_value(key, value)
+            if clean is None:
+                continue
+            if sent == MAX_USER_PROPERTIES:
+                _warn_once(
+                    "<too many>",
+                    "otel_segments: more than %d user properties; the rest are not sent (a span has room for 128)",
+                    MAX_USER_PROPERTIES,
+                )
+                break
+            attributes[USER_PREFIX + _text(key)] = clean
+            sent += 1
         role_value = attribute_value("role", role)
         if isinstance(role_value, str):
             attributes[USER_ROLES] = (role_value,)
@@ -152,13 +174,7 @@ class UserProperties:
         auth_value = attribute_value("auth_method", auth_method)
         if auth_value is not None:
             attributes[USER_PREFIX + "auth_method"] = auth_value
-        for key, value in extra.items():
-            if is_pii_key(key) and not pii_allowed():
-                _warn_once(key, "otel_segments: user property %r names a person; it is not sent (allow_pii=False)", key)
-                continue
-            clean = attribute_value(key, value)
-            if clean is not None:
-                attributes[USER_PREFIX + _text(key)] = clean
+        attributes[USER_ID] = pseudonymize(self.user_id)
         self.attributes: Mapping[str, Any] = attributes
 
     def __repr__(self) -> str:

@@ -60,10 +60,8 @@ SETTINGS_VARIABLES = {
 # The standard OTEL_* variables we parse ourselves besides those (the SDK parses the rest).
 READER_VARIABLES = (
     config.OTEL_EXPORTER_OTLP_PROTOCOL,
-    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
     config.OTEL_EXPORTER_OTLP_HEADERS,
-    "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
-    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    *(f"OTEL_EXPORTER_OTLP_{s.upper()}_{v}" for s in config.SIGNALS for v in ("PROTOCOL", "HEADERS", "ENDPOINT")),
     "OTEL_RESOURCE_ATTRIBUTES",
 )
 
@@ -492,6 +490,26 @@ def test_property_values_of_every_type(pipeline: Pipeline, value: object, expect
     with user_context("u1", plan=value):
         attributes = started_and_ended(pipeline)
     assert attributes.get("app.user.plan") == expected
+
+
+def test_too_many_properties_leave_room_for_identity_and_the_app(pipeline: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
+    """200 user properties and a 500-key segment: the span still names its user and keeps the app's attributes.
+
+    The SDK keeps 128 attributes a span and evicts the oldest, one warning each: without a cap, user.id went
+    first and every span logged about 80 warnings.
+    """
+    caplog.set_level(logging.WARNING)
+    pipeline.segments.put("u1", {f"s{i}": i for i in range(500)})
+    for _ in range(3):
+        with user_context("u1", role="admin", **{f"k{i}": i for i in range(200)}):
+            with pipeline.tracer.start_as_current_span("request") as span:
+                span.set_attributes({f"http.app.{i}": i for i in range(20)})
+    attributes = dict(pipeline.spans()[-1].attributes or {})
+    assert attributes["user.id"] == "u1" and attributes["app.user.role"] == "admin"
+    assert all(attributes[f"http.app.{i}"] == i for i in range(20))
+    assert pipeline.spans()[-1].dropped_attributes == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert 1 <= len(messages) <= 2 and all(m.startswith("otel_segments: ") for m in messages), messages[:3]
 
 
 def test_unsupported_values_warn_once_per_key(pipeline: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
