@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -283,10 +284,15 @@ class PostHogSink:
 def _person_properties(segment: UserSegment) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for name, values in (("$set", segment.set), ("$set_once", segment.set_once)):
-        clean = {k: v for k, v in values.items() if v is not None and _allowed(k)}
+        clean = {k: v for k, v in values.items() if _sendable(v) and _allowed(k)}
         if clean:
             properties[name] = clean
     return properties
+
+
+def _sendable(value: object) -> bool:
+    """None, NaN and infinity are left out: JSON has no NaN, and the SDK sends it as null, which erases the property."""
+    return value is not None and not (isinstance(value, float) and not math.isfinite(value))
 
 
 def _allowed(key: str) -> bool:

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
 from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, insert, text
 from sqlalchemy.engine import Engine
 
@@ -32,6 +33,10 @@ from otel_segments.segments.refresh import refresh
 from otel_segments.segments.rules import WINDOWS, UserActivity, next_change, person_properties
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
+from otel_segments.sinks.otlp import OtlpSegmentSink
+from otel_segments.sinks.posthog import PostHogSink
+from tests.receivers import Receiver
+from tests.sinks.conftest import Capture
 
 from .conftest import API_KEY, TOKEN, Pipeline, make_pipeline
 
@@ -783,3 +788,29 @@ def test_infinite_timestamps_on_postgresql(postgres_database: str) -> None:
         assert refresh(eng, state, TIMETRACKER, now=NOW).computed == 2
     finally:
         eng.dispose()
+
+
+def _strict_json(raw: str) -> object:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(raw, parse_constant=refuse)
+
+
+def test_sinks_send_only_finite_numbers(capture: Capture, http_receiver: Receiver) -> None:
+    """NaN and infinity are not JSON: the PostHog SDK sends them as null, which erases the person's property."""
+    segment = UserSegment("u1", set={"ok": 1.5, "nan": math.nan, "inf": math.inf, "ninf": -math.inf}, set_once={"x": math.nan})
+    PostHogSink(API_KEY, capture.host, super_properties={}).deliver([segment])
+    [request] = capture.requests
+    event = _strict_json(request["raw"])["batch"][0]  # type: ignore[index]
+    assert event["properties"]["$set"] == {"ok": 1.5} and "$set_once" not in event["properties"]
+
+    exporter = HttpLogExporter(endpoint=f"{http_receiver.endpoint}/v1/logs", timeout=5)
+    OtlpSegmentSink(exporter).deliver([segment])
+    [record] = http_receiver.logs()
+    # OTLP doubles can be infinite (protobuf), never NaN: NaN equals nothing, so no backend could filter on it.
+    assert {k: v for k, v in record.resource.items() if k.startswith("app.user.")} == {
+        "app.user.ok": 1.5,
+        "app.user.inf": math.inf,
+        "app.user.ninf": -math.inf,
+    }

@@ -37,7 +37,14 @@ class Capture:
         with self.lock:
             status, headers = self.answers.pop(0) if self.answers else (200, {})
             self.requests.append(
-                {"path": request.path, "headers": dict(request.headers), "body": body, "status": status, "size": len(raw)}
+                {
+                    "path": request.path,
+                    "headers": dict(request.headers),
+                    "body": body,
+                    "raw": raw.decode(),
+                    "status": status,
+                    "size": len(raw),
+                }
             )
         if self.delay_s:
             threading.Event().wait(self.delay_s)
