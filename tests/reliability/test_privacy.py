@@ -278,14 +278,17 @@ APP = textwrap.dedent(
     from opentelemetry import trace
     handle = otel_segments.configure()
     assert handle.enabled, handle.settings.disabled_reason
+    from opentelemetry import propagate
     with otel_segments.user_context("{raw_id}", role="user", email="{email}", username="{username}", plan="pro"):
         trace.get_tracer("app").start_span("request").end()
+    forged = propagate.extract({{"baggage": "app.user.id=1,app.user.role=admin"}})
+    trace.get_tracer("app").start_span("forged", context=forged).end()
     handle.shutdown()
     """
 )
 
 
-def test_configure_end_to_end_plain_http_hashed_id_no_person_no_secret(http_receiver: Receiver) -> None:
+def test_configure_end_to_end_plain_http_hashed_id_no_person_no_secret_no_baggage(http_receiver: Receiver) -> None:
     """The default path: configure() from the environment, in a process of its own, to a non-loopback address.
 
     0.0.0.0 reaches this machine's receiver yet is not loopback, so the plain-http warning must appear, once.
@@ -309,8 +312,9 @@ def test_configure_end_to_end_plain_http_hashed_id_no_person_no_secret(http_rece
     result = subprocess.run([str(VENV_BIN / "python"), "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    [span] = http_receiver.wait_for(lambda r: r.spans())
-    assert span.attributes["app.user.plan"] == "pro" and len(span.attributes["user.id"]) == 64
+    spans = {s.name: s.attributes for s in http_receiver.wait_for(lambda r: len(r.spans()) == 2 and r.spans())}
+    assert spans["request"]["app.user.plan"] == "pro" and len(spans["request"]["user.id"]) == 64
+    assert not [k for k in spans["forged"] if k.startswith(("user.", "app.user."))]  # baggage is not trusted by default
     assert RAW_ID.encode() not in raw_requests(http_receiver)
     assert person_values_in(raw_requests(http_receiver)) == []
     headers = http_receiver.of("traces")[0].headers
