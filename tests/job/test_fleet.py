@@ -17,20 +17,21 @@ import socket
 import subprocess
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, insert, select
+from sqlalchemy import create_engine, select
 from sqlalchemy.engine import Engine
 
 from otel_segments.lease import lease_table
-from otel_segments.segments.demo import create_demo_database, time_entries
+from otel_segments.segments.demo import create_demo_database
 from otel_segments.segments.state import RefreshState
+from tests import delivery
 from tests.conftest import VENV_BIN
+from tests.delivery import add_entries, busy_arrived, changes, users_in
 from tests.sinks.conftest import Capture
 
 pytestmark = pytest.mark.postgres
@@ -129,55 +130,13 @@ def db(app_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def wait_until(condition: Callable[[], Any], what: str, fleet: Fleet, timeout: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout}s\n{fleet.stderr()[-3000:]}")
-
-
-def change(event: dict[str, Any]) -> tuple[str, str]:
-    """One distinct change: the user and its properties, without the timestamp that every send refreshes."""
-    properties = event["properties"]
-    values = {k: v for k, v in properties.get("$set", {}).items() if k != "last_segment_update"}
-    return event["distinct_id"], json.dumps([values, properties.get("$set_once", {})], sort_keys=True)
+def wait_until(condition: Callable[[], Any], what: str, fleet: Fleet) -> Any:
+    return delivery.wait_until(condition, what, DEADLINE_S, fleet.stderr)
 
 
 def settled(capture: Capture, db: Engine) -> bool:
     """Every user reached PostHog and nothing is pending for it."""
     return {e["distinct_id"] for e in capture.events()} == ALL and not RefreshState(db).pending("posthog")
-
-
-def add_entries(engine: Engine, user_ids: list[int], count: int) -> None:
-    """``count`` one-hour timer entries ending now for each user: enough to move their engagement level."""
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    with engine.begin() as conn:
-        next_id = (conn.execute(select(func.max(time_entries.c.id))).scalar() or 0) + 1
-        rows = []
-        for user_id in user_ids:
-            for _ in range(count):
-                rows.append(
-                    {
-                        "id": next_id,
-                        "user_id": user_id,
-                        "start_time": now - timedelta(hours=1),
-                        "end_time": now,
-                        "created_at": now,
-                        "source": "timer",
-                        "duration_seconds": 3600,
-                    }
-                )
-                next_id += 1
-        conn.execute(insert(time_entries), rows)
-
-
-def busy_changes(capture: Capture, users: list[int]) -> bool:
-    wanted = {str(u) for u in users}
-    seen = {e["distinct_id"] for e in capture.events() if e["properties"]["$set"].get("entries_last_24h", 0) >= 25}
-    return wanted <= seen
 
 
 def assert_one_refresher_at_a_time(fleet: Fleet) -> None:
@@ -191,18 +150,19 @@ def assert_one_refresher_at_a_time(fleet: Fleet) -> None:
 def test_four_processes_deliver_each_change_exactly_once(fleet: Fleet, capture: Capture, db: Engine) -> None:
     wait_until(lambda: settled(capture, db), "every user delivered", fleet)
     time.sleep(5 * INTERVAL_S)  # more cycles from every process: none may send anything again
-    first = Counter(change(e) for e in capture.events())
+    initial = capture.events()
+    first = changes(initial)
     assert {user for user, _ in first} == ALL
     assert set(first.values()) == {1}, [c for c, n in first.items() if n > 1]
 
     changed = [3, 7, 11, 19, 23]
-    add_entries(db, changed, 25)
-    wait_until(lambda: busy_changes(capture, changed) and settled(capture, db), "the changes delivered", fleet)
+    add_entries(db, changed)
+    wait_until(lambda: busy_arrived(capture.events(), changed) and settled(capture, db), "the changes delivered", fleet)
     time.sleep(5 * INTERVAL_S)
     events = capture.events()
-    counts = Counter(change(e) for e in events)
+    counts = changes(events)
     assert set(counts.values()) == {1}, [c for c, n in counts.items() if n > 1]
-    again = Counter(change(e)[0] for e in events[len(first) :])
+    again = {e["distinct_id"] for e in events[len(initial) :]}
     assert set(changed) <= {int(u) for u in again}  # each changed user once more (others only if the clock moved them)
 
     # Only one process refreshed: the one that took the lease first kept renewing it; the others only read.
@@ -236,10 +196,10 @@ def test_killed_holder_is_replaced_after_the_lease_ttl_and_nothing_is_lost(fleet
 
     capture.delay_s = 3.0  # PostHog takes its time answering: the holder sits in delivery, between accept and record
     changed = [2, 5, 13, 17, 29, 31]
-    add_entries(db, changed, 25)
+    add_entries(db, changed)
     wanted = {str(u) for u in changed}
     in_flight = wait_until(
-        lambda: [r for r in capture.requests[before:] if {e["distinct_id"] for e in r["body"]["batch"]} & wanted],
+        lambda: [r for r in capture.requests[before:] if users_in(r) & wanted],
         "the holder's batch with the changes",
         fleet,
     )[0]
@@ -249,9 +209,9 @@ def test_killed_holder_is_replaced_after_the_lease_ttl_and_nothing_is_lost(fleet
     fleet.processes[holder].kill()
     fleet.processes[holder].wait()
     capture.delay_s = 0.0
-    killed_batch = {e["distinct_id"] for e in in_flight["body"]["batch"]}
+    killed_batch = users_in(in_flight)
 
-    wait_until(lambda: busy_changes(capture, changed) and settled(capture, db), "the changes delivered again", fleet)
+    wait_until(lambda: busy_arrived(capture.events(), changed) and settled(capture, db), "the changes delivered again", fleet)
     time.sleep(5 * INTERVAL_S)
     successors = [c for c in fleet.holder_cycles() if c["pid"] != holder]
     assert successors, "nobody took over"
@@ -260,7 +220,7 @@ def test_killed_holder_is_replaced_after_the_lease_ttl_and_nothing_is_lost(fleet
     assert {c["pid"] for c in successors} == {successors[0]["pid"]}, "one successor, which keeps the lease"
     assert_one_refresher_at_a_time(fleet)
 
-    counts = Counter(change(e) for e in capture.events())
+    counts = changes(capture.events())
     assert {user for user, _ in counts} == ALL
     twice = {user for (user, _), n in counts.items() if n == 2}
     assert set(counts.values()) <= {1, 2}
