@@ -48,6 +48,10 @@ SEGMENT_NAME = "app.segment.name"
 SEGMENT_VALUE = "app.segment.value"
 DEFAULT_INTERVAL = timedelta(seconds=60)
 MIN_LEASE_TTL = timedelta(seconds=30)
+#: A process that forks this soon after building the job (or before its first cycle) is taken for a pre-fork
+#: server's master (gunicorn --preload): it stops refreshing and its children do it. A slow app import can
+#: outlast several short refresh intervals, so "before the first cycle" alone would leave the master in charge.
+PREFORK_WINDOW = timedelta(seconds=60)
 DEFAULT_DELIVERY_BATCH = 1000
 #: The (property, value) pairs counted for the gauge: every value a cohort names, zeros included.
 SEGMENT_VALUES: tuple[tuple[str, str | bool], ...] = tuple(dict.fromkeys((c.property, c.value) for c in COHORTS))
@@ -110,6 +114,7 @@ class RefreshJob:
         self._paused = False
         self._shut = False
         self._cycles = 0
+        self._started = time.monotonic()
         _register_at_fork(self)
 
     def _init_process_state(self) -> None:
@@ -136,6 +141,9 @@ class RefreshJob:
             self._wake.wait()
             self._wake.clear()
             if self._stopping:
+                return
+            if self._paused:
+                self._hand_over()
                 return
             self.run_cycle()
 
@@ -208,7 +216,7 @@ class RefreshJob:
         sent = 0
         after: str | None = None
         while deadline is None or time.monotonic() < deadline:
-            if self._stopping and deadline is None:
+            if (self._stopping or self._paused) and deadline is None:
                 break
             batch = state.pending(name, limit=self.delivery_batch, after=after)
             if not batch:
@@ -290,6 +298,7 @@ class RefreshJob:
         # The parent's thread does not exist here and its locks may be held: start afresh, as a new lease holder.
         self._init_process_state()
         self._paused = self._shut
+        self._started = time.monotonic()
         self._sinks = {}
         self._counts = None
         if self._lease is not None:
@@ -298,10 +307,26 @@ class RefreshJob:
             engine.dispose(close=False)  # the parent's pooled connections stay the parent's
 
     def _after_fork_in_parent(self) -> None:
-        if self._cycles == 0 and not self._paused:
-            # Forking before the first cycle is a pre-fork server (gunicorn --preload): the workers do the work.
-            self._paused = True
-            _logger.debug("otel_segments: process forked before its first refresh; the refresh runs in the children")
+        if self._paused or (self._cycles and time.monotonic() - self._started >= PREFORK_WINDOW.total_seconds()):
+            return
+        # Forking while starting up is a pre-fork server (gunicorn --preload): the workers do the work.
+        self._paused = True
+        self._counts = None  # the holder among the children reports cohort sizes; ours would go stale
+        _logger.debug("otel_segments: process forked while starting up; the refresh runs in the children")
+        if self._thread is not None and self._thread.is_alive():
+            self._wake.set()  # the worker thread gives the lease up once its cycle, if one is running, is over
+        else:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give up the lease now, so a child takes over at its next cycle instead of after the lease TTL."""
+        self._counts = None
+        if self._lease is None:
+            return
+        try:
+            self._lease.release()
+        except Exception as error:  # noqa: BLE001 - the children take over when the lease expires
+            self._report(_cause(error), error)
 
     # -- reporting -------------------------------------------------------------------------------------------
 
