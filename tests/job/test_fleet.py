@@ -190,7 +190,7 @@ def test_killed_holder_is_replaced_after_the_lease_ttl_and_nothing_is_lost(fleet
     died before recording that) is sent again, so those users' change arrives exactly twice; every other
     change arrives exactly once, and none is lost.
     """
-    wait_until(lambda: settled(capture, db), "every user delivered", fleet)
+    wait_until(lambda: settled(capture, db) and fleet.holder_cycles(), "every user delivered", fleet)
     before = len(capture.requests)
     (holder,) = {c["pid"] for c in fleet.holder_cycles()}
 
