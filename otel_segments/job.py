@@ -123,12 +123,17 @@ class RefreshJob:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._last_error: str | None = None
+        self._cycle_started: float | None = None  # monotonic start of the running cycle
+        self._stuck_reported: float | None = None  # start of the last cycle reported as stuck
 
     # -- driving ---------------------------------------------------------------------------------------------
 
     def kick(self) -> bool:
         """Ask for a cycle without waiting for it; False when one is already running (or the job is stopped)."""
-        if self._stopping or self._paused or self._cycle_lock.locked():
+        if self._stopping or self._paused:
+            return False
+        if self._cycle_lock.locked():
+            self._report_if_stuck()
             return False
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._work, name="otel_segments-refresh", daemon=True)
@@ -153,6 +158,7 @@ class RefreshJob:
             return None
         try:
             self._cycles += 1
+            self._cycle_started = time.monotonic()
             result = self._cycle(now)
         except Exception as error:  # noqa: BLE001 - the job must never take the host app down
             result = CycleResult(error=_cause(error))
@@ -162,6 +168,7 @@ class RefreshJob:
                 _logger.info("otel_segments: segment refresh works again")
                 self._last_error = None
         finally:
+            self._cycle_started = None
             self._cycle_lock.release()
         return result
 
@@ -334,6 +341,28 @@ class RefreshJob:
         self._last_error = cause
         _logger.warning("otel_segments: segment refresh failed, retrying next cycle: %s", cause)
         _logger.debug("otel_segments: refresh failure details", exc_info=error)
+
+    def _report_if_stuck(self) -> None:
+        """Once per cycle that outlives its lease: a peer that took the connection and never answers blocks it, silently.
+
+        The database drivers have no timeout for an answer that never comes (a lock
+        wait, a hung server, a half-open connection), so such a cycle waits until the
+        connection breaks; meanwhile the kicks that find it running say so, once.
+        """
+        started = self._cycle_started
+        if started is None or started == self._stuck_reported:
+            return
+        running = time.monotonic() - started
+        if running <= self.lease_ttl.total_seconds():
+            return
+        self._stuck_reported = started
+        self._last_error = "stuck"  # the next cycle that succeeds says so
+        _logger.warning(
+            "otel_segments: the segment refresh has been running for %.0fs, longer than its %.0fs lease: "
+            "a database or sink stopped answering? No other refresh starts in this process until it returns",
+            running,
+            self.lease_ttl.total_seconds(),
+        )
 
     def _report_sink(self, name: str, error: DeliveryError) -> None:
         self._last_error = str(error)

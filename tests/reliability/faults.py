@@ -112,7 +112,11 @@ class FaultyPort:
         self.set_mode(HOLD)
 
     def cut_on(self, pattern: bytes, then: str = REFUSE) -> None:
-        """When the client next sends ``pattern``, switch to ``then`` before it reaches the peer."""
+        """When the client next sends ``pattern``, switch to ``then`` before it reaches the peer.
+
+        With ``then=HOLD`` the bytes do reach the peer and that connection never gets
+        its answer (as :meth:`hold_once`); with any other mode the connection drops.
+        """
         with self._lock:
             self._trip = (pattern, then)
             self.tripped.clear()
@@ -155,14 +159,17 @@ class FaultyPort:
             return True
 
     def _seen(self, data: bytes) -> bool:
-        """Called with client bytes before they are forwarded; True when they tripped the cut."""
+        """Called with client bytes before they are forwarded; True when they cut the connection."""
         trip = self._trip
         if trip is None or trip[0] not in data:
             return False
         with self._lock:
             self._trip = None
-        self.set_mode(trip[1])
         self.tripped.set()
+        if trip[1] == HOLD:
+            self.hold_once()
+            return False
+        self.set_mode(trip[1])
         return True
 
     def _forget(self, pipe: _Pipe) -> None:
@@ -337,14 +344,32 @@ class Sample:
     error: str | None = None
 
 
-class Load:
-    """Requests to the app, one after another from one thread; each sample is labelled with :attr:`phase`."""
+def http_get(port: int, timeout_s: float = 30) -> Callable[[str], int]:
+    """One request to the app's ``/work`` as ``user``, on a new connection (as a browser's first request); its status."""
 
-    def __init__(self, port: int, users: Sequence[str], pause_s: float = 0.005, timeout_s: float = 30) -> None:
-        self.port = port
+    def get(user: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+        try:
+            conn.request("GET", "/work", headers={"X-User-Id": user})
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        finally:
+            conn.close()
+
+    return get
+
+
+class Load:
+    """The app's users: ``request(user)`` again and again from one thread, each timed and labelled with :attr:`phase`.
+
+    ``request`` returns a status (200 is success) or raises; for the app over HTTP, :func:`http_get`.
+    """
+
+    def __init__(self, request: Callable[[str], int], users: Sequence[str], pause_s: float = 0.005) -> None:
+        self.request = request
         self.users = list(users)
         self.pause_s = pause_s
-        self.timeout_s = timeout_s
         self.phase = "start"
         self.samples: list[Sample] = []
         self._stop = threading.Event()
@@ -359,7 +384,7 @@ class Load:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(self.timeout_s + 5)
+        self._thread.join(60)
 
     def _run(self) -> None:
         i = 0
@@ -368,16 +393,12 @@ class Load:
             i += 1
             phase = self.phase
             start = time.perf_counter()
+            status: int | None
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout_s)
-                conn.request("GET", "/work", headers={"X-User-Id": user})
-                response = conn.getresponse()
-                response.read()
-                conn.close()
-                sample = Sample(phase, time.perf_counter() - start, response.status)
-            except OSError as error:
-                sample = Sample(phase, time.perf_counter() - start, None, f"{type(error).__name__}: {error}")
-            self.samples.append(sample)
+                status, error = self.request(user), None
+            except Exception as exc:  # noqa: BLE001 - a failed request is a sample, counted as a failure
+                status, error = None, f"{type(exc).__name__}: {exc}"
+            self.samples.append(Sample(phase, time.perf_counter() - start, status, error))
             self._stop.wait(self.pause_s)
 
     def of(self, phase: str) -> list[Sample]:

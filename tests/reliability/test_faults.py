@@ -26,28 +26,38 @@ of the module; it is measured, not asserted (speed is the benchmark's business:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
+from opentelemetry.sdk.resources import Resource
 from sqlalchemy import create_engine, make_url
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
+import otel_segments
+from otel_segments.job import RefreshJob
+from otel_segments.reader import segments_meter_provider
 from otel_segments.segments.demo import create_demo_database
+from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
-from otel_segments.sinks.otlp import user_resource_attributes
+from otel_segments.sinks.otlp import OtlpSegmentSink, user_resource_attributes
+from otel_segments.sinks.posthog import PostHogSink
 from tests.delivery import BUSY, add_entries, change, wait_until
 from tests.receivers import Receiver
 from tests.sinks.conftest import Capture
 
-from .conftest import API_KEY, TOKEN
-from .faults import FORWARD, HANG, REFUSE, FaultyPort, FullDisk, HostApp, Latency, Load, ignore_sigxfsz, latency
+from .conftest import API_KEY, TOKEN, make_pipeline
+from .faults import FORWARD, HANG, HOLD, REFUSE, FaultyPort, FullDisk, HostApp, Latency, Load, http_get, ignore_sigxfsz, latency
 
 USERS = 40
 USER_IDS = [str(i) for i in range(1, USERS + 1)]
@@ -220,7 +230,7 @@ def _through(fault: Fault, app: HostApp, app_engine: Engine, state: Callable[[],
         fault.start()
     app.start()
     try:
-        with Load(app.port, USER_IDS) as load:
+        with Load(http_get(app.port), USER_IDS) as load:
             if not fault.at_start:
                 load.phase = "normal"
                 wait_until(
@@ -467,4 +477,93 @@ def test_state_database_disk_full(tmp_path: Path, peers: Peers) -> None:
     fault = Fault(f"state disk full ({mechanism})", lambda: disk.fill(app.pid), lambda: disk.free(app.pid), disk.error)
     run = _through(fault, app, engine, state, peers)
     _assert_served_and_reported(run, fault)
+    _assert_once(peers)
+
+
+class _Discard(MetricExporter):
+    """The gauge's exporter: this test is about the refresh the reader's collections kick, not the export."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        pass
+
+
+@pytest.mark.postgres
+def test_database_stops_answering_mid_refresh(peers: Peers, postgres_database: str, postgres_url: str, caplog) -> None:
+    """The server keeps the connection open and never answers the refresh's query (a lock wait, a hung backend).
+
+    In process, on the real path: a MeterProvider from :func:`segments_meter_provider`
+    kicks the job, a TracerProvider with our processor makes the app's spans. The
+    driver has no timeout of its own for an answer that never comes, so the refresh
+    waits; the job says so once (the refresh outlived its lease), spans go on, and
+    when the connection resets (the server restarts) the next cycle delivers every
+    change once. The lease is 1 s here (the default is at least 30 s).
+    """
+    url = make_url(postgres_url)
+    database = FaultyPort((url.host, url.port))
+    app_url, engine = _postgres_behind(database, postgres_database)
+    app_engine = create_engine(app_url, pool_pre_ping=True, connect_args={"connect_timeout": 10})  # as configure() builds it
+    resource = Resource({"service.name": "timetracker"})
+    exporter = OTLPLogExporter(endpoint=f"http://{peers.collector.address}/v1/logs", timeout=2)
+    pipeline = make_pipeline()
+    job = RefreshJob(
+        app_engine,
+        TIMETRACKER,
+        sinks={
+            "otlp": lambda: OtlpSegmentSink(exporter, resource),
+            "posthog": lambda: PostHogSink(API_KEY, f"http://{peers.posthog.address}", super_properties={}),
+        },
+        cache=pipeline.segments,
+        interval=timedelta(milliseconds=INTERVAL_MS),
+        lease_ttl=timedelta(seconds=1),
+    )
+    meter_provider = segments_meter_provider(job, _Discard())
+
+    def span(user: str) -> int:
+        with otel_segments.user_context(user), pipeline.tracer.start_as_current_span("work"):
+            return 200
+
+    try:
+        with caplog.at_level(logging.INFO, logger="otel_segments"), Load(span, USER_IDS) as load:
+            load.phase = "normal"
+            wait_until(lambda: not _stale(RefreshState(engine), peers), "first delivery", HANG_BOUND_S)
+            database.cut_on(b"time_entries", then=HOLD)
+            add_entries(engine, [int(u) for u in CHANGED])
+            wait_until(database.tripped.is_set, "the refresh querying the activity", HANG_BOUND_S)
+            load.phase = "fault"
+            wait_until(lambda: "has been running for" in caplog.text, "a warning that the refresh is stuck", HANG_BOUND_S)
+            time.sleep(3 * INTERVAL_MS / 1000)  # more collections kick the job meanwhile
+            database.set_mode(REFUSE)  # the server restarts: the connection that waited drops
+            database.set_mode(FORWARD)
+            load.phase = "after"
+            wait_until(
+                lambda: not _stale(RefreshState(engine), peers, changed=True),
+                "every change delivered after the fault",
+                HANG_BOUND_S,
+                lambda: caplog.text,
+            )
+    finally:
+        meter_provider.shutdown()
+        job.shutdown(timeout_s=5)
+        pipeline.provider.shutdown()
+        app_engine.dispose()
+        engine.dispose()
+        database.close()
+    ours = [r for r in caplog.records if r.name.startswith("otel_segments")]
+    stuck = [r.getMessage() for r in ours if "has been running for" in r.getMessage()]
+    assert len(stuck) == 1 and "lease" in stuck[0], stuck
+    assert all(r.exc_info is None for r in ours if r.levelno >= logging.WARNING)
+    assert any("works again" in r.getMessage() for r in ours)
+    assert load.failures() == [] and load.of("fault")
+    assert any(s.attributes.get("app.user.engagement_level") for s in pipeline.spans())  # segments on spans all along
+    outside = latency(load.samples, "normal", "after")
+    _latencies.append(("PostgreSQL stops answering (in-process spans)", latency(load.samples, "fault"), outside))
     _assert_once(peers)
