@@ -246,7 +246,7 @@ def _exporter_kwargs(signal: str, settings: Settings) -> dict[str, Any]:
 def _sanitize_environment() -> None:
     """Repair the values the SDK would turn into an exception that stops the app's start-up.
 
-    Header variables are parsed once here (one warning per malformed item) and
+    Header variables are parsed once here (one warning per variable with malformed items) and
     written back clean, so neither our per-signal look-ups nor the SDK's exporters
     warn about the same item again.
     """
