@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -44,6 +45,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+NO_POSTGRES = "PostgreSQL is not installed (apt-get install postgresql; scripts/setup does it)"
+
+
 def _pg_bindir() -> str | None:
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if candidates:
@@ -52,23 +56,15 @@ def _pg_bindir() -> str | None:
     return os.path.dirname(initdb) if initdb else None
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A real PostgreSQL server for the session: ``OTEL_SEGMENTS_TEST_POSTGRES_URL``, or one started here.
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL server (its own data directory, a free port) while the block runs; its admin URL.
 
-    In CI (``CI`` set) a missing server fails the run instead of skipping: the
-    PostgreSQL half of the suite must never silently disappear.
+    Raises ``FileNotFoundError`` when PostgreSQL is not installed.
     """
-    given = os.environ.get("OTEL_SEGMENTS_TEST_POSTGRES_URL")
-    if given:
-        yield given
-        return
     bindir = _pg_bindir()
     if bindir is None:
-        message = "PostgreSQL is not installed (apt-get install postgresql; scripts/setup does it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        raise FileNotFoundError(NO_POSTGRES)
     datadir = tempfile.mkdtemp(prefix="otel-segments-pg-")
     run_as: list[str] = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
@@ -103,6 +99,25 @@ def postgres_url() -> Iterator[str]:
     finally:
         subprocess.run([*run_as, f"{bindir}/pg_ctl", "-D", datadir, "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(datadir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for the session: ``OTEL_SEGMENTS_TEST_POSTGRES_URL``, or one started here.
+
+    In CI (``CI`` set) a missing server fails the run instead of skipping: the
+    PostgreSQL half of the suite must never silently disappear.
+    """
+    given = os.environ.get("OTEL_SEGMENTS_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    if _pg_bindir() is None:
+        if os.environ.get("CI"):
+            pytest.fail(NO_POSTGRES)
+        pytest.skip(NO_POSTGRES)
+    with postgres_server() as url:
+        yield url
 
 
 @pytest.fixture
