@@ -173,7 +173,7 @@ def _get(port: int, user: str) -> dict | None:
         connection.request("GET", "/", headers={"X-User-Id": user})
         response = connection.getresponse()
         return json.loads(response.read()) if response.status == 200 else None
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return None
     finally:
         connection.close()
@@ -211,7 +211,7 @@ class Load:
                 response.read()
                 ok = response.status == 200
                 error = None if ok else f"HTTP {response.status}"
-            except OSError as failure:
+            except (OSError, http.client.HTTPException) as failure:  # a worker killed mid-response
                 ok, error = False, f"{type(failure).__name__}: {failure}"
             finally:
                 connection.close()
