@@ -252,7 +252,6 @@ class HostApp:
         self,
         workdir: Path,
         *,
-        preexec_fn: Callable[[], None] | None = None,
         command_prefix: Sequence[str] = (),
         **env: str,
     ) -> None:
@@ -261,7 +260,6 @@ class HostApp:
         self.env = clean_env(**env)
         self.env.pop("PYTHONPATH", None)  # the app sees the installed package only, as a user's app would
         self.workdir = workdir
-        self.preexec_fn = preexec_fn
         self.lines: list[LogLine] = []
         self.stdout: list[str] = []
         self.process: subprocess.Popen[str] | None = None
@@ -275,7 +273,6 @@ class HostApp:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=self.preexec_fn,
         )
         threading.Thread(target=self._read_stderr, daemon=True).start()
         ready = threading.Event()
@@ -331,6 +328,31 @@ class HostApp:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+def plugin_env(
+    *,
+    collector: str,
+    posthog: str,
+    database_url: str,
+    token: str,
+    api_key: str,
+    protocol: str = "http/protobuf",
+    interval_ms: int = 300,
+    **extra: str,
+) -> dict[str, str]:
+    """The variables that turn the plugin and its refresh job on in the app: nothing else configures it."""
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{collector}",
+        "OTEL_EXPORTER_OTLP_TOKEN": token,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_SERVICE_NAME": "timetracker",
+        "OTEL_SEGMENTS_DATABASE_URL": database_url,
+        "OTEL_SEGMENTS_REFRESH_INTERVAL": str(interval_ms),
+        "POSTHOG_API_KEY": api_key,
+        "POSTHOG_HOST": f"http://{posthog}",
+        **extra,
+    }
 
 
 # -- the app's users ---------------------------------------------------------------------------------------------
@@ -449,9 +471,13 @@ class FullDisk:
 
     @property
     def command_prefix(self) -> tuple[str, ...]:
-        """What the app's command line starts with: the namespaces and the mount, then ``exec`` the app (same pid)."""
+        """The app's command line starts with this: namespaces and mount (or SIGXFSZ ignored), then ``exec`` the app.
+
+        The app keeps the pid. (A shell, not ``preexec_fn``: running Python in the
+        child of a process with threads, e.g. a gRPC server, can deadlock.)
+        """
         if not self.tmpfs:
-            return ()
+            return ("sh", "-c", 'trap "" XFSZ && exec "$@"', "sh")
         mount = f'mount -t tmpfs -o size={self.size_kib}k tmpfs "$0" && exec "$@"'
         return ("unshare", "-Urm", "sh", "-c", mount, str(self.directory))
 
@@ -514,8 +540,3 @@ def set_file_size_limit(pid: int, limit: int | None) -> None:
 
     soft = resource.RLIM_INFINITY if limit is None else limit
     resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, resource.RLIM_INFINITY))
-
-
-def ignore_sigxfsz() -> None:
-    """preexec_fn: a write over RLIMIT_FSIZE then fails with EFBIG instead of killing the process."""
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -57,7 +57,20 @@ from tests.receivers import Receiver
 from tests.sinks.conftest import Capture
 
 from .conftest import API_KEY, TOKEN, make_pipeline
-from .faults import FORWARD, HANG, HOLD, REFUSE, FaultyPort, FullDisk, HostApp, Latency, Load, http_get, ignore_sigxfsz, latency
+from .faults import (
+    FORWARD,
+    HANG,
+    HOLD,
+    REFUSE,
+    FaultyPort,
+    FullDisk,
+    HostApp,
+    Latency,
+    Load,
+    http_get,
+    latency,
+    plugin_env,
+)
 
 USERS = 40
 USER_IDS = [str(i) for i in range(1, USERS + 1)]
@@ -85,7 +98,7 @@ def _latency_report(request: pytest.FixtureRequest) -> Iterator[None]:
             p50 = fault.p50_ms / normal.p50_ms if normal.p50_ms else math.nan
             p99 = fault.p99_ms / normal.p99_ms if normal.p99_ms else math.nan
             reporter.write_line(
-                f"  {name:<38} fault p50 {fault.p50_ms:5.2f} ms p99 {fault.p99_ms:6.2f} ms (n={fault.count:<4}) | "
+                f"  {name:<40} fault p50 {fault.p50_ms:5.2f} ms p99 {fault.p99_ms:6.2f} ms (n={fault.count:<4}) | "
                 f"normal p50 {normal.p50_ms:5.2f} ms p99 {normal.p99_ms:6.2f} ms (n={normal.count:<4}) | "
                 f"ratio p50 {p50:4.2f}x p99 {p99:4.2f}x"
             )
@@ -136,23 +149,22 @@ def _host_app(
     *,
     protocol: str = "http/protobuf",
     command_prefix: tuple[str, ...] = (),
-    preexec_fn: Callable[[], None] | None = None,
     **extra: str,
 ) -> HostApp:
     """The app, its plugin configured by environment variables only; every peer behind its :class:`FaultyPort`."""
-    env = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{peers.collector.address}",
-        "OTEL_EXPORTER_OTLP_TOKEN": TOKEN,
-        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
-        "OTEL_EXPORTER_OTLP_TIMEOUT": "2",  # seconds (the SDK's unit); the default 10 s would only make this slower
-        "OTEL_BSP_SCHEDULE_DELAY": "200",
-        "OTEL_SERVICE_NAME": "timetracker",
-        "OTEL_SEGMENTS_DATABASE_URL": database_url,
-        "OTEL_SEGMENTS_REFRESH_INTERVAL": str(INTERVAL_MS),
-        "POSTHOG_API_KEY": API_KEY,
-        "POSTHOG_HOST": f"http://{peers.posthog.address}",
-    }
-    return HostApp(tmp_path, preexec_fn=preexec_fn, command_prefix=command_prefix, **{**env, **extra})
+    env = plugin_env(
+        collector=peers.collector.address,
+        posthog=peers.posthog.address,
+        database_url=database_url,
+        token=TOKEN,
+        api_key=API_KEY,
+        protocol=protocol,
+        interval_ms=INTERVAL_MS,
+        OTEL_EXPORTER_OTLP_TIMEOUT="2",  # seconds (the SDK's unit); the default 10 s would only make this slower
+        OTEL_BSP_SCHEDULE_DELAY="200",
+        **extra,
+    )
+    return HostApp(tmp_path, command_prefix=command_prefix, **env)
 
 
 # -- what the peers accepted -------------------------------------------------------------------------------------
@@ -460,7 +472,6 @@ def test_state_database_disk_full(tmp_path: Path, peers: Peers) -> None:
         url,
         OTEL_SEGMENTS_STATE_URL=f"sqlite:///{disk.directory / 'state.db'}",
         command_prefix=disk.command_prefix,
-        preexec_fn=ignore_sigxfsz,
     )
     copies = tmp_path / "copies"
     copies.mkdir()
@@ -565,5 +576,5 @@ def test_database_stops_answering_mid_refresh(peers: Peers, postgres_database: s
     assert load.failures() == [] and load.of("fault")
     assert any(s.attributes.get("app.user.engagement_level") for s in pipeline.spans())  # segments on spans all along
     outside = latency(load.samples, "normal", "after")
-    _latencies.append(("PostgreSQL stops answering (in-process spans)", latency(load.samples, "fault"), outside))
+    _latencies.append(("PostgreSQL stops answering (in process)", latency(load.samples, "fault"), outside))
     _assert_once(peers)
