@@ -25,11 +25,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .cache import SegmentCache
 from .lease import Lease
@@ -53,6 +53,7 @@ MIN_LEASE_TTL = timedelta(seconds=30)
 #: outlast several short refresh intervals, so "before the first cycle" alone would leave the master in charge.
 PREFORK_WINDOW = timedelta(seconds=60)
 DEFAULT_DELIVERY_BATCH = 1000
+_T = TypeVar("_T")
 #: The (property, value) pairs counted for the gauge: every value a cohort names, zeros included.
 SEGMENT_VALUES: tuple[tuple[str, str | bool], ...] = tuple(dict.fromkeys((c.property, c.value) for c in COHORTS))
 
@@ -193,12 +194,10 @@ class RefreshJob:
         return CycleResult(holder=True, refreshed=refreshed, delivered=delivered, failed=failed)
 
     def _ensure_state(self) -> tuple[RefreshState, Lease]:
-        if self._state is None or self._lease is None:
-            try:
-                self._state, self._lease = RefreshState(self.state_engine), Lease(self.state_engine)
-            except DBAPIError:
-                # Processes starting together race to create the tables; the loser finds them on a second look.
-                self._state, self._lease = RefreshState(self.state_engine), Lease(self.state_engine)
+        if self._state is None:
+            self._state = _create_tables(lambda: RefreshState(self.state_engine))
+        if self._lease is None:
+            self._lease = _create_tables(lambda: Lease(self.state_engine))
         return self._state, self._lease
 
     def _ensure_bound(self) -> BoundSchema:
@@ -379,6 +378,21 @@ def _count(segments: Iterable[UserSegment]) -> dict[tuple[str, str | bool], int]
             if isinstance(value, str | bool) and (prop, value) in wanted:
                 counts[(prop, value)] += 1
     return dict(counts)
+
+
+def _create_tables(make: Callable[[], _T]) -> _T:
+    """Processes starting together race to create the state tables, one table at a time, so a process can
+    lose once per table: each loss means another made progress, and a later look finds the tables there.
+    Any other error (the database is away) is raised at once."""
+    for pause in (0.05, 0.1, 0.15, 0.2):
+        try:
+            return make()
+        except DBAPIError as error:
+            # SQLite: "table ... already exists"; PostgreSQL: DuplicateTable, or a unique violation in its catalog
+            if not (isinstance(error, IntegrityError) or "already exists" in str(error.orig)):
+                raise
+            time.sleep(pause)
+    return make()
 
 
 def _cause(error: BaseException) -> str:
