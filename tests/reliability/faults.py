@@ -230,12 +230,6 @@ class _Pipe:
                     self.client.sendall(data)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # -- the host app ------------------------------------------------------------------------------------------------
 
 
@@ -261,7 +255,6 @@ class HostApp:
         self.env.pop("PYTHONPATH", None)  # the app sees the installed package only, as a user's app would
         self.workdir = workdir
         self.lines: list[LogLine] = []
-        self.stdout: list[str] = []
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
 
@@ -285,7 +278,6 @@ class HostApp:
     def _read_stdout(self, ready: threading.Event) -> None:
         assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
-            self.stdout.append(line.rstrip("\n"))
             if line.startswith("listening "):
                 self.port = int(line.split()[1])
                 ready.set()
