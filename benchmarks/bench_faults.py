@@ -12,7 +12,8 @@ requests one after another: ``--seconds`` without fault (the baseline), then
 ``--seconds`` with the fault on, while fresh activity gives the refresh job
 updates to retry. ratio = fault / baseline, at p50 and p99. The row "none" has no
 fault in either window: the run's noise floor. "recovered" is how long after the
-fault cleared the new activity reached PostHog. Issue 6's goal: within 2x.
+fault cleared the plugin's state held the new activity, acknowledged by every
+sink. Issue 6's goal: within 2x.
 
 The fault is on from the middle of a running app here (the tests also start
 with the collector, PostHog or the database already down).
@@ -39,10 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sqlalchemy
 from pytest_httpserver import HTTPServer
 from sqlalchemy import create_engine, make_url
+from sqlalchemy.pool import NullPool
 
 from otel_segments.segments.demo import create_demo_database
+from otel_segments.segments.state import RefreshState
 from tests.conftest import postgres_server
-from tests.delivery import add_entries, busy_arrived
+from tests.delivery import BUSY, add_entries
 from tests.receivers import GrpcReceiver, HttpReceiver, Receiver
 from tests.reliability.faults import (
     FORWARD,
@@ -127,9 +130,8 @@ def _nothing(peers: Peers) -> None:
     pass
 
 
-NONE = Fault("none", _nothing, _nothing)
 FAULTS = (
-    NONE,
+    Fault("none", _nothing, _nothing),
     Fault("collector down", _mode("collector", REFUSE), _mode("collector", FORWARD)),
     Fault("collector hanging", _mode("collector", HANG), _mode("collector", FORWARD)),
     Fault("posthog 500", _answer(500), _no_answers),
@@ -226,7 +228,7 @@ def run(
             during = (began, time.monotonic())
             cleared = time.monotonic()
             with contextlib.suppress(TimeoutError):
-                _wait(lambda: _recovered(fault, peers, app, cleared), "recovery", app)
+                _wait(lambda: _recovered(peers, app, app_engine, workdir), "recovery", app)
                 recovered = time.monotonic() - cleared
     finally:
         app.stop()
@@ -247,12 +249,18 @@ def run(
     )
 
 
-def _recovered(fault: Fault, peers: Peers, app: HostApp, since: float) -> bool:
-    """The new activity reached PostHog, and the plugin knows: PostHog may have taken it while the fault lasted
-    (a timeout), so the plugin's first good cycle after the fault must have said so ("works again")."""
-    if not busy_arrived(peers.capture.events(), CHANGED):
-        return False
-    return fault is NONE or any("works again" in line for line in app.ours(since))
+def _recovered(peers: Peers, app: HostApp, app_engine: sqlalchemy.Engine, workdir: Path) -> bool:
+    """The new activity is in the plugin's state and every sink acknowledged it (not merely: PostHog got it)."""
+    if peers.disk is None:
+        state = RefreshState(app_engine)  # the state tables live in the app's database
+    else:
+        copy = peers.disk.snapshot(app.pid, "state.db", workdir)
+        if copy is None:
+            return False
+        state = RefreshState(create_engine(f"sqlite:///{copy}", poolclass=NullPool))
+    stored = {s.distinct_id: s for s in state.segments([str(u) for u in CHANGED])}
+    busy = all(s.set.get("entries_last_24h", 0) >= BUSY for s in stored.values()) and len(stored) == len(CHANGED)
+    return busy and not state.pending("posthog", limit=1) and not state.pending("otlp", limit=1)
 
 
 def _wait(condition: Callable[[], object], what: str, app: HostApp) -> None:
