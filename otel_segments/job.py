@@ -52,6 +52,8 @@ MIN_LEASE_TTL = timedelta(seconds=30)
 #: server's master (gunicorn --preload): it stops refreshing and its children do it. A slow app import can
 #: outlast several short refresh intervals, so "before the first cycle" alone would leave the master in charge.
 PREFORK_WINDOW = timedelta(seconds=60)
+#: How long a fork() waits for a running cycle on SQLite to finish (see RefreshJob._before_fork).
+FORK_WAIT = timedelta(seconds=10)
 DEFAULT_DELIVERY_BATCH = 1000
 _T = TypeVar("_T")
 #: The (property, value) pairs counted for the gauge: every value a cohort names, zeros included.
@@ -120,6 +122,7 @@ class RefreshJob:
 
     def _init_process_state(self) -> None:
         self._cycle_lock = threading.Lock()
+        self._held_for_fork = False
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -300,6 +303,21 @@ class RefreshJob:
         except Exception as error:  # noqa: BLE001
             self._report(_cause(error), error)
 
+    def _engines(self) -> list[Engine]:
+        return list({id(e): e for e in (self.app_engine, self.state_engine)}.values())
+
+    def _before_fork(self) -> None:
+        """SQLite keeps its lock state per process: a query of ours running across fork() leaves the child
+        believing it holds locks it does not, and then its writes, and everyone's, fail as "database is
+        locked" (sqlite.org/howtocorrupt.html). So wait for the running cycle, and close our idle SQLite
+        connections; the after-fork hooks let cycles run again. Client-server databases need none of this."""
+        sqlite = [engine for engine in self._engines() if engine.dialect.name == "sqlite"]
+        if not sqlite:
+            return
+        self._held_for_fork = self._cycle_lock.acquire(timeout=FORK_WAIT.total_seconds())
+        for engine in sqlite:
+            engine.dispose()
+
     def _after_fork_in_child(self) -> None:
         # The parent's thread does not exist here and its locks may be held: start afresh, as a new lease holder.
         self._init_process_state()
@@ -309,10 +327,13 @@ class RefreshJob:
         self._counts = None
         if self._lease is not None:
             self._lease.reset_holder()
-        for engine in {id(e): e for e in (self.app_engine, self.state_engine)}.values():
+        for engine in self._engines():
             engine.dispose(close=False)  # the parent's pooled connections stay the parent's
 
     def _after_fork_in_parent(self) -> None:
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._cycle_lock.release()
         if self._paused or (self._cycles and time.monotonic() - self._started >= PREFORK_WINDOW.total_seconds()):
             return
         # Forking while starting up is a pre-fork server (gunicorn --preload): the workers do the work.
@@ -326,13 +347,14 @@ class RefreshJob:
 
     def _hand_over(self) -> None:
         """Give up the lease now, so a child takes over at its next cycle instead of after the lease TTL."""
-        self._counts = None
-        if self._lease is None:
-            return
-        try:
-            self._lease.release()
-        except Exception as error:  # noqa: BLE001 - the children take over when the lease expires
-            self._report(_cause(error), error)
+        with self._cycle_lock:  # a pre-fork server forks again soon: this write must not straddle a fork
+            self._counts = None
+            if self._lease is None:
+                return
+            try:
+                self._lease.release()
+            except Exception as error:  # noqa: BLE001 - the children take over when the lease expires
+                self._report(_cause(error), error)
 
     # -- reporting -------------------------------------------------------------------------------------------
 
@@ -413,5 +435,9 @@ def _register_at_fork(job: RefreshJob) -> None:
         if (alive := ref()) is not None:
             alive._after_fork_in_parent()
 
+    def before() -> None:
+        if (alive := ref()) is not None:
+            alive._before_fork()
+
     if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=child, after_in_parent=parent)
+        os.register_at_fork(before=before, after_in_child=child, after_in_parent=parent)

@@ -3,14 +3,17 @@
 Processes that start together race to create the state tables. And gunicorn
 ``--preload`` imports the app in the master, then forks the workers: a slow
 import (a big Django app) can outlast a few refresh intervals, so the master may
-already have refreshed, and hold the lease, when it forks.
-tests/reliability/test_processes.py shows both with gunicorn itself; these are
-the same, made deterministic.
+already have refreshed, and hold the lease, or be in the middle of a query, when
+it forks.
+tests/reliability/test_processes.py and test_fleet.py run both for real (there
+the race is lost only now and then); these tests make them happen every time.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
+import threading
 import time
 from datetime import timedelta
 
@@ -73,3 +76,42 @@ def test_losing_every_race_to_create_the_state_tables_is_not_an_error(app_engine
     assert len(won) >= 2  # lost at least twice: to the refresh state's tables and to the lease's
     assert result is not None and result.error is None and result.holder
     assert RefreshState(app_engine).count() == USERS
+
+
+def test_fork_during_a_sqlite_query_leaves_the_child_able_to_write(tmp_path) -> None:
+    """SQLite keeps its lock state per process: a query of the job running across ``fork()`` would leave the
+    child believing it holds a lock it does not, and its writes (and then everyone's) fail as "database is
+    locked" (https://sqlite.org/howtocorrupt.html, "carrying an open database connection across a fork").
+    Here the fork comes while the job's thread is reading the state table, part-way through the rows."""
+    from otel_segments.segments.demo import create_demo_database
+    from tests.segments.data import NOW
+
+    path = tmp_path / "app.db"
+    engine = create_engine(f"sqlite:///{path}")
+    create_demo_database(engine, users_count=USERS, seed=3, now=NOW)
+    inside, release = threading.Event(), threading.Event()
+
+    def pause_mid_read(conn, cursor, statement, parameters, context, executemany) -> None:
+        if "ORDER BY otel_segments_user_state.user_id" in statement and not inside.is_set():
+            inside.set()  # the first rows are read: the job's connection holds SQLite's shared lock
+            release.wait(10)
+
+    event.listen(engine, "after_cursor_execute", pause_mid_read)
+    job = RefreshJob(engine, TIMETRACKER)
+    assert job.kick()
+    assert inside.wait(10)
+    threading.Timer(0.5, release.set).start()  # the read goes on while the process forks
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            with sqlite3.connect(path, timeout=2) as conn:
+                conn.execute("CREATE TABLE written_by_child (x INTEGER)")
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    release.set()
+    assert os.waitstatus_to_exitcode(status) == 0, "the child could not write: it inherited SQLite lock state"
+    job.shutdown()
+    engine.dispose()
