@@ -28,7 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -227,13 +227,13 @@ class Load:
         return [s for s in self.samples if s.phase in phases and (before is None or s.started + s.seconds < before)]
 
     def report(self) -> str:
-        lines = ["request latency by phase (ms): count ok p50 p95 max"]
+        lines = ["  request latency by phase (ms):  count    ok     p50     p95     max"]
         for phase in dict.fromkeys(s.phase for s in self.samples):
             samples = self.of(phase)
             ms = sorted(s.seconds * 1000 for s in samples)
             p95 = ms[min(len(ms) - 1, int(len(ms) * 0.95))]
             ok = sum(s.ok for s in samples)
-            lines.append(f"  {phase:<28} {len(ms):5d} {ok:5d} {statistics.median(ms):7.1f} {p95:7.1f} {ms[-1]:7.1f}")
+            lines.append(f"    {phase:<29} {len(ms):6d} {ok:5d} {statistics.median(ms):7.1f} {p95:7.1f} {ms[-1]:7.1f}")
         return "\n".join(lines)
 
 
@@ -273,6 +273,11 @@ class Rig:
     posthog: Capture
     receiver: Receiver
     db: Engine
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, line: str) -> None:
+        """A result worth reading in the run's output (printed with the latency table after the module)."""
+        self.notes.append(line)
 
     def settled(self) -> bool:
         """Every user reached PostHog and nothing is pending for either sink."""
@@ -301,9 +306,28 @@ def _rig_env(posthog: Capture, receiver: Receiver, db_path: Path, **extra: str) 
     return env
 
 
+_reports: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After the module: each test's notes and request latency by phase, in the run's output (not asserted)."""
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None or not _reports:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("")
+        reporter.write_line("gunicorn --preload, 4 workers: what each test saw, and request latency by phase (not asserted):")
+        for block in _reports:
+            for line in block.splitlines():
+                reporter.write_line(line)
+
+
 @pytest.fixture
 def rig_factory(
-    tmp_path: Path, posthog: Capture, http_receiver: Receiver, db_path: Path, db: Engine
+    request: pytest.FixtureRequest, tmp_path: Path, posthog: Capture, http_receiver: Receiver, db_path: Path, db: Engine
 ) -> Iterator[Callable[..., Rig]]:
     made: list[Rig] = []
 
@@ -321,7 +345,7 @@ def rig_factory(
         rig.load.stop()
         rig.lease.stop()
         rig.server.stop()
-        print(rig.load.report())
+        _reports.append("\n".join([f"{request.node.name}:", *(f"  {n}" for n in rig.notes), rig.load.report()]))
         log = rig.server.text()
         assert TOKEN not in log and API_KEY not in log
         # nothing went wrong on the way (a locked SQLite database, a failed delivery): no warning, no traceback
@@ -391,7 +415,7 @@ def test_preload_workers_deliver_each_user_once_and_sigterm_mid_delivery_exits_c
     rig.load.phase = "after SIGTERM"  # gunicorn stops accepting: these may be refused or reset, by design
     took = rig.server.terminate()
     rig.posthog.delay_s = 0.0
-    print(f"SIGTERM mid-delivery: gunicorn exited in {took:.2f}s")
+    rig.note(f"SIGTERM mid-delivery: gunicorn exited in {took:.2f}s")
     assert took < EXIT_BOUND_S
 
     # the held batch was answered during the graceful shutdown and recorded: nothing pending, nothing twice
@@ -447,12 +471,12 @@ def test_kill_9_mid_delivery_then_restart_loses_nothing(rig_factory) -> None:
     assert set(counts.values()) <= {1, 2}
     assert twice <= killed_batch, "only the batch in flight at the kill may arrive twice"
     assert {str(u) for u in changed} <= twice  # PostHog had accepted it: each of those users arrived exactly twice
-    print(f"kill -9 mid-delivery: {len(killed_batch)} updates in flight, {len(twice)} delivered twice after the restart")
+    rig.note(f"kill -9 mid-delivery: {len(killed_batch)} updates in flight, {len(twice)} delivered twice after the restart")
     new_holders = rig.lease.holders(since=restarted_at) - {killed}
     assert new_holders and new_holders <= rig.server.workers, (new_holders, rig.server.workers)
 
     rig.load.phase = "stopping"
-    print(f"SIGTERM: gunicorn exited in {rig.server.terminate():.2f}s")
+    rig.note(f"SIGTERM: gunicorn exited in {rig.server.terminate():.2f}s")
     _assert_served(rig.load, "serving", "delivery held", before=killed_at)
     _assert_served(rig.load, "restarted")
 
@@ -486,5 +510,5 @@ def test_slow_preload_master_hands_the_refresh_to_the_workers(rig_factory) -> No
     assert reported and set(reported) == {very_high}, reported
 
     rig.load.phase = "stopping"
-    print(f"SIGTERM: gunicorn exited in {rig.server.terminate():.2f}s")
+    rig.note(f"SIGTERM: gunicorn exited in {rig.server.terminate():.2f}s")
     _assert_served(rig.load, "serving")
