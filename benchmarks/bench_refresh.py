@@ -62,8 +62,7 @@ def build(path: Path, n_users: int, per_user: int) -> float:
         )
         conn.execute(
             text(
-                seq
-                + "INSERT INTO projects (id, name, status) "
+                seq + "INSERT INTO projects (id, name, status) "
                 "SELECT i, 'p' || i, CASE WHEN i % 4 = 0 THEN 'archived' ELSE 'active' END FROM seq"
             ),
             {"n": n_projects},
