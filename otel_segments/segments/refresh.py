@@ -124,7 +124,9 @@ def candidates(
     a, u = mapping.activity, mapping.users
     act, users = bound.activity, bound.users
     stamps = [act.c[a.timestamp]] + ([act.c[a.updated_at]] if a.updated_at else [])
-    activity_query = select(act.c[a.user_id]).where(or_(*[c > _param(c, since) for c in stamps])).distinct()
+    # No DISTINCT: SQLite would then walk the whole user_id index in order (to skip a sort) and test every
+    # row's timestamp, instead of the timestamp index's few recent rows; the set below removes duplicates.
+    activity_query = select(act.c[a.user_id]).where(or_(*[c > _param(c, since) for c in stamps]))
     user_stamps = [users.c[name] for name in (u.created_at, u.last_login) if name]
     with app_engine.connect() as conn:
         if not add(row[0] for row in conn.execute(activity_query)):
