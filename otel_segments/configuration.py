@@ -148,7 +148,7 @@ def _start_segments(handle: Configured, process: ProcessProperties) -> None:
     """Build the refresh job, its sinks and its MetricReader; nothing connects until the first cycle."""
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-    from .reader import segments_meter_provider
+    from .reader import MetricsOff, segments_meter_provider
     from .segments.schema import SchemaError, load_schema
 
     settings = handle.settings
@@ -183,7 +183,9 @@ def _start_segments(handle: Configured, process: ProcessProperties) -> None:
         max_age=timedelta(milliseconds=settings.max_segment_age_ms),
     )
     handle.job = job
-    handle.meter_provider = segments_meter_provider(job, _otlp_exporter("metrics", settings), resource)
+    metrics_off = os.environ.get(_EXPORTER_VARIABLES["metrics"], "").strip().lower() == "none"
+    exporter = MetricsOff() if metrics_off else _otlp_exporter("metrics", settings)
+    handle.meter_provider = segments_meter_provider(job, exporter, resource)
     # Registered after the provider's own exit hook, so it runs first: the provider's last collection
     # then finds the job stopped instead of starting a refresh while the interpreter exits.
     atexit.register(job.shutdown, timeout_s=5.0)

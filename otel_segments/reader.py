@@ -22,10 +22,11 @@ with a meter of its own provider; its reader's cycle then drives the refresh.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, ObservableGauge, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
 from .job import GAUGE, RefreshJob
@@ -52,3 +53,16 @@ def segments_meter_provider(job: RefreshJob, exporter: MetricExporter, resource:
     provider = MeterProvider(metric_readers=[reader], resource=resource or Resource.create())
     register_gauge(provider.get_meter("otel_segments"), job)
     return provider
+
+
+class MetricsOff(MetricExporter):
+    """For ``OTEL_METRICS_EXPORTER=none``: the reader still times the refresh, the gauge goes nowhere."""
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        return None

@@ -79,3 +79,35 @@ def test_instrumented_app_sends_segments_everywhere(request, tmp_path, kind: str
     for signal in ("traces", "metrics", "logs"):
         assert {e.headers.get("authorization") for e in receiver.of(signal)} == {f"Bearer {TOKEN}"}, signal
     engine.dispose()
+
+
+def test_metrics_exporter_none_keeps_refreshing_without_exporting_metrics(http_receiver, tmp_path, capture: Capture) -> None:
+    """OTEL_METRICS_EXPORTER=none turns metrics off, the gauge included; segments still refresh and go out."""
+    database = f"sqlite:///{tmp_path / 'app.db'}"
+    engine = create_engine(database)
+    create_demo_database(engine, users_count=USERS, seed=12)
+    shutil.copy(APP, tmp_path / "segments_app.py")
+    env = clean_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=http_receiver.endpoint,
+        OTEL_EXPORTER_OTLP_TOKEN=TOKEN,
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_SEGMENTS_DATABASE_URL=database,
+        OTEL_SEGMENTS_REFRESH_INTERVAL="300",
+        POSTHOG_API_KEY=API_KEY,
+        POSTHOG_HOST=capture.host,
+    )
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [str(VENV_BIN / "opentelemetry-instrument"), str(VENV_BIN / "python"), "segments_app.py", "30"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert len({e["distinct_id"] for e in capture.events()}) == USERS
+    assert [r for r in http_receiver.logs() if r.event_name == "app.user.segment"]
+    assert http_receiver.spans() and http_receiver.of("metrics") == []
+    engine.dispose()
