@@ -43,28 +43,46 @@ def _warn_too_many() -> None:
 
 
 class SegmentCache:
-    """Segment attributes by user id. A miss is remembered (bounded) so the job loads that user next cycle."""
+    """Segment attributes by user id, least recently used out.
+
+    A miss is remembered (bounded) so the job loads that user next cycle; a hit is
+    remembered too, so the job's reload keeps the users spans actually ask for and
+    evicts the idle ones first: recency at the granularity of a refresh cycle,
+    without a lock or a reorder on the span path.
+    """
 
     def __init__(self, maxsize: int = 10_000) -> None:
         self.maxsize = maxsize
         self._data: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._missed: set[str] = set()
+        self._used: set[str] = set()
         self._lock = threading.Lock()
 
     def get(self, user_id: str) -> Mapping[str, Any] | None:
         # Lock-free on purpose: a plain look-up and a set.add are atomic under the GIL,
-        # and the span hot path must not wait for a writer. Recency is refreshed on write.
+        # and the span hot path must not wait for a writer.
         found = self._data.get(user_id)
-        if found is None and len(self._missed) < self.maxsize:
-            self._missed.add(user_id)
+        if found is None:
+            if len(self._missed) < self.maxsize:
+                self._missed.add(user_id)
+        elif len(self._used) < self.maxsize:
+            self._used.add(user_id)
         return found
 
     def wanted(self) -> list[str]:
-        """The users to (re)load from the refresh state: those cached, then those missed since the last call."""
+        """The users to (re)load, least recently used first: cached but unused, cached and used, then missed.
+
+        Putting them back in this order makes the idle ones the first evicted.
+        """
         missed, self._missed = self._missed, set()
+        used, self._used = self._used, set()
         with self._lock:
             cached = list(self._data)
-        return cached + [user_id for user_id in missed if user_id not in self._data]
+        return (
+            [user_id for user_id in cached if user_id not in used]
+            + [user_id for user_id in cached if user_id in used]
+            + [user_id for user_id in missed if user_id not in self._data]
+        )
 
     def put(self, user_id: str, properties: Mapping[str, object]) -> None:
         attributes = segment_attributes(properties)
