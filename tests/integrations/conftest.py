@@ -4,31 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 
-from otel_segments import SuperPropertiesSpanProcessor, current_user
+from otel_segments import current_user
 from otel_segments.integrations import _reported
 from otel_segments.properties import ProcessProperties
+from tests.pipeline import Pipeline
+from tests.pipeline import make_pipeline as shared_make_pipeline
 
 PROCESS = ProcessProperties(environment="test", deployment_method="pytest", timezone="UTC")
 USER_KEYS = ("user.id", "user.roles", "app.user.role", "app.user.is_admin", "app.user.auth_method")
-
-
-@dataclass
-class Pipeline:
-    provider: TracerProvider
-    exporter: InMemorySpanExporter
-
-    def spans(self) -> list[ReadableSpan]:
-        return list(self.exporter.get_finished_spans())
-
-    def named(self, name: str) -> list[ReadableSpan]:
-        return [s for s in self.spans() if s.name == name]
 
 
 def user_part(span: ReadableSpan) -> dict[str, object]:
@@ -36,11 +23,7 @@ def user_part(span: ReadableSpan) -> dict[str, object]:
 
 
 def make_pipeline(trust_baggage: bool = False) -> Pipeline:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SuperPropertiesSpanProcessor(PROCESS, trust_baggage=trust_baggage))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Pipeline(provider, exporter)
+    return shared_make_pipeline(PROCESS, trust_baggage=trust_baggage)
 
 
 @pytest.fixture

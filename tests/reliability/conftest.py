@@ -9,20 +9,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, Tracer, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pytest_httpserver import HTTPServer
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
-from otel_segments import SuperPropertiesSpanProcessor, context
-from otel_segments.cache import SegmentCache
+from otel_segments import context
 from otel_segments.context import set_privacy_policy
 from otel_segments.properties import ProcessProperties
+from tests.pipeline import Pipeline
+from tests.pipeline import make_pipeline as shared_make_pipeline
 from tests.sinks.conftest import Capture
 
 PROCESS = ProcessProperties(environment="reliability", deployment_method="pytest", timezone="UTC")
@@ -30,27 +27,8 @@ TOKEN = "otlp-token-0f9e8d7c6b5a"
 API_KEY = "phc_apikey-1a2b3c4d5e6f"
 
 
-@dataclass
-class Pipeline:
-    provider: TracerProvider
-    exporter: InMemorySpanExporter
-    segments: SegmentCache
-
-    @property
-    def tracer(self) -> Tracer:
-        return self.provider.get_tracer("reliability")
-
-    def spans(self) -> list[ReadableSpan]:
-        return list(self.exporter.get_finished_spans())
-
-
 def make_pipeline(*, trust_baggage: bool = False, cache_size: int = 1000) -> Pipeline:
-    exporter = InMemorySpanExporter()
-    segments = SegmentCache(cache_size)
-    provider = TracerProvider()
-    provider.add_span_processor(SuperPropertiesSpanProcessor(PROCESS, segments, trust_baggage=trust_baggage))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Pipeline(provider, exporter, segments)
+    return shared_make_pipeline(PROCESS, trust_baggage=trust_baggage, cache_size=cache_size)
 
 
 @pytest.fixture
