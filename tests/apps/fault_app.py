@@ -1,4 +1,4 @@
-"""A Flask app served over real HTTP, with no OpenTelemetry code of its own, for the fault tests and benchmark.
+"""A Flask app served over real HTTP, for the fault tests and benchmark: its only otel_segments code is init_app.
 
 Run under ``opentelemetry-instrument`` with ``OTEL_SEGMENTS_DATABASE_URL`` set (the
 refresh job then runs in this process, beside the requests). It listens on a free
@@ -18,24 +18,23 @@ import sys
 import threading
 from typing import Any
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, jsonify, request
 from opentelemetry import trace
 from werkzeug.serving import make_server
 
-import otel_segments
+from otel_segments.integrations.flask import init_app
 
 app = Flask(__name__)
 tracer = trace.get_tracer("tests.apps.fault_app")
 
 
-@app.before_request
-def who() -> None:
-    g.user_token = otel_segments.set_user(request.headers.get("X-User-Id"), role="user", auth_method="password")
+def request_user() -> dict[str, Any] | None:
+    """The user from ``X-User-Id``, as an auth proxy would say it."""
+    user_id = request.headers.get("X-User-Id")
+    return {"user_id": user_id, "role": "user", "auth_method": "password"} if user_id else None
 
 
-@app.teardown_request
-def forget(_: BaseException | None) -> None:
-    otel_segments.clear_user(g.pop("user_token", None))
+init_app(app, user_loader=request_user)
 
 
 @app.get("/work")

@@ -1,4 +1,4 @@
-"""A Flask app with no OpenTelemetry or otel_segments set-up code, for the segments end-to-end test.
+"""A Flask app whose only otel_segments code is the Flask integration saying who the user is (end-to-end test).
 
 Run under ``opentelemetry-instrument`` with ``OTEL_SEGMENTS_DATABASE_URL`` set. It
 serves requests for user ``3`` (and ``7``), as an app would, until its spans can
@@ -13,28 +13,23 @@ import sys
 import time
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from opentelemetry import trace
 
-import otel_segments
 from otel_segments.configuration import configured
+from otel_segments.integrations.flask import init_app
 
 app = Flask(__name__)
 tracer = trace.get_tracer("tests.apps.segments_app")
 
 
-@app.before_request
-def who() -> None:
-    from flask import g, request
+def request_user() -> dict[str, Any] | None:
+    """The user from ``X-User-Id``, as an auth proxy would say it."""
+    user_id = request.headers.get("X-User-Id")
+    return {"user_id": user_id, "role": "user", "auth_method": "password"} if user_id else None
 
-    g.user_token = otel_segments.set_user(request.headers.get("X-User-Id"), role="user", auth_method="password")
 
-
-@app.teardown_request
-def forget(_: BaseException | None) -> None:
-    from flask import g
-
-    otel_segments.clear_user(g.pop("user_token", None))
+init_app(app, user_loader=request_user)
 
 
 @app.get("/timer")
