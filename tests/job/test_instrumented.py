@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
 
 from otel_segments.segments.demo import create_demo_database
 from otel_segments.segments.queries import compute_segments
@@ -25,22 +26,24 @@ API_KEY = "phc_e2e_secret_key"
 USERS = 30
 
 
-@pytest.mark.parametrize("kind", ["http", "grpc"])
-def test_instrumented_app_sends_segments_everywhere(request, tmp_path, kind: str, capture: Capture) -> None:
-    receiver: Receiver = request.getfixturevalue(f"{kind}_receiver")
+def _run_app(
+    tmp_path: Path, receiver: Receiver, capture: Capture, protocol: str, *, seed: int, **extra: str
+) -> tuple[Engine, subprocess.CompletedProcess[str]]:
+    """A demo database, then tests/apps/segments_app.py under opentelemetry-instrument with every peer configured."""
     database = f"sqlite:///{tmp_path / 'app.db'}"
     engine = create_engine(database)
-    create_demo_database(engine, users_count=USERS, seed=11)
+    create_demo_database(engine, users_count=USERS, seed=seed)
     shutil.copy(APP, tmp_path / "segments_app.py")
     env = clean_env(
         OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
         OTEL_EXPORTER_OTLP_TOKEN=TOKEN,
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf" if kind == "http" else "grpc",
+        OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
         OTEL_SERVICE_NAME="timetracker",
         OTEL_SEGMENTS_DATABASE_URL=database,
         OTEL_SEGMENTS_REFRESH_INTERVAL="300",
         POSTHOG_API_KEY=API_KEY,
         POSTHOG_HOST=capture.host,
+        **extra,
     )
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
@@ -51,6 +54,13 @@ def test_instrumented_app_sends_segments_everywhere(request, tmp_path, kind: str
         text=True,
         timeout=90,
     )
+    return engine, result
+
+
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+def test_instrumented_app_sends_segments_everywhere(request, tmp_path, kind: str, capture: Capture) -> None:
+    receiver: Receiver = request.getfixturevalue(f"{kind}_receiver")
+    engine, result = _run_app(tmp_path, receiver, capture, "http/protobuf" if kind == "http" else "grpc", seed=11)
     assert result.returncode == 0, result.stderr
     assert TOKEN not in result.stdout + result.stderr and API_KEY not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
@@ -83,29 +93,7 @@ def test_instrumented_app_sends_segments_everywhere(request, tmp_path, kind: str
 
 def test_metrics_exporter_none_keeps_refreshing_without_exporting_metrics(http_receiver, tmp_path, capture: Capture) -> None:
     """OTEL_METRICS_EXPORTER=none turns metrics off, the gauge included; segments still refresh and go out."""
-    database = f"sqlite:///{tmp_path / 'app.db'}"
-    engine = create_engine(database)
-    create_demo_database(engine, users_count=USERS, seed=12)
-    shutil.copy(APP, tmp_path / "segments_app.py")
-    env = clean_env(
-        OTEL_EXPORTER_OTLP_ENDPOINT=http_receiver.endpoint,
-        OTEL_EXPORTER_OTLP_TOKEN=TOKEN,
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_SEGMENTS_DATABASE_URL=database,
-        OTEL_SEGMENTS_REFRESH_INTERVAL="300",
-        POSTHOG_API_KEY=API_KEY,
-        POSTHOG_HOST=capture.host,
-    )
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [str(VENV_BIN / "opentelemetry-instrument"), str(VENV_BIN / "python"), "segments_app.py", "30"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+    engine, result = _run_app(tmp_path, http_receiver, capture, "http/protobuf", seed=12, OTEL_METRICS_EXPORTER="none")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert len({e["distinct_id"] for e in capture.events()}) == USERS
     assert [r for r in http_receiver.logs() if r.event_name == "app.user.segment"]
