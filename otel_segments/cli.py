@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -294,21 +293,14 @@ def _demo(args: argparse.Namespace, err: Console) -> int:
 
 def _demo_job(engine: Engine) -> tuple[RefreshJob, bool]:
     """The real refresh job on the demo database, delivering to the sinks the environment configures."""
+    from opentelemetry.sdk.resources import Resource
+
     from .config import Settings
+    from .configuration import sink_factories
+    from .properties import detect_process_properties
 
-    settings = Settings.from_env()
-    sinks: dict[str, Any] = {}
-    if settings.posthog_api_key is not None:
-        from .sinks.posthog import PostHogSink
-
-        key, host = settings.posthog_api_key, settings.posthog_host
-        sinks["posthog"] = lambda: PostHogSink(key, host)
-    if settings.enabled:
-        from opentelemetry.sdk.resources import Resource
-
-        from .sinks.otlp import OtlpSegmentSink, log_exporter
-
-        sinks["otlp"] = lambda: OtlpSegmentSink(log_exporter(settings), Resource.create())
+    process = detect_process_properties()
+    sinks = sink_factories(Settings.from_env(), Resource.create(dict(process.attributes)), process)
     return RefreshJob(engine, load_schema(DEFAULT_SCHEMA), sinks=sinks), bool(sinks)
 
 

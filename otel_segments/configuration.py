@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib.metadata import entry_points
@@ -31,7 +32,7 @@ from . import config
 from .cache import SegmentCache
 from .config import Settings
 from .context import set_privacy_policy
-from .job import RefreshJob
+from .job import RefreshJob, Sink
 from .processor import SuperPropertiesSpanProcessor
 from .properties import ProcessProperties, detect_process_properties
 
@@ -170,14 +171,11 @@ def _start_segments(handle: Configured, process: ProcessProperties) -> None:
             return
     provider = trace.get_tracer_provider()
     resource = provider.resource if isinstance(provider, TracerProvider) else Resource.create(dict(process.attributes))
-    sinks: dict[str, Any] = {"otlp": lambda: _otlp_sink(settings, resource)}
-    if settings.posthog_api_key is not None:
-        sinks["posthog"] = lambda: _posthog_sink(settings, process)
     job = RefreshJob(
         engines[0],
         schema,
         state_engine=engines[-1],
-        sinks=sinks,
+        sinks=sink_factories(settings, resource, process),
         cache=handle.segments,
         interval=timedelta(milliseconds=settings.refresh_interval_ms),
         max_age=timedelta(milliseconds=settings.max_segment_age_ms),
@@ -211,17 +209,19 @@ def _engine(url: str) -> Any:
     return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
 
-def _otlp_sink(settings: Settings, resource: Resource) -> Any:
+def sink_factories(settings: Settings, resource: Resource, process: ProcessProperties) -> dict[str, Callable[[], Sink]]:
+    """The sinks the settings ask for, as factories (the job builds them in the process that delivers):
+    OTLP when the gate is open, PostHog with ``POSTHOG_API_KEY``."""
     from .sinks.otlp import OtlpSegmentSink, log_exporter
-
-    return OtlpSegmentSink(log_exporter(settings), resource)
-
-
-def _posthog_sink(settings: Settings, process: ProcessProperties) -> Any:
     from .sinks.posthog import PostHogSink
 
-    assert settings.posthog_api_key is not None
-    return PostHogSink(settings.posthog_api_key, settings.posthog_host, super_properties=dict(process.attributes))
+    factories: dict[str, Callable[[], Sink]] = {}
+    key = settings.posthog_api_key
+    if key is not None:
+        factories["posthog"] = lambda: PostHogSink(key, settings.posthog_host, super_properties=dict(process.attributes))
+    if settings.enabled:
+        factories["otlp"] = lambda: OtlpSegmentSink(log_exporter(settings), resource)
+    return factories
 
 
 def _otlp_exporter(signal: str, settings: Settings) -> Any:
