@@ -296,7 +296,7 @@ def _demo_job(engine: Engine) -> tuple[RefreshJob, bool]:
     from opentelemetry.sdk.resources import Resource
 
     from .config import Settings
-    from .configuration import sink_factories
+    from .pipeline import sink_factories
     from .properties import detect_process_properties
 
     process = detect_process_properties()

@@ -1,0 +1,104 @@
+"""The segments pipeline behind ``configure()``: database -> refresh job -> sinks, driven by its MetricReader."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+
+from . import config
+from .cache import SegmentCache
+from .config import Settings
+from .exporters import EXPORTER_VARIABLES, otlp_exporter
+from .job import RefreshJob, Sink
+from .properties import ProcessProperties
+
+_logger = logging.getLogger(__name__)
+
+
+def start_segments(
+    settings: Settings, process: ProcessProperties, cache: SegmentCache | None
+) -> tuple[RefreshJob, MeterProvider] | None:
+    """Build the refresh job, its sinks and its MetricReader; nothing connects until the first cycle."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    from .reader import MetricsOff, segments_meter_provider
+    from .segments.schema import SchemaError, load_schema
+
+    try:
+        schema = load_schema(settings.schema)
+    except SchemaError as error:
+        _logger.error("otel_segments: %s=%r: %s; segments are off", config.OTEL_SEGMENTS_SCHEMA, settings.schema, error)
+        return None
+    engines = []
+    urls = ((config.OTEL_SEGMENTS_DATABASE_URL, settings.database_url), (config.OTEL_SEGMENTS_STATE_URL, settings.state_url))
+    for name, secret in urls:
+        if secret is None:
+            continue
+        try:
+            engines.append(_engine(secret.reveal()))
+        except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as error:
+            # The message may quote the URL, password included: name the variable and the error class only.
+            _logger.error("otel_segments: %s is not a usable database URL (%s); segments are off", name, type(error).__name__)
+            return None
+    provider = trace.get_tracer_provider()
+    resource = provider.resource if isinstance(provider, TracerProvider) else Resource.create(dict(process.attributes))
+    job = RefreshJob(
+        engines[0],
+        schema,
+        state_engine=engines[-1],
+        sinks=sink_factories(settings, resource, process),
+        cache=cache,
+        interval=timedelta(milliseconds=settings.refresh_interval_ms),
+        max_age=timedelta(milliseconds=settings.max_segment_age_ms),
+    )
+    metrics_off = os.environ.get(EXPORTER_VARIABLES["metrics"], "").strip().lower() == "none"
+    exporter = MetricsOff() if metrics_off else otlp_exporter("metrics", settings)
+    meter_provider = segments_meter_provider(job, exporter, resource)
+    # Registered after the provider's own exit hook, so it runs first: the provider's last collection
+    # then finds the job stopped instead of starting a refresh while the interpreter exits.
+    atexit.register(job.shutdown, timeout_s=5.0)
+    return job, meter_provider
+
+
+def _engine(url: str) -> Any:
+    from sqlalchemy import create_engine, make_url
+
+    parsed = make_url(url)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("psycopg", "psycopg2"):
+        # libpq settings: a database that is away fails the cycle instead of hanging it, and a peer that
+        # vanished mid-query (partition, dead host) is noticed in about a minute, not the kernel's two hours.
+        connect_args.update(
+            connect_timeout=10,
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+            tcp_user_timeout=60_000,
+        )
+    # pre_ping: a database restarted between cycles costs one reconnect, not a failed cycle.
+    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+
+
+def sink_factories(settings: Settings, resource: Resource, process: ProcessProperties) -> dict[str, Callable[[], Sink]]:
+    """The sinks the settings ask for, as factories (the job builds them in the process that delivers):
+    OTLP when the gate is open, PostHog with ``POSTHOG_API_KEY``."""
+    from .sinks.otlp import OtlpSegmentSink, log_exporter
+    from .sinks.posthog import PostHogSink
+
+    factories: dict[str, Callable[[], Sink]] = {}
+    key = settings.posthog_api_key
+    if key is not None:
+        factories["posthog"] = lambda: PostHogSink(key, settings.posthog_host, super_properties=dict(process.attributes))
+    if settings.enabled:
+        factories["otlp"] = lambda: OtlpSegmentSink(log_exporter(settings), resource)
+    return factories
