@@ -23,9 +23,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import create_engine, func, make_url, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from .config import DEFAULT_SCHEMA, OTEL_SEGMENTS_DATABASE_URL, OTEL_SEGMENTS_SCHEMA, OTEL_SEGMENTS_STATE_URL
+from .database import EXAMPLE, DatabaseURLError, engine_for
 from .job import RefreshJob
 from .segments import UserSegment
 from .segments.cohorts import COHORTS, cohort_description, export
@@ -111,19 +112,15 @@ def _engine(url: str | None, variable: str) -> Engine:
         raise CliError(f"no database: pass --database-url or set {variable}")
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise CliError("malformed database URL (expected e.g. sqlite:///app.db or postgresql+psycopg://user@host/db)") from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise CliError(f"malformed database URL ({EXAMPLE})") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         if not Path(parsed.database).exists():
             raise CliError(f"SQLite database file {parsed.database} does not exist")
     try:
-        engine = create_engine(parsed)
-    except NoSuchModuleError as exc:
-        raise CliError(f"unsupported database URL scheme ({exc})") from None
-    except (ArgumentError, ValueError):
-        raise CliError("malformed database URL (expected e.g. sqlite:///app.db or postgresql+psycopg://user@host/db)") from None
-    except ImportError as exc:
-        raise CliError(f"the database driver is not installed ({exc.name or exc})") from None
+        engine = engine_for(url)
+    except DatabaseURLError as exc:
+        raise CliError(f"the database URL {exc}") from None
     try:
         with engine.connect():
             pass

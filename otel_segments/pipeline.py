@@ -7,7 +7,6 @@ import logging
 import os
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -28,8 +27,7 @@ def start_segments(
     settings: Settings, process: ProcessProperties, cache: SegmentCache | None
 ) -> tuple[RefreshJob, MeterProvider] | None:
     """Build the refresh job, its sinks and its MetricReader; nothing connects until the first cycle."""
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
+    from .database import DatabaseURLError, engine_for
     from .reader import MetricsOff, segments_meter_provider
     from .segments.schema import SchemaError, load_schema
 
@@ -44,10 +42,9 @@ def start_segments(
         if secret is None:
             continue
         try:
-            engines.append(_engine(secret.reveal()))
-        except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as error:
-            # The message may quote the URL, password included: name the variable and the error class only.
-            _logger.error("otel_segments: %s is not a usable database URL (%s); segments are off", name, type(error).__name__)
+            engines.append(engine_for(secret.reveal()))
+        except DatabaseURLError as error:
+            _logger.error("otel_segments: %s %s; segments are off", name, error)
             return None
     provider = trace.get_tracer_provider()
     resource = provider.resource if isinstance(provider, TracerProvider) else Resource.create(dict(process.attributes))
@@ -67,26 +64,6 @@ def start_segments(
     # then finds the job stopped instead of starting a refresh while the interpreter exits.
     atexit.register(job.shutdown, timeout_s=5.0)
     return job, meter_provider
-
-
-def _engine(url: str) -> Any:
-    from sqlalchemy import create_engine, make_url
-
-    parsed = make_url(url)
-    connect_args: dict[str, Any] = {}
-    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("psycopg", "psycopg2"):
-        # libpq settings: a database that is away fails the cycle instead of hanging it, and a peer that
-        # vanished mid-query (partition, dead host) is noticed in about a minute, not the kernel's two hours.
-        connect_args.update(
-            connect_timeout=10,
-            keepalives=1,
-            keepalives_idle=30,
-            keepalives_interval=10,
-            keepalives_count=3,
-            tcp_user_timeout=60_000,
-        )
-    # pre_ping: a database restarted between cycles costs one reconnect, not a failed cycle.
-    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
 
 def sink_factories(settings: Settings, resource: Resource, process: ProcessProperties) -> dict[str, Callable[[], Sink]]:

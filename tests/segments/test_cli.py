@@ -72,7 +72,9 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
     cases = [
         (["compute"], "OTEL_SEGMENTS_DATABASE_URL"),
         (["compute", "--database-url", "nonsense"], "malformed database URL"),
-        (["compute", "--database-url", "nosuchdb://x"], "unsupported"),
+        (["compute", "--database-url", "nosuchdb://x"], "SQLAlchemy does not know ('nosuchdb'"),
+        (["compute", "--database-url", "postgresql://me:hunter2@db:notaport/x"], "malformed database URL"),
+        (["compute", "--database-url", "postgresql+asyncpg://me:hunter2@db/x"], "asyncio driver asyncpg"),
         (["compute", "--database-url", f"sqlite:///{tmp_path / 'missing.sqlite'}"], "does not exist"),
         (["compute", "--database-url", f"sqlite:///{empty}"], "table 'users' does not exist"),
         (["compute", "--database-url", f"sqlite:///{empty}", "--schema", "nope"], "unknown schema"),

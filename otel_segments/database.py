@@ -1,0 +1,108 @@
+"""SQLAlchemy engines for the app's database and our state, with errors that say what to do.
+
+A URL names a driver, sometimes implicitly: plain ``postgresql://`` is psycopg2 on
+SQLAlchemy 2.0 and psycopg 3 on 2.1. When that driver is not installed, the
+user needs its name and the command that installs it, not "is not a usable
+URL". Messages never quote the URL: it may carry a password.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from sqlalchemy import create_engine, make_url
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+#: SQLAlchemy's driver name -> (module it imports, how to install it).
+DRIVERS: dict[str, tuple[str, str]] = {
+    "psycopg": ("psycopg", "pip install 'otel-segments[postgresql]'"),
+    "psycopg2": ("psycopg2", "pip install psycopg2-binary"),
+    "pg8000": ("pg8000", "pip install pg8000"),
+    "pysqlite": ("sqlite3", "a Python built with the sqlite3 module"),
+    "mysqldb": ("MySQLdb", "pip install mysqlclient"),
+    "pymysql": ("pymysql", "pip install PyMySQL"),
+    "mysqlconnector": ("mysql.connector", "pip install mysql-connector-python"),
+    "pyodbc": ("pyodbc", "pip install pyodbc"),
+    "oracledb": ("oracledb", "pip install oracledb"),
+}
+#: A blocking driver per backend, in order of preference, for the hint after an asyncio or missing driver.
+_BLOCKING = {
+    "postgresql": ("psycopg", "psycopg2"),
+    "sqlite": ("pysqlite",),
+    "mysql": ("mysqldb", "pymysql"),
+}
+EXAMPLE = "e.g. sqlite:///app.db or postgresql+psycopg://user@host/db"
+
+
+class DatabaseURLError(ValueError):
+    """The URL cannot give an engine; the message is safe to log (no URL, no password)."""
+
+
+def engine_for(url: str) -> Engine:
+    """An engine for ``url`` that fails fast: at a missing driver now, at a dead server within a minute."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise DatabaseURLError(f"is not a database URL ({EXAMPLE})") from None
+    backend = parsed.get_backend_name()
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise DatabaseURLError(f"names a database SQLAlchemy does not know ({parsed.drivername!r}; {EXAMPLE})") from None
+    if getattr(dialect, "is_async", False):
+        raise DatabaseURLError(
+            f"names the asyncio driver {dialect.driver}; the refresh job runs in a thread of its own and needs a "
+            f"blocking driver: {_blocking_hint(backend)}"
+        )
+    try:
+        # pre_ping: a database restarted between cycles costs one reconnect, not a failed cycle.
+        return create_engine(parsed, pool_pre_ping=True, connect_args=_connect_args(parsed))
+    except ImportError as error:
+        raise DatabaseURLError(_missing_driver(parsed, dialect.driver, error)) from None
+    except (ArgumentError, ValueError, TypeError) as error:
+        raise DatabaseURLError(f"has a malformed part ({type(error).__name__}; {EXAMPLE})") from None
+
+
+def _connect_args(url: URL) -> dict[str, Any]:
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2"):
+        # libpq settings: a database that is away fails the cycle instead of hanging it, and a peer that
+        # vanished mid-query (partition, dead host) is noticed in about a minute, not the kernel's two hours.
+        return {
+            "connect_timeout": 10,
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 60_000,
+        }
+    return {}
+
+
+def _missing_driver(url: URL, driver: str, error: ImportError) -> str:
+    module, install = DRIVERS.get(driver, (error.name or driver, f"pip install {error.name or driver}"))
+    implicit = "" if "+" in url.drivername else f" (SQLAlchemy's default for {url.get_backend_name()}://)"
+    message = f"needs the {driver} driver{implicit}, and its module {error.name or module!r} is not installed: {install}"
+    others = [d for d in _BLOCKING.get(url.get_backend_name(), ()) if d != driver and _installed(d)]
+    if others:
+        message += f"; or name an installed driver in the URL: {url.get_backend_name()}+{others[0]}://..."
+    return message
+
+
+def _blocking_hint(backend: str) -> str:
+    drivers = _BLOCKING.get(backend)
+    if not drivers:
+        return "use the blocking driver of the same database"
+    installed = [d for d in drivers if _installed(d)]
+    driver = (installed or drivers)[0]
+    scheme = "sqlite:///..." if backend == "sqlite" else f"{backend}+{driver}://..."
+    return f"use {scheme}" + ("" if installed else f" ({DRIVERS[driver][1]})")
+
+
+def _installed(driver: str) -> bool:
+    module = DRIVERS[driver][0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
