@@ -17,10 +17,8 @@ sink's acknowledgement and the write that records it.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .cache import SegmentCache
+from .forks import ForkLifecycle
 from .lease import Lease
 from .segments import UserSegment
 from .segments.cohorts import COHORTS
@@ -48,12 +47,6 @@ SEGMENT_NAME = "app.segment.name"
 SEGMENT_VALUE = "app.segment.value"
 DEFAULT_INTERVAL = timedelta(seconds=60)
 MIN_LEASE_TTL = timedelta(seconds=30)
-#: A process that forks this soon after building the job (or before its first cycle) is taken for a pre-fork
-#: server's master (gunicorn --preload): it stops refreshing and its children do it. A slow app import can
-#: outlast several short refresh intervals, so "before the first cycle" alone would leave the master in charge.
-PREFORK_WINDOW = timedelta(seconds=60)
-#: How long a fork() waits for a running cycle on SQLite to finish (see RefreshJob._before_fork).
-FORK_WAIT = timedelta(seconds=10)
 DEFAULT_DELIVERY_BATCH = 1000
 _T = TypeVar("_T")
 #: The (property, value) pairs counted for the gauge: every value a cohort names, zeros included.
@@ -117,12 +110,17 @@ class RefreshJob:
         self._paused = False
         self._shut = False
         self._cycles = 0
-        self._started = time.monotonic()
-        _register_at_fork(self)
+        self._forks = ForkLifecycle(
+            [self.app_engine, self.state_engine],
+            cycle_lock=lambda: self._cycle_lock,
+            cycles=lambda: self._cycles,
+            on_child=self._forked_child,
+            on_prefork_master=self._forked_while_starting,
+        )
+        self._forks.register()
 
     def _init_process_state(self) -> None:
         self._cycle_lock = threading.Lock()
-        self._held_for_fork = False
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -303,40 +301,18 @@ class RefreshJob:
         except Exception as error:  # noqa: BLE001
             self._report(_cause(error), error)
 
-    def _engines(self) -> list[Engine]:
-        return list({id(e): e for e in (self.app_engine, self.state_engine)}.values())
-
-    def _before_fork(self) -> None:
-        """SQLite keeps its lock state per process: a query of ours running across fork() leaves the child
-        believing it holds locks it does not, and then its writes, and everyone's, fail as "database is
-        locked" (sqlite.org/howtocorrupt.html). So wait for the running cycle, and close our idle SQLite
-        connections; the after-fork hooks let cycles run again. Client-server databases need none of this."""
-        sqlite = [engine for engine in self._engines() if engine.dialect.name == "sqlite"]
-        if not sqlite:
-            return
-        self._held_for_fork = self._cycle_lock.acquire(timeout=FORK_WAIT.total_seconds())
-        for engine in sqlite:
-            engine.dispose()
-
-    def _after_fork_in_child(self) -> None:
+    def _forked_child(self) -> None:
         # The parent's thread does not exist here and its locks may be held: start afresh, as a new lease holder.
         self._init_process_state()
         self._paused = self._shut
-        self._started = time.monotonic()
         self._sinks = {}
         self._counts = None
         if self._lease is not None:
             self._lease.reset_holder()
-        for engine in self._engines():
-            engine.dispose(close=False)  # the parent's pooled connections stay the parent's
 
-    def _after_fork_in_parent(self) -> None:
-        if self._held_for_fork:
-            self._held_for_fork = False
-            self._cycle_lock.release()
-        if self._paused or (self._cycles and time.monotonic() - self._started >= PREFORK_WINDOW.total_seconds()):
+    def _forked_while_starting(self) -> None:
+        if self._paused:
             return
-        # Forking while starting up is a pre-fork server (gunicorn --preload): the workers do the work.
         self._paused = True
         self._counts = None  # the holder among the children reports cohort sizes; ours would go stale
         _logger.debug("otel_segments: process forked while starting up; the refresh runs in the children")
@@ -422,22 +398,3 @@ def _cause(error: BaseException) -> str:
     inner = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
     text = str(inner).strip().splitlines()[0][:300] if str(inner).strip() else ""
     return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
-
-
-def _register_at_fork(job: RefreshJob) -> None:
-    ref = weakref.ref(job)
-
-    def child() -> None:
-        if (alive := ref()) is not None:
-            alive._after_fork_in_child()
-
-    def parent() -> None:
-        if (alive := ref()) is not None:
-            alive._after_fork_in_parent()
-
-    def before() -> None:
-        if (alive := ref()) is not None:
-            alive._before_fork()
-
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(before=before, after_in_child=child, after_in_parent=parent)
