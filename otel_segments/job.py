@@ -37,7 +37,7 @@ from .segments.cohorts import COHORTS
 from .segments.refresh import DEFAULT_MAX_AGE, RefreshResult, refresh
 from .segments.schema import BoundSchema, SchemaMapping, bind
 from .segments.state import RefreshState
-from .sinks import DeliveryError
+from .sinks import DeliveryError, SinkUnsupportedError
 from .sinks.posthog import RateLimitedError
 
 _logger = logging.getLogger(__name__)
@@ -185,9 +185,11 @@ class RefreshJob:
             self._counts = _count(state.segments())
         delivered: dict[str, int] = {}
         failed: dict[str, str] = {}
-        for name in self._sink_factories:
+        for name in list(self._sink_factories):
             try:
                 delivered[name] = self._deliver(name, state, lease)
+            except SinkUnsupportedError as error:
+                self._drop_sink(name, error)
             except DeliveryError as error:
                 failed[name] = str(error)
                 self._report_sink(name, error)
@@ -292,9 +294,11 @@ class RefreshJob:
         try:
             if not self._lease.acquire(self.lease_ttl):
                 return
-            for name in self._sink_factories:
+            for name in list(self._sink_factories):
                 try:
                     self._deliver(name, self._state, self._lease, deadline)
+                except SinkUnsupportedError as error:
+                    self._drop_sink(name, error)
                 except DeliveryError as error:
                     self._report_sink(name, error)
             self._lease.release()
@@ -360,6 +364,17 @@ class RefreshJob:
             running,
             self.lease_ttl.total_seconds(),
         )
+
+    def _drop_sink(self, name: str, error: SinkUnsupportedError) -> None:
+        """A peer that will never take this sink's data: say so once and stop; its updates stay pending."""
+        self._sink_factories.pop(name, None)
+        sink = self._sinks.pop(name, None)
+        _logger.warning("otel_segments: %s", error)
+        if sink is not None:
+            try:
+                sink.shutdown(timeout_s=1.0)
+            except Exception:
+                _logger.debug("otel_segments: the %s sink did not shut down cleanly", name, exc_info=True)
 
     def _report_sink(self, name: str, error: DeliveryError) -> None:
         self._last_error = str(error)

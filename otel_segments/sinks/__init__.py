@@ -7,3 +7,11 @@
 
 class DeliveryError(Exception):
     """A batch was not accepted; nothing in it counts as delivered."""
+
+
+class SinkUnsupportedError(DeliveryError):
+    """The peer will never take this sink's data (a traces-only backend): stop using the sink until restart.
+
+    Nothing in the batch counts as delivered, so the updates stay pending for a process configured to reach a
+    peer that takes them.
+    """
