@@ -5,18 +5,25 @@ Each submodule imports its framework only when it is imported itself, so
 here: turning a user object or a resolver's dict into the user context, and
 writing the user's attributes onto the request's server span, which the
 framework's instrumentation started before anyone knew who the user was.
+
+A request scope (:func:`start_request` ... :func:`end_request`) remembers that
+server span: it is the current span when the request's user is first read. A
+login or logout later in the request (:func:`switch_user`) may run inside a
+span of the app's own, and still reaches the server span through it. Nothing
+of this is on the span processor's path: the per-span cost stays as it was.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from contextvars import Token
+from contextvars import ContextVar, Token
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.trace import Span
 
-from ..context import UserProperties, current_user, set_user
+from ..context import UserProperties, clear_user, current_user, set_user
 
 _logger = logging.getLogger(__name__)
 _reported: set[str] = set()
@@ -92,14 +99,73 @@ def annotate_current_span() -> None:
     The server span of a request starts before authentication runs, so the span
     processor saw no user then; this catches that span up.
     """
+    _annotate(trace.get_current_span())
+
+
+def _annotate(span: Span) -> None:
     user = current_user()
-    if user is None:
-        return
-    span = trace.get_current_span()
-    if not span.is_recording():
+    if user is None or not span.is_recording():  # an ended span does not record: nothing is written late
         return
     segment = _segment(user.user_id)
     span.set_attributes({**segment, **user.attributes} if segment else user.attributes)
+
+
+class RequestScope:
+    """One request's user context: the span that was current when it began (the server span) and how to undo it."""
+
+    __slots__ = ("_scope_token", "_user_token", "follow_login", "span")
+
+    def __init__(self, span: Span, follow_login: bool) -> None:
+        self.span = span
+        self.follow_login = follow_login
+        self._user_token: Token[UserProperties | None] | None = None
+        self._scope_token: Token[RequestScope | None] | None = None
+
+
+_scope: ContextVar[RequestScope | None] = ContextVar("otel_segments_request", default=None)
+
+
+def start_request(info: UserInfo | None, *, follow_login: bool) -> RequestScope:
+    """Begin a request for ``info``'s user (None: anonymous); call it where the server span is the current span.
+
+    ``follow_login``: a login or logout later in the request (:func:`switch_user`,
+    from the framework's signals) changes the user; an app's own loader that
+    decides who the user is says False. Raises ``TypeError`` when ``info`` is not
+    a user, before anything is set. Hand the result to :func:`end_request`.
+    """
+    scope = RequestScope(trace.get_current_span(), follow_login)
+    scope._user_token = activate(info)
+    scope._scope_token = _scope.set(scope)
+    return scope
+
+
+def end_request(scope: RequestScope) -> None:
+    """Restore the user and scope from before :func:`start_request` (a pooled thread must not keep a user)."""
+    if scope._scope_token is not None:
+        try:
+            _scope.reset(scope._scope_token)
+        except ValueError:  # ended in another context than it began: clear what this one sees
+            _scope.set(None)
+        scope._scope_token = None
+    if scope._user_token is not None:
+        clear_user(scope._user_token)
+        scope._user_token = None
+
+
+def switch_user(info: UserInfo | None) -> None:
+    """A login (``info``) or logout (None) inside a request that follows logins; elsewhere it does nothing.
+
+    The rest of the request's spans belong to the new user, or to nobody. On a
+    login the current span (perhaps the app's own ``login`` span) and the
+    request's server span get the user's attributes; a logout cannot take
+    attributes back from spans already written, it only stops further ones.
+    """
+    scope = _scope.get()
+    if scope is None or not scope.follow_login:
+        return
+    activate(info)  # the token is not kept: end_request restores the value from before the request
+    if info is not None and scope.span is not trace.get_current_span():
+        _annotate(scope.span)
 
 
 def _segment(user_id: str) -> Mapping[str, Any] | None:

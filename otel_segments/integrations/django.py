@@ -1,28 +1,38 @@
-"""Django: a middleware that sets the user context from ``request.user``.
+"""Django: a middleware that sets the user context from ``request.user``, added for you under auto-instrumentation.
 
-Add ``"otel_segments.integrations.django.UserContextMiddleware"`` to
+Under ``opentelemetry-instrument`` the ``otel_segments_django`` instrumentor
+calls :func:`instrument`: when Django builds a handler's middleware chain
+(``BaseHandler.load_middleware``, after settings are loaded), it puts
+:class:`UserContextMiddleware` right after the last authentication middleware
+(``AuthenticationMiddleware``, ``RemoteUserMiddleware`` or a subclass) unless
+``MIDDLEWARE`` already names it or a subclass. Settings are not read when the
+instrumentor runs: ``manage.py`` sets ``DJANGO_SETTINGS_MODULE`` only later.
+
+By hand: add ``"otel_segments.integrations.django.UserContextMiddleware"`` to
 ``MIDDLEWARE`` after ``django.contrib.auth.middleware.AuthenticationMiddleware``.
 Anonymous requests get no user. It works in sync and async stacks (in async it
 reads the user with ``request.auser()``, so it never touches the database from
 the event loop). Subclass it and override :meth:`resolve` to read your own
 fields; by default it sends the id, and ``role``, ``is_admin`` (else Django's
 ``is_superuser``) and ``auth_method`` / ``auth_provider`` when the user model has them.
+A ``login()`` during the request switches the user at once, and the request's
+server span gets the new user even when the login runs inside a span of the
+app's own; a ``logout()`` clears it for the rest of the request.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from contextvars import ContextVar, Token
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.contrib.auth.signals import user_logged_in
+from django.contrib.auth.signals import user_logged_in, user_logged_out
 
-from ..context import UserProperties, clear_user
-from . import UserInfo, activate, report_once, user_info
+from . import RequestScope, UserInfo, end_request, report_once, start_request, switch_user, user_info
 
-#: True inside the middleware: a login signal outside a request (``Client.login()``, a shell) must not set a user.
-_in_request: ContextVar[bool] = ContextVar("otel_segments_django_request", default=False)
+MIDDLEWARE_PATH = "otel_segments.integrations.django.UserContextMiddleware"
+_insert_lock = threading.Lock()
 
 
 class UserContextMiddleware:
@@ -36,19 +46,17 @@ class UserContextMiddleware:
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
-        user_logged_in.connect(_logged_in, dispatch_uid="otel_segments.user_logged_in", weak=False)
+        _connect_signals()
 
     def __call__(self, request: Any) -> Any:
         if self._async:
             return self.__acall__(request)
-        inside = _in_request.set(True)
-        token = self._start(lambda: self.resolve(request))
+        scope = self._start(lambda: self.resolve(request))
         try:
             return self.get_response(request)
         finally:
-            if token is not None:
-                clear_user(token)
-            _in_request.reset(inside)
+            if scope is not None:
+                end_request(scope)
 
     async def __acall__(self, request: Any) -> Any:
         try:
@@ -56,27 +64,25 @@ class UserContextMiddleware:
         except Exception:  # noqa: BLE001 - the host app's request must not fail because of us
             report_once("django.auser", "reading request.auser() failed")
             user = None
-        inside = _in_request.set(True)
-        token = self._start(lambda: self.resolve(request, user))
+        scope = self._start(lambda: self.resolve(request, user))
         try:
             return await self.get_response(request)
         finally:
-            if token is not None:
-                clear_user(token)
-            _in_request.reset(inside)
+            if scope is not None:
+                end_request(scope)
 
     def resolve(self, request: Any, user: Any = None) -> UserInfo | None:
         """The user-context arguments for ``request`` (``user`` is the already loaded user in async stacks)."""
         return django_user_info(user if user is not None else getattr(request, "user", None))
 
-    def _start(self, resolve: Callable[[], UserInfo | None]) -> Token[UserProperties | None] | None:
+    def _start(self, resolve: Callable[[], UserInfo | None]) -> RequestScope | None:
         try:
             info = resolve()
         except Exception:  # noqa: BLE001
             report_once("django.resolve", "resolving the Django user failed")
             info = None
         try:
-            return activate(info)
+            return start_request(info, follow_login=True)
         except Exception:  # noqa: BLE001
             report_once("django.activate", "the Django user resolver returned something that is not a user")
             return None
@@ -92,11 +98,77 @@ def django_user_info(user: Any) -> dict[str, Any] | None:
     return info
 
 
+def _connect_signals() -> None:
+    """Login and logout receivers; a ``dispatch_uid`` keeps them connected once however many middleware instances."""
+    user_logged_in.connect(_logged_in, dispatch_uid="otel_segments.user_logged_in", weak=False)
+    user_logged_out.connect(_logged_out, dispatch_uid="otel_segments.user_logged_out", weak=False)
+
+
 def _logged_in(sender: Any, request: Any = None, user: Any = None, **_: Any) -> None:
-    """A login inside the request: the rest of its spans are the new user's (the middleware restores afterwards)."""
-    if not _in_request.get():
-        return
+    """A login inside the request: the rest of its spans are the new user's. Outside one (a shell, Client.login()): nothing."""
     try:
-        activate(django_user_info(user))
+        switch_user(django_user_info(user))
     except Exception:  # noqa: BLE001
         report_once("django.login_signal", "reading the user who just logged in failed")
+
+
+def _logged_out(sender: Any, **_: Any) -> None:
+    try:
+        switch_user(None)
+    except Exception:  # noqa: BLE001
+        report_once("django.logout_signal", "clearing the user who just logged out failed")
+
+
+def instrument() -> None:
+    """Add :class:`UserContextMiddleware` to every handler Django builds (the instrumentor calls this)."""
+    import wrapt
+
+    wrapt.wrap_function_wrapper("django.core.handlers.base", "BaseHandler.load_middleware", _load_middleware)
+    _connect_signals()
+
+
+def uninstrument() -> None:
+    from django.core.handlers.base import BaseHandler
+    from opentelemetry.instrumentation.utils import unwrap
+
+    unwrap(BaseHandler, "load_middleware")
+
+
+def _load_middleware(wrapped: Callable[..., Any], handler: Any, args: Any, kwargs: Any) -> Any:
+    try:
+        add_middleware()
+    except Exception:  # noqa: BLE001 - the app must start whatever its settings look like
+        report_once("django.middleware", "adding UserContextMiddleware to MIDDLEWARE failed")
+    return wrapped(*args, **kwargs)
+
+
+def add_middleware() -> bool:
+    """Put :class:`UserContextMiddleware` after the last authentication middleware in ``settings.MIDDLEWARE``.
+
+    Returns whether it is there now. Nothing changes when ``MIDDLEWARE`` already
+    names it or a subclass (the app placed it), or names no authentication
+    middleware (no ``request.user`` to read).
+    """
+    from django.conf import settings
+    from django.contrib.auth.middleware import AuthenticationMiddleware, RemoteUserMiddleware
+    from django.utils.module_loading import import_string
+
+    with _insert_lock:
+        middleware = list(settings.MIDDLEWARE)
+        after = None
+        for index, path in enumerate(middleware):
+            try:
+                cls = import_string(path)
+            except Exception:  # noqa: BLE001 - Django reports a broken entry itself, right after us
+                continue
+            if not isinstance(cls, type):
+                continue
+            if issubclass(cls, UserContextMiddleware):
+                return True
+            if issubclass(cls, (AuthenticationMiddleware, RemoteUserMiddleware)):
+                after = index
+        if after is None:
+            return False
+        middleware.insert(after + 1, MIDDLEWARE_PATH)
+        settings.MIDDLEWARE = middleware
+        return True

@@ -1,14 +1,23 @@
-"""Flask: ``init_app(app)`` sets the user context for each request and clears it at teardown.
+"""Flask: the user context for each request, from Flask-Login with no code, or from ``init_app(app)``.
 
-Call it after the hooks that authenticate (``LoginManager.init_app`` and any
-``before_request`` of your own that loads the user): Flask runs ``before_request``
-functions in registration order. Under ``opentelemetry-instrument`` the Flask
-instrumentation registers its hook first, so the server span already exists and
-is current when ours runs; we write the user's attributes onto it too.
+Under ``opentelemetry-instrument`` with Flask-Login installed, the
+``otel_segments_flask`` instrumentor calls :func:`instrument`: every Flask app
+(app factories and ``flask run`` included) that has a ``LoginManager`` gets the
+user context, nothing to write. It reads ``current_user`` once the app's
+``before_request`` hooks have run (``Flask.preprocess_request``): the Flask
+instrumentation starts the server span in its own ``before_request`` hook, so
+the span exists and is current by then, and the user loader's query is one of
+its children. Reading the user any earlier (the ``request_started`` signal)
+would run that query before the server span, as a trace of its own.
 
-With Flask-Login and no ``user_loader``, the user is ``flask_login.current_user``.
-A login during the request (``login_user``) switches the context at once, so the
-rest of that request's spans carry the new user.
+``init_app(app)`` does the same for one app, with your own ``user_loader`` if
+you want one; an app that calls it is left to it. Call it after the hooks that
+authenticate (``LoginManager.init_app`` and any ``before_request`` of your own
+that loads the user): Flask runs ``before_request`` functions in registration order.
+
+A ``login_user()`` during the request switches the context at once, and the
+request's server span gets the new user even when the login runs inside a span
+of the app's own; a ``logout_user()`` clears it for the rest of the request.
 """
 
 from __future__ import annotations
@@ -18,10 +27,9 @@ from typing import Any
 
 import flask
 
-from ..context import clear_user
-from . import UserInfo, activate, report_once, user_info
+from . import RequestScope, UserInfo, end_request, report_once, start_request, switch_user, user_info
 
-_TOKEN = "_otel_segments_user_token"
+_SCOPE = "_otel_segments_request"
 _EXTENSION = "otel_segments"
 
 
@@ -38,6 +46,7 @@ def init_app(app: flask.Flask, user_loader: Callable[[], UserInfo | None] | None
         return
     loader = user_loader or _flask_login_loader()
     app.extensions[_EXTENSION] = loader
+    follow_login = user_loader is None and loader is not None
 
     def before_request() -> None:
         try:
@@ -45,52 +54,99 @@ def init_app(app: flask.Flask, user_loader: Callable[[], UserInfo | None] | None
         except Exception:  # noqa: BLE001 - the host app's request must not fail because of us
             report_once("flask.user_loader", "the Flask user loader raised")
             info = None
-        _start(info)
-
-    def teardown_request(exc: BaseException | None) -> None:
-        token = flask.g.pop(_TOKEN, None)
-        if token is not None:
-            clear_user(token)
+        _start(info, follow_login)
 
     app.before_request(before_request)
-    app.teardown_request(teardown_request)
-    if user_loader is None and loader is not None:
-        _connect_login_signal(app)
+    app.teardown_request(_end)
+    if follow_login:
+        _connect_login_signals()
 
 
-def _start(info: UserInfo | None) -> None:
+def instrument() -> None:
+    """Give every Flask app with a Flask-Login ``LoginManager`` the user context (the instrumentor calls this)."""
+    import wrapt
+
+    wrapt.wrap_function_wrapper(flask.app.Flask, "preprocess_request", _after_before_request_hooks)
+    flask.request_tearing_down.connect(_end, weak=False)
+    _connect_login_signals()
+
+
+def uninstrument() -> None:
+    import flask_login
+    from opentelemetry.instrumentation.utils import unwrap
+
+    unwrap(flask.app.Flask, "preprocess_request")
+    flask.request_tearing_down.disconnect(_end)
+    flask_login.user_logged_in.disconnect(_logged_in)
+    flask_login.user_logged_out.disconnect(_logged_out)
+
+
+def _after_before_request_hooks(wrapped: Callable[..., Any], app: flask.Flask, args: Any, kwargs: Any) -> Any:
+    response = wrapped(*args, **kwargs)
     try:
-        token = activate(info)
+        if _EXTENSION not in app.extensions and getattr(app, "login_manager", None) is not None and _SCOPE not in flask.g:
+            try:
+                info = _flask_login_user()
+            except Exception:  # noqa: BLE001
+                report_once("flask.current_user", "reading Flask-Login's current_user failed")
+                info = None
+            _start(info, follow_login=True)
+    except Exception:  # noqa: BLE001 - whatever happens here, the request goes on
+        report_once("flask.instrument", "setting the Flask request's user failed")
+    return response
+
+
+def _start(info: UserInfo | None, follow_login: bool) -> None:
+    try:
+        scope = start_request(info, follow_login=follow_login)
     except Exception:  # noqa: BLE001
         report_once("flask.activate", "the Flask user loader returned something that is not a user")
         return
-    if _TOKEN not in flask.g:  # the first value of the request is the one teardown restores from
-        setattr(flask.g, _TOKEN, token)
+    setattr(flask.g, _SCOPE, scope)
+
+
+def _end(*_: Any, **__: Any) -> None:
+    """``teardown_request`` hook and ``request_tearing_down`` receiver: whichever runs first restores."""
+    scope: RequestScope | None = flask.g.pop(_SCOPE, None)
+    if scope is not None:
+        end_request(scope)
+
+
+def _flask_login_user() -> UserInfo | None:
+    import flask_login
+
+    return user_info(flask_login.current_user._get_current_object())
 
 
 def _flask_login_loader() -> Callable[[], UserInfo | None] | None:
     try:
-        import flask_login
+        import flask_login  # noqa: F401
     except ImportError:
         return None
-
-    def load() -> UserInfo | None:
-        return user_info(flask_login.current_user._get_current_object())
-
-    return load
+    return _flask_login_user
 
 
-def _connect_login_signal(app: flask.Flask) -> None:
+def _connect_login_signals() -> None:
+    """One receiver for every app (connecting it twice keeps one): it acts only inside a request that follows logins."""
     import flask_login
 
-    def logged_in(sender: Any, user: Any = None, **_: Any) -> None:
-        if not flask.has_request_context():
-            return
-        try:
-            info = user_info(user)
-        except Exception:  # noqa: BLE001
-            report_once("flask.login_signal", "reading the user who just logged in failed")
-            return
-        _start(info)
+    flask_login.user_logged_in.connect(_logged_in, weak=False)
+    flask_login.user_logged_out.connect(_logged_out, weak=False)
 
-    flask_login.user_logged_in.connect(logged_in, app, weak=False)
+
+def _logged_in(sender: Any, user: Any = None, **_: Any) -> None:
+    if not flask.has_request_context():
+        return
+    try:
+        switch_user(user_info(user))
+    except Exception:  # noqa: BLE001
+        report_once("flask.login_signal", "reading the user who just logged in failed")
+
+
+def _logged_out(sender: Any, **_: Any) -> None:
+    if not flask.has_request_context():
+        return
+    try:
+        switch_user(None)
+    except Exception:  # noqa: BLE001
+        report_once("flask.logout_signal", "clearing the user who just logged out failed")
