@@ -39,6 +39,7 @@ from .segments.schema import BoundSchema, SchemaMapping, bind
 from .segments.state import RefreshState
 from .sinks import DeliveryError, SinkUnsupportedError
 from .sinks.posthog import RateLimitedError
+from .untraced import untraced
 
 _logger = logging.getLogger(__name__)
 
@@ -161,7 +162,8 @@ class RefreshJob:
         try:
             self._cycles += 1
             self._cycle_started = time.monotonic()
-            result = self._cycle(now)
+            with untraced():
+                result = self._cycle(now)
         except Exception as error:  # noqa: BLE001 - the job must never take the host app down
             result = CycleResult(error=_cause(error))
             self._report(result.error, error)
@@ -270,6 +272,10 @@ class RefreshJob:
         if self._shut:
             return
         self._shut = True
+        with untraced():  # called from the app's thread (atexit, the SDK's shutdown): its I/O is ours all the same
+            self._stop(timeout_s)
+
+    def _stop(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         self._stopping = True
         self._wake.set()
@@ -327,7 +333,7 @@ class RefreshJob:
 
     def _hand_over(self) -> None:
         """Give up the lease now, so a child takes over at its next cycle instead of after the lease TTL."""
-        with self._cycle_lock:  # a pre-fork server forks again soon: this write must not straddle a fork
+        with self._cycle_lock, untraced():  # a pre-fork server forks again soon: this write must not straddle a fork
             self._counts = None
             if self._lease is None:
                 return
