@@ -1,0 +1,16 @@
+"""Create the database and two users (run once, before the server): an admin and a plain user."""
+
+import os
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "djsite.settings")
+django.setup()
+
+from django.contrib.auth.models import User  # noqa: E402 - after django.setup()
+from django.core.management import call_command  # noqa: E402
+
+call_command("migrate", verbosity=0, interactive=False)
+ann = User.objects.create_user("ann", "ann@example.com", "x", is_superuser=True)
+bo = User.objects.create_user("bo", "bo@example.com", "x")
+print(ann.pk, bo.pk)
