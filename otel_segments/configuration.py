@@ -21,7 +21,7 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
-from . import config
+from . import compat, config
 from .cache import SegmentCache
 from .config import Settings
 from .context import set_privacy_policy
@@ -127,7 +127,7 @@ def _configure_enabled(settings: Settings, allow_pii: bool, sdk_options: dict[st
                 # The SDK exports nothing when unset; it maps only names from the variable to a protocol,
                 # so name the exporter for the protocol ourselves ("otlp" alone would always be gRPC).
                 options[EXPORTER_NAMES_OPTION[signal]] = [OTLP_EXPORTER_NAMES[config.protocol(signal)]]
-        _SDKConfigurator()._configure(**options, **sdk_options)
+        compat.initialize_components(_SDKConfigurator(), **options, **sdk_options)
         handle.owns_providers = True
     if settings.database_url is not None:
         started = start_segments(settings, process, segments)

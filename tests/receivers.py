@@ -111,7 +111,10 @@ class Receiver:
                 for sl in rl.scope_logs:
                     for record in sl.log_records:
                         body = any_value(record.body)
-                        out.append(ReceivedLog(record.event_name, body, attributes(record.attributes), resource))
+                        attrs = attributes(record.attributes)
+                        # opentelemetry-proto before 1.35 has no event_name: that era's SDKs sent the attribute
+                        event_name = getattr(record, "event_name", "") or attrs.get("event.name", "")
+                        out.append(ReceivedLog(event_name, body, attrs, resource))
         return out
 
     def points(self) -> list[ReceivedPoint]:

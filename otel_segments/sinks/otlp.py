@@ -17,19 +17,15 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
-from opentelemetry._logs import LogRecord, SeverityNumber
-from opentelemetry.context import Context
-from opentelemetry.sdk._logs import ReadableLogRecord
-from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from .. import config
+from ..compat import LogRecordExporter, LogRecordExportResult, log_record_for_export
 from ..config import Settings
 from ..context import USER_ID, USER_PREFIX, attribute_value, is_pii_key, pii_allowed, pseudonymize
 from ..segments import UserSegment
@@ -118,19 +114,13 @@ class OtlpSegmentSink:
                         f"{start} of {len(records)} were exported before it"
                     )
 
-    def record(self, segment: UserSegment) -> ReadableLogRecord:
-        """One user's log record: event ``app.user.segment``, the user's properties on its Resource."""
-        now = time.time_ns()
-        log_record = LogRecord(
-            timestamp=now,
-            observed_timestamp=now,
-            context=Context(),  # no trace: the refresh job's span, if any, is not this user's
-            severity_number=SeverityNumber.INFO,
-            severity_text="INFO",
-            event_name=EVENT_NAME,
-        )
+    def record(self, segment: UserSegment) -> Any:
+        """One user's log record: event ``app.user.segment``, the user's properties on its Resource, in no trace.
+
+        Its type is the one this SDK release's exporters take (see :mod:`otel_segments.compat`).
+        """
         resource = self._base.merge(Resource(user_resource_attributes(segment)))
-        return ReadableLogRecord(log_record=log_record, resource=resource, instrumentation_scope=_SCOPE)
+        return log_record_for_export(event_name=EVENT_NAME, resource=resource, instrumentation_scope=_SCOPE)
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Nothing is pending here (``deliver`` is synchronous); shut the exporter down."""
