@@ -16,6 +16,7 @@ from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as WsgiTe
 from werkzeug.test import Client
 
 from otel_segments import current_user
+from otel_segments.integrations.django import UserContextMiddleware, add_middleware
 
 from .conftest import Pipeline, user_part
 
@@ -28,8 +29,19 @@ def login_view(request, username: str) -> HttpResponse:
 
     with _state["tracer"].start_as_current_span("before-login"):
         pass
-    login(request, User.objects.get(username=username))
+    with _state["tracer"].start_as_current_span("login"):  # the app's own span: the server span must get the user too
+        login(request, User.objects.get(username=username))
     with _state["tracer"].start_as_current_span("after-login"):
+        pass
+    return HttpResponse("ok")
+
+
+def logout_view(request) -> HttpResponse:
+    from django.contrib.auth import logout
+
+    with _state["tracer"].start_as_current_span("logout"):
+        logout(request)
+    with _state["tracer"].start_as_current_span("after-logout"):
         pass
     return HttpResponse("ok")
 
@@ -40,7 +52,7 @@ def work_view(request) -> HttpResponse:
         return HttpResponse(user.user_id if user else "-")
 
 
-urlpatterns = [path("login/<str:username>", login_view), path("work", work_view)]
+urlpatterns = [path("login/<str:username>", login_view), path("logout", logout_view), path("work", work_view)]
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +99,7 @@ def test_sync_stack_user_on_server_and_child_spans(wsgi: Client, users: dict[str
     ann, bo, anonymous = wsgi, Client(wsgi.application), Client(wsgi.application)
     assert ann.get("/login/ann", buffered=True).status_code == 200
     assert user_part(pipeline.named("before-login")[0]) == {}
+    assert user_part(pipeline.named("login")[0])["user.id"] == str(users["ann"])
     assert user_part(pipeline.named("after-login")[0])["user.id"] == str(users["ann"])
     assert user_part(server_span(pipeline))["user.id"] == str(users["ann"])
     bo.get("/login/bo", buffered=True)
@@ -137,3 +150,50 @@ def test_async_stack_reads_the_user_without_blocking_the_loop(users: dict[str, i
         [server] = [s for s in servers if s.context.span_id == work.parent.span_id]
         assert user_part(server) == user_part(work)
         assert user_part(work)["app.user.is_admin"] is (user_part(work)["user.id"] == str(users["ann"]))
+
+
+def test_logout_clears_the_user_for_the_rest_of_the_request(wsgi: Client, users: dict[str, int], pipeline: Pipeline) -> None:
+    wsgi.get("/login/bo", buffered=True)
+    pipeline.exporter.clear()
+    assert wsgi.get("/logout", buffered=True).status_code == 200
+    bo = {"user.id": str(users["bo"]), "app.user.is_admin": False}
+    assert user_part(server_span(pipeline)) == bo  # who made the request
+    assert user_part(pipeline.named("logout")[0]) == bo
+    assert user_part(pipeline.named("after-logout")[0]) == {}
+
+
+AUTH = "django.contrib.auth.middleware.AuthenticationMiddleware"
+SESSIONS = "django.contrib.sessions.middleware.SessionMiddleware"
+OURS = "otel_segments.integrations.django.UserContextMiddleware"
+
+
+class OwnMiddleware(UserContextMiddleware):
+    """An app's subclass, placed by hand."""
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (
+            [SESSIONS, AUTH, "django.middleware.common.CommonMiddleware"],
+            [SESSIONS, AUTH, OURS, "django.middleware.common.CommonMiddleware"],
+        ),
+        (
+            [SESSIONS, AUTH, "django.contrib.auth.middleware.RemoteUserMiddleware"],
+            [SESSIONS, AUTH, "django.contrib.auth.middleware.RemoteUserMiddleware", OURS],
+        ),
+        ((SESSIONS, AUTH), [SESSIONS, AUTH, OURS]),  # a tuple, as settings may have it
+        ([SESSIONS, "no.such.Middleware", AUTH], [SESSIONS, "no.such.Middleware", AUTH, OURS]),
+        ([SESSIONS, AUTH, OURS], [SESSIONS, AUTH, OURS]),
+        ([SESSIONS, AUTH, f"{__name__}.OwnMiddleware"], [SESSIONS, AUTH, f"{__name__}.OwnMiddleware"]),
+        ([SESSIONS], [SESSIONS]),  # no request.user to read
+    ],
+    ids=["after-auth", "after-remote-user", "tuple", "broken-entry", "already-there", "subclass-there", "no-auth"],
+)
+def test_auto_instrumentation_adds_the_middleware_once_after_authentication(users: dict[str, int], before, after) -> None:
+    from django.test import override_settings
+
+    with override_settings(MIDDLEWARE=before):
+        add_middleware()
+        add_middleware()
+        assert list(settings.MIDDLEWARE) == after

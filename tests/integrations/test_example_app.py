@@ -110,7 +110,11 @@ def test_each_users_spans_carry_their_own_properties(example_app: str, http_rece
 
     seen = {"1": 0, "2": 0}
     for trace_spans in by_trace.values():
-        [server] = [s for s in trace_spans if s.attributes.get("http.route")]
+        servers = [s for s in trace_spans if s.attributes.get("http.route")]
+        if not servers:  # outside any request: the app's start-up queries when the sqlite3 instrumentation is installed
+            assert all(_user_part(s) == {} for s in trace_spans), trace_spans
+            continue
+        [server] = servers
         route = server.attributes["http.route"]
         if (
             route == "/health"
@@ -120,9 +124,11 @@ def test_each_users_spans_carry_their_own_properties(example_app: str, http_rece
             continue
         assert server.attributes.get("user.id") in ("1", "2"), (route, server.attributes)
         expected = ALICE if server.attributes["user.id"] == "1" else BOB
-        # the server span (started before login was known) and every child span carry one user, complete
+        # the server span (started before login was known) and the app's spans carry one user, complete; database
+        # spans (when a DB instrumentation is installed) carry it too, or nothing while the user is being looked up
         for span in trace_spans:
-            assert _user_part(span) == expected, (route, span.name, span.attributes)
+            own = span is server or span.name.startswith("timetracker.")
+            assert _user_part(span) in ((expected,) if own else ({}, expected)), (route, span.name, span.attributes)
             assert "app.user.username" not in span.attributes and "app.user.email" not in span.attributes
             assert not any("example.com" in str(v) or "alice" == v or "bob" == v for v in span.attributes.values())
         seen[expected["user.id"]] += 1

@@ -1,14 +1,17 @@
-"""Flask in process: Flask-Login's user, a custom loader, a loader that raises, the server span caught up."""
+"""Flask in process: Flask-Login's user, a custom loader, a loader that raises, the server span caught up,
+and the zero-code hook that the ``otel_segments_flask`` instrumentor installs."""
 
 from __future__ import annotations
 
 import flask
 import pytest
-from flask_login import LoginManager, UserMixin, login_user
+from flask_login import LoginManager, UserMixin, login_user, logout_user
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
 from otel_segments import current_user
+from otel_segments.integrations import flask as integration
 from otel_segments.integrations.flask import init_app
+from otel_segments.integrations.instrumentors import FlaskLoginInstrumentor
 
 from .conftest import Pipeline, user_part
 
@@ -29,21 +32,39 @@ class Member(UserMixin):
 MEMBERS = {"7": Member(7, "admin", "ldap", True), "8": Member(8, "user", "local", False)}
 
 
-def build(pipeline: Pipeline, **kwargs: object) -> flask.Flask:
+LOADS: list[str] = []
+
+
+def load_member(uid: str) -> Member | None:
+    LOADS.append(uid)
+    return MEMBERS.get(uid)
+
+
+def build(pipeline: Pipeline, *, init: bool = True, login_manager: bool = True, **kwargs: object) -> flask.Flask:
     app = flask.Flask(__name__)
     app.config["SECRET_KEY"] = "test"
     FlaskInstrumentor().instrument_app(app, tracer_provider=pipeline.provider)
-    manager = LoginManager(app)
-    manager.user_loader(MEMBERS.get)
-    init_app(app, **kwargs)  # type: ignore[arg-type]
+    if login_manager:
+        LoginManager(app).user_loader(load_member)
+    if init:
+        init_app(app, **kwargs)  # type: ignore[arg-type]
     tracer = pipeline.provider.get_tracer("test")
 
     @app.post("/login/<uid>")
     def login(uid: str) -> str:
         with tracer.start_as_current_span("before-login"):
             pass
-        login_user(MEMBERS[uid])
+        with tracer.start_as_current_span("login"):  # the app's own span: the server span must get the user too
+            login_user(MEMBERS[uid])
         with tracer.start_as_current_span("after-login"):
+            pass
+        return "ok"
+
+    @app.post("/logout")
+    def logout() -> str:
+        with tracer.start_as_current_span("logout"):
+            logout_user()
+        with tracer.start_as_current_span("after-logout"):
             pass
         return "ok"
 
@@ -95,8 +116,21 @@ def test_flask_login_user_on_server_and_child_spans(app: flask.Flask, pipeline: 
 def test_login_during_the_request_switches_the_user_and_teardown_clears_it(app: flask.Flask, pipeline: Pipeline) -> None:
     app.test_client().post("/login/8")
     assert user_part(pipeline.named("before-login")[0]) == {}
+    assert user_part(pipeline.named("login")[0])["user.id"] == "8"
     assert user_part(pipeline.named("after-login")[0])["user.id"] == "8"
     assert user_part(server(pipeline, "/login/<uid>"))["user.id"] == "8"
+
+
+def test_logout_clears_the_user_for_the_rest_of_the_request(app: flask.Flask, pipeline: Pipeline) -> None:
+    client = app.test_client()
+    client.post("/login/7")
+    pipeline.exporter.clear()
+    client.post("/logout")
+    assert user_part(server(pipeline, "/logout"))["user.id"] == "7"  # who made the request
+    assert user_part(pipeline.named("logout")[0])["user.id"] == "7"
+    assert user_part(pipeline.named("after-logout")[0]) == {}
+    pipeline.exporter.clear()
+    assert client.get("/work").text == "-"
 
 
 def test_anonymous_request_has_no_user(app: flask.Flask, pipeline: Pipeline) -> None:
@@ -125,3 +159,83 @@ def test_loader_returning_garbage_does_not_break_the_request(pipeline: Pipeline,
     finally:
         FlaskInstrumentor().uninstrument_app(app)
     assert any("not a user" in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture
+def instrumented():
+    """The zero-code hook on every Flask app, as the instrumentor installs it when the gate is open."""
+    original = flask.app.Flask.preprocess_request
+    integration.instrument()
+    yield
+    integration.uninstrument()
+    assert flask.app.Flask.preprocess_request is original
+
+
+def test_instrumented_app_without_init_app_gets_flask_login_user(instrumented: None, pipeline: Pipeline) -> None:
+    app = build(pipeline, init=False)
+    try:
+        client = app.test_client()
+        client.post("/login/7")
+        assert user_part(server(pipeline, "/login/<uid>"))["user.id"] == "7"
+        assert user_part(pipeline.named("login")[0])["user.id"] == "7"
+        pipeline.exporter.clear()
+        assert client.get("/work").text == "7"
+        assert user_part(server(pipeline, "/work"))["app.user.auth_method"] == "ldap"
+        pipeline.exporter.clear()
+        client.post("/logout")
+        assert user_part(pipeline.named("after-logout")[0]) == {}
+    finally:
+        FlaskInstrumentor().uninstrument_app(app)
+
+
+def test_instrumented_and_init_app_load_the_user_once(instrumented: None, pipeline: Pipeline) -> None:
+    app = build(pipeline)
+    try:
+        client = app.test_client()
+        client.post("/login/8")
+        LOADS.clear()
+        assert client.get("/work").text == "8"
+        assert LOADS == ["8"]  # init_app's hook only: the instrumented one leaves an init_app app alone
+    finally:
+        FlaskInstrumentor().uninstrument_app(app)
+
+
+def test_instrumented_app_without_login_manager_is_left_alone(
+    instrumented: None, pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = build(pipeline, init=False, login_manager=False)
+    try:
+        assert app.test_client().get("/work").text == "-"
+    finally:
+        FlaskInstrumentor().uninstrument_app(app)
+    assert not caplog.records  # no "current_user failed" warning for an app that has no Flask-Login
+
+
+def test_instrumentor_with_a_missing_dependency_hooks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = flask.app.Flask.preprocess_request
+    monkeypatch.setattr(FlaskLoginInstrumentor, "_dependencies", ("flask-login >= 999",))
+    instrumentor = FlaskLoginInstrumentor()
+    instrumentor.instrument(skip_dep_check=True)  # as opentelemetry-instrument calls it
+    try:
+        assert flask.app.Flask.preprocess_request is original
+    finally:
+        instrumentor.uninstrument()
+
+
+def test_instrumentor_never_raises_into_start_up(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import otel_segments.configuration
+
+    class Open:
+        enabled = True
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(otel_segments.configuration, "configure", lambda: Open())
+    monkeypatch.setattr(integration, "instrument", broken)
+    instrumentor = FlaskLoginInstrumentor()
+    instrumentor.instrument(skip_dep_check=True)
+    instrumentor.uninstrument()
+    assert [r.getMessage() for r in caplog.records] == [
+        "otel_segments: otel_segments_flask could not hook in; the app runs without it"
+    ]
