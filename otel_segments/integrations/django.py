@@ -5,7 +5,9 @@ calls :func:`instrument`: when Django builds a handler's middleware chain
 (``BaseHandler.load_middleware``, after settings are loaded), it puts
 :class:`UserContextMiddleware` right after the last authentication middleware
 (``AuthenticationMiddleware``, ``RemoteUserMiddleware`` or a subclass) unless
-``MIDDLEWARE`` already names it or a subclass. Settings are not read when the
+``MIDDLEWARE`` already names it or a subclass. That one,
+:class:`AutoUserContextMiddleware`, leaves a user the app set itself alone.
+Settings are not read when the
 instrumentor runs: ``manage.py`` sets ``DJANGO_SETTINGS_MODULE`` only later.
 
 By hand: add ``"otel_segments.integrations.django.UserContextMiddleware"`` to
@@ -29,9 +31,10 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.contrib.auth.signals import user_logged_in, user_logged_out
 
+from ..context import current_user
 from . import RequestScope, UserInfo, end_request, report_once, start_request, switch_user, user_info
 
-MIDDLEWARE_PATH = "otel_segments.integrations.django.UserContextMiddleware"
+MIDDLEWARE_PATH = "otel_segments.integrations.django.AutoUserContextMiddleware"
 _insert_lock = threading.Lock()
 
 
@@ -51,6 +54,8 @@ class UserContextMiddleware:
     def __call__(self, request: Any) -> Any:
         if self._async:
             return self.__acall__(request)
+        if self._leave_to_app():
+            return self.get_response(request)
         scope = self._start(lambda: self.resolve(request))
         try:
             return self.get_response(request)
@@ -59,6 +64,8 @@ class UserContextMiddleware:
                 end_request(scope)
 
     async def __acall__(self, request: Any) -> Any:
+        if self._leave_to_app():
+            return await self.get_response(request)
         try:
             user = await request.auser() if hasattr(request, "auser") else None
         except Exception:  # noqa: BLE001 - the host app's request must not fail because of us
@@ -75,6 +82,9 @@ class UserContextMiddleware:
         """The user-context arguments for ``request`` (``user`` is the already loaded user in async stacks)."""
         return django_user_info(user if user is not None else getattr(request, "user", None))
 
+    def _leave_to_app(self) -> bool:
+        return False
+
     def _start(self, resolve: Callable[[], UserInfo | None]) -> RequestScope | None:
         try:
             info = resolve()
@@ -86,6 +96,13 @@ class UserContextMiddleware:
         except Exception:  # noqa: BLE001
             report_once("django.activate", "the Django user resolver returned something that is not a user")
             return None
+
+
+class AutoUserContextMiddleware(UserContextMiddleware):
+    """The one the instrumentor adds: it leaves a user that the app's own code set (``set_user``, a middleware) alone."""
+
+    def _leave_to_app(self) -> bool:
+        return current_user() is not None
 
 
 def django_user_info(user: Any) -> dict[str, Any] | None:

@@ -3,7 +3,8 @@
 Under ``opentelemetry-instrument`` with Flask-Login installed, the
 ``otel_segments_flask`` instrumentor calls :func:`instrument`: every Flask app
 (app factories and ``flask run`` included) that has a ``LoginManager`` gets the
-user context, nothing to write. It reads ``current_user`` once the app's
+user context, nothing to write (unless the app set a user itself: that one is
+kept). It reads ``current_user`` once the app's
 ``before_request`` hooks have run (``Flask.preprocess_request``): the Flask
 instrumentation starts the server span in its own ``before_request`` hook, so
 the span exists and is current by then, and the user loader's query is one of
@@ -27,6 +28,7 @@ from typing import Any
 
 import flask
 
+from ..context import current_user
 from . import RequestScope, UserInfo, end_request, report_once, start_request, switch_user, user_info
 
 _SCOPE = "_otel_segments_request"
@@ -84,7 +86,12 @@ def uninstrument() -> None:
 def _after_before_request_hooks(wrapped: Callable[..., Any], app: flask.Flask, args: Any, kwargs: Any) -> Any:
     response = wrapped(*args, **kwargs)
     try:
-        if _EXTENSION not in app.extensions and getattr(app, "login_manager", None) is not None and _SCOPE not in flask.g:
+        if (
+            _EXTENSION not in app.extensions
+            and getattr(app, "login_manager", None) is not None
+            and current_user() is None  # an app that says who the user is itself (set_user, a middleware) wins
+            and _SCOPE not in flask.g
+        ):
             try:
                 info = _flask_login_user()
             except Exception:  # noqa: BLE001

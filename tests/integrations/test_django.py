@@ -15,8 +15,8 @@ from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as AsgiTe
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as WsgiTelemetry
 from werkzeug.test import Client
 
-from otel_segments import current_user
-from otel_segments.integrations.django import UserContextMiddleware, add_middleware
+from otel_segments import clear_user, current_user, set_user
+from otel_segments.integrations.django import AutoUserContextMiddleware, UserContextMiddleware, add_middleware
 
 from .conftest import Pipeline, user_part
 
@@ -164,7 +164,8 @@ def test_logout_clears_the_user_for_the_rest_of_the_request(wsgi: Client, users:
 
 AUTH = "django.contrib.auth.middleware.AuthenticationMiddleware"
 SESSIONS = "django.contrib.sessions.middleware.SessionMiddleware"
-OURS = "otel_segments.integrations.django.UserContextMiddleware"
+OURS = "otel_segments.integrations.django.AutoUserContextMiddleware"
+MANUAL = "otel_segments.integrations.django.UserContextMiddleware"
 
 
 class OwnMiddleware(UserContextMiddleware):
@@ -185,10 +186,20 @@ class OwnMiddleware(UserContextMiddleware):
         ((SESSIONS, AUTH), [SESSIONS, AUTH, OURS]),  # a tuple, as settings may have it
         ([SESSIONS, "no.such.Middleware", AUTH], [SESSIONS, "no.such.Middleware", AUTH, OURS]),
         ([SESSIONS, AUTH, OURS], [SESSIONS, AUTH, OURS]),
+        ([SESSIONS, AUTH, MANUAL], [SESSIONS, AUTH, MANUAL]),
         ([SESSIONS, AUTH, f"{__name__}.OwnMiddleware"], [SESSIONS, AUTH, f"{__name__}.OwnMiddleware"]),
         ([SESSIONS], [SESSIONS]),  # no request.user to read
     ],
-    ids=["after-auth", "after-remote-user", "tuple", "broken-entry", "already-there", "subclass-there", "no-auth"],
+    ids=[
+        "after-auth",
+        "after-remote-user",
+        "tuple",
+        "broken-entry",
+        "already-there",
+        "placed-by-hand",
+        "subclass-there",
+        "no-auth",
+    ],
 )
 def test_auto_instrumentation_adds_the_middleware_once_after_authentication(users: dict[str, int], before, after) -> None:
     from django.test import override_settings
@@ -197,3 +208,19 @@ def test_auto_instrumentation_adds_the_middleware_once_after_authentication(user
         add_middleware()
         add_middleware()
         assert list(settings.MIDDLEWARE) == after
+
+
+def test_added_middleware_leaves_a_user_the_app_set_itself(users: dict[str, int]) -> None:
+    from django.contrib.auth.models import AnonymousUser
+    from django.http import HttpRequest
+
+    seen = []
+    request = HttpRequest()
+    request.user = AnonymousUser()
+    token = set_user("api-key-7", role="service")  # e.g. the app's own middleware for API keys, earlier in the chain
+    try:
+        AutoUserContextMiddleware(lambda r: seen.append(current_user()))(request)
+        UserContextMiddleware(lambda r: seen.append(current_user()))(request)  # placed by hand: it decides
+    finally:
+        clear_user(token)
+    assert [u.user_id if u else None for u in seen] == ["api-key-7", None]

@@ -8,7 +8,7 @@ import pytest
 from flask_login import LoginManager, UserMixin, login_user, logout_user
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
-from otel_segments import current_user
+from otel_segments import clear_user, current_user, set_user
 from otel_segments.integrations import flask as integration
 from otel_segments.integrations.flask import init_app
 from otel_segments.integrations.instrumentors import FlaskLoginInstrumentor
@@ -184,6 +184,17 @@ def test_instrumented_app_without_init_app_gets_flask_login_user(instrumented: N
         pipeline.exporter.clear()
         client.post("/logout")
         assert user_part(pipeline.named("after-logout")[0]) == {}
+    finally:
+        FlaskInstrumentor().uninstrument_app(app)
+
+
+def test_instrumented_hook_leaves_a_user_the_app_set_itself(instrumented: None, pipeline: Pipeline) -> None:
+    app = build(pipeline, init=False)
+    app.before_request(lambda: setattr(flask.g, "token", set_user(flask.request.headers["X-Api-Key"], role="service")))
+    app.teardown_request(lambda exc: clear_user(flask.g.pop("token")))
+    try:
+        assert app.test_client().get("/work", headers={"X-Api-Key": "api-1"}).text == "api-1"  # anonymous to Flask-Login
+        assert user_part(pipeline.named("work")[0])["app.user.role"] == "service"
     finally:
         FlaskInstrumentor().uninstrument_app(app)
 

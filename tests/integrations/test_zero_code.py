@@ -264,7 +264,7 @@ def test_django_auth_app_gets_the_user_with_no_code(http_receiver: Receiver, dja
         middleware = _stats(base)["middleware"]
     assert middleware[-2:] == [
         "django.contrib.auth.middleware.AuthenticationMiddleware",
-        "otel_segments.integrations.django.UserContextMiddleware",
+        "otel_segments.integrations.django.AutoUserContextMiddleware",
     ]
     assert_scenario(
         http_receiver,
@@ -285,7 +285,7 @@ def test_django_settings_module_not_needed_at_start_up(http_receiver: Receiver, 
     env = _django_env(folder, http_receiver, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="django")
     with serving(folder, DJANGO_RUNSERVER, env) as base:
         assert _login_and_work(base, {"username": "bo"}) == 2  # our middleware read request.user on /work and /stats
-        assert "otel_segments.integrations.django.UserContextMiddleware" in _stats(base)["middleware"]
+        assert "otel_segments.integrations.django.AutoUserContextMiddleware" in _stats(base)["middleware"]
     spans = http_receiver.wait_for(lambda r: (s := r.spans()) and {"work", "after-work"} <= {x.name for x in s} and s)
     for span in spans:
         if span.name in ("after-login", "work", "after-work"):
