@@ -74,13 +74,11 @@ def instrument() -> None:
 
 
 def uninstrument() -> None:
-    import flask_login
+    """Undo :func:`instrument`. The login receivers stay: ``init_app`` apps share them, and they act only in its requests."""
     from opentelemetry.instrumentation.utils import unwrap
 
     unwrap(flask.app.Flask, "preprocess_request")
     flask.request_tearing_down.disconnect(_end)
-    flask_login.user_logged_in.disconnect(_logged_in)
-    flask_login.user_logged_out.disconnect(_logged_out)
 
 
 def _after_before_request_hooks(wrapped: Callable[..., Any], app: flask.Flask, args: Any, kwargs: Any) -> Any:
