@@ -32,9 +32,15 @@ EXPORTER_VARIABLES = {"traces": "OTEL_TRACES_EXPORTER", "metrics": "OTEL_METRICS
 EXPORTER_NAMES_OPTION = {"traces": "trace_exporter_names", "metrics": "metric_exporter_names", "logs": "log_exporter_names"}
 
 
-def otlp_exporter(signal: str, settings: Settings) -> Any:
+def otlp_exporter(signal: str, settings: Settings, **kwargs: Any) -> Any:
+    """The standard OTLP exporter for ``signal`` with our token; ``kwargs`` go to its constructor."""
     module, name = EXPORTERS[(signal, config.protocol(signal))]
-    return getattr(importlib.import_module(module), name)(**_exporter_kwargs(signal, settings))
+    return getattr(importlib.import_module(module), name)(**_exporter_kwargs(signal, settings), **kwargs)
+
+
+def exporter_off(signal: str) -> bool:
+    """``OTEL_<SIGNAL>_EXPORTER=none``: the user wants none of this signal, ours included."""
+    return os.environ.get(EXPORTER_VARIABLES[signal], "").strip().lower() == "none"
 
 
 def exporter_args(settings: Settings) -> dict[type, dict[str, Any]]:

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 from collections.abc import Callable
 from datetime import timedelta
 
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from . import config
 from .cache import SegmentCache
 from .config import Settings
-from .exporters import EXPORTER_VARIABLES, otlp_exporter
+from .exporters import exporter_off, otlp_exporter
 from .job import RefreshJob, Sink
 from .properties import ProcessProperties
+from .signal_support import GaugeExporter, SignalSupport
 
 _logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def start_segments(
 ) -> tuple[RefreshJob, MeterProvider] | None:
     """Build the refresh job, its sinks and its MetricReader; nothing connects until the first cycle."""
     from .database import DatabaseURLError, engine_for
-    from .reader import MetricsOff, segments_meter_provider
+    from .reader import segments_meter_provider
     from .segments.schema import SchemaError, load_schema
 
     try:
@@ -57,9 +58,7 @@ def start_segments(
         interval=timedelta(milliseconds=settings.refresh_interval_ms),
         max_age=timedelta(milliseconds=settings.max_segment_age_ms),
     )
-    metrics_off = os.environ.get(EXPORTER_VARIABLES["metrics"], "").strip().lower() == "none"
-    exporter = MetricsOff() if metrics_off else otlp_exporter("metrics", settings)
-    meter_provider = segments_meter_provider(job, exporter, resource)
+    meter_provider = segments_meter_provider(job, _gauge_exporter(settings), resource)
     # Registered after the provider's own exit hook, so it runs first: the provider's last collection
     # then finds the job stopped instead of starting a refresh while the interpreter exits.
     atexit.register(job.shutdown, timeout_s=5.0)
@@ -76,6 +75,21 @@ def sink_factories(settings: Settings, resource: Resource, process: ProcessPrope
     key = settings.posthog_api_key
     if key is not None:
         factories["posthog"] = lambda: PostHogSink(key, settings.posthog_host, super_properties=dict(process.attributes))
-    if settings.enabled:
-        factories["otlp"] = lambda: OtlpSegmentSink(log_exporter(settings), resource)
+    if settings.enabled and not exporter_off("logs"):
+
+        def otlp() -> Sink:
+            support = SignalSupport("logs")
+            return OtlpSegmentSink(log_exporter(settings, **support.exporter_kwargs()), resource, support=support)
+
+        factories["otlp"] = otlp
     return factories
+
+
+def _gauge_exporter(settings: Settings) -> MetricExporter:
+    """``OTEL_METRICS_EXPORTER=none``: the reader still times the refresh, the gauge goes nowhere."""
+    from .reader import MetricsOff
+
+    if exporter_off("metrics"):
+        return MetricsOff()
+    support = SignalSupport("metrics")
+    return GaugeExporter(otlp_exporter("metrics", settings, **support.exporter_kwargs()), support)

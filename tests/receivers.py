@@ -9,7 +9,8 @@ from __future__ import annotations
 import gzip
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -82,6 +83,8 @@ class Receiver:
     exports: list[Export] = field(default_factory=list)
     status: int = 200
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Requests for a signal this receiver does not serve (a traces-only backend), per signal (HTTP only).
+    refused: Counter[str] = field(default_factory=Counter)
 
     def record(self, signal: str, headers: dict[str, str], request: Any) -> None:
         with self.lock:
@@ -144,11 +147,12 @@ class Receiver:
 
 
 class HttpReceiver(Receiver):
-    """OTLP/HTTP (protobuf) on ``/v1/traces``, ``/v1/metrics``, ``/v1/logs``."""
+    """OTLP/HTTP (protobuf) on ``/v1/traces``, ``/v1/metrics``, ``/v1/logs``; other ``signals`` get ``refuse_status``."""
 
-    def __init__(self) -> None:
+    def __init__(self, signals: Iterable[str] = tuple(_REQUEST_TYPES), refuse_status: int = 404) -> None:
         super().__init__()
         receiver = self
+        served = set(signals)
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
@@ -156,8 +160,11 @@ class HttpReceiver(Receiver):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
-                if signal not in _REQUEST_TYPES:
-                    self.send_response(404)
+                if signal not in served:
+                    with receiver.lock:
+                        receiver.refused[signal] += 1
+                    self.send_response(refuse_status if signal in _REQUEST_TYPES else 404)
+                    self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 request_type, response_type = _REQUEST_TYPES[signal]
@@ -186,11 +193,15 @@ class HttpReceiver(Receiver):
 
 
 class GrpcReceiver(Receiver):
-    """OTLP/gRPC: the collector's three services on one insecure port."""
+    """OTLP/gRPC: the collector's three services (or only ``signals``) on one insecure port.
 
-    def __init__(self) -> None:
+    A service left out is unknown to the server, which answers UNIMPLEMENTED, as a traces-only backend does.
+    """
+
+    def __init__(self, signals: Iterable[str] = tuple(_REQUEST_TYPES)) -> None:
         super().__init__()
         receiver = self
+        served = set(signals)
 
         def servicer(signal: str, base: type, method: str) -> Any:
             _, response_type = _REQUEST_TYPES[signal]
@@ -202,15 +213,18 @@ class GrpcReceiver(Receiver):
             return type(f"{signal}Servicer", (base,), {method: export})()
 
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
-            servicer("traces", trace_service_pb2_grpc.TraceServiceServicer, "Export"), self.server
-        )
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
-            servicer("metrics", metrics_service_pb2_grpc.MetricsServiceServicer, "Export"), self.server
-        )
-        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(
-            servicer("logs", logs_service_pb2_grpc.LogsServiceServicer, "Export"), self.server
-        )
+        if "traces" in served:
+            trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
+                servicer("traces", trace_service_pb2_grpc.TraceServiceServicer, "Export"), self.server
+            )
+        if "metrics" in served:
+            metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
+                servicer("metrics", metrics_service_pb2_grpc.MetricsServiceServicer, "Export"), self.server
+            )
+        if "logs" in served:
+            logs_service_pb2_grpc.add_LogsServiceServicer_to_server(
+                servicer("logs", logs_service_pb2_grpc.LogsServiceServicer, "Export"), self.server
+            )
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.server.start()
@@ -219,8 +233,8 @@ class GrpcReceiver(Receiver):
         self.server.stop(grace=None)
 
 
-def serve(kind: str) -> Iterator[Receiver]:
-    receiver: HttpReceiver | GrpcReceiver = HttpReceiver() if kind == "http" else GrpcReceiver()
+def serve(kind: str, signals: Iterable[str] = tuple(_REQUEST_TYPES), refuse_status: int = 404) -> Iterator[Receiver]:
+    receiver: HttpReceiver | GrpcReceiver = HttpReceiver(signals, refuse_status) if kind == "http" else GrpcReceiver(signals)
     try:
         yield receiver
     finally:

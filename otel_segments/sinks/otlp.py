@@ -18,6 +18,7 @@ import importlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from datetime import date
 from typing import Any
 
@@ -29,7 +30,8 @@ from ..compat import LogRecordExporter, LogRecordExportResult, log_record_for_ex
 from ..config import Settings
 from ..context import USER_ID, USER_PREFIX, attribute_value, is_pii_key, pii_allowed, pseudonymize
 from ..segments import UserSegment
-from . import DeliveryError
+from ..signal_support import SignalSupport
+from . import DeliveryError, SinkUnsupportedError
 
 _logger = logging.getLogger(__name__)
 
@@ -63,7 +65,8 @@ class OtlpSegmentSink:
     with :func:`log_exporter`); ``base_resource`` is the service's Resource
     (``service.name``, ``deployment.environment.name``...). ``user.id`` goes out
     through :func:`otel_segments.context.pseudonymize`, so a configured hash key
-    applies here as on spans.
+    applies here as on spans. With ``support`` watching the exporter, a backend that
+    takes no logs raises :class:`~otel_segments.sinks.SinkUnsupportedError`.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class OtlpSegmentSink:
         base_resource: Resource | None = None,
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        support: SignalSupport | None = None,
     ) -> None:
         if not hasattr(exporter, "export"):
             raise TypeError(
@@ -83,6 +87,7 @@ class OtlpSegmentSink:
         self._exporter = exporter
         self._base = base_resource if base_resource is not None else Resource.get_empty()
         self.batch_size = batch_size
+        self._support = support
         self._lock = threading.Lock()
         self._shut = False
 
@@ -101,13 +106,16 @@ class OtlpSegmentSink:
             for start in range(0, len(records), self.batch_size):
                 chunk = records[start : start + self.batch_size]
                 try:
-                    result = self._exporter.export(chunk)
+                    with self._support.watching() if self._support is not None else nullcontext():
+                        result = self._exporter.export(chunk)
                 except Exception as error:  # noqa: BLE001 - an exporter bug is a failed delivery, not a crash
                     raise DeliveryError(
                         f"the OTLP log exporter failed on a batch of {len(chunk)} user records "
                         f"({type(error).__name__}); {start} of {len(records)} were exported before it"
                     ) from None
                 if result is not LogRecordExportResult.SUCCESS:
+                    if self._support is not None and self._support.refused:
+                        raise SinkUnsupportedError(self._support.message())
                     raise DeliveryError(
                         f"the OTLP log exporter could not deliver a batch of {len(chunk)} user records "
                         f"(collector unreachable or refused them; the exporter logged why); "

@@ -1,0 +1,164 @@
+"""Noticing a backend that takes no data of a signal, so we stop sending it instead of failing forever.
+
+Most trace stores (Jaeger, Tempo, Phoenix) take OTLP traces but answer HTTP
+404/405 or gRPC ``UNIMPLEMENTED`` for logs and metrics. The SDK's exporters then
+return ``FAILURE`` on every export, with an error log each time, and do not say
+why to their caller. We learn the answer through public hooks only:
+
+- OTLP/HTTP: the exporter takes a ``requests.Session``; a response hook on it
+  sees each status code (both the 1.27 and the 1.45 exporters send through it);
+- OTLP/gRPC: the exporter reports the status only in its error log record, whose
+  arguments carry the ``grpc.StatusCode``; a logging filter on that logger reads
+  it for the threads that are exporting for us, and lets the record through.
+
+The first refusal is reported once, naming the variables that fix it; the sink
+or the gauge then stays off until the process restarts. Updates stay pending in
+the delivery state, so nothing is marked delivered that never arrived.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+
+from . import config
+
+_logger = logging.getLogger(__name__)
+
+#: HTTP answers that mean "no such OTLP path here": the backend does not take this signal.
+REFUSING_STATUS = frozenset({404, 405})
+_GRPC_EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.grpc.exporter"
+_WHAT = {"logs": "Per-user segment records are", "metrics": "The app.segments.users gauge is"}
+
+
+class SignalSupport:
+    """Whether the backend refused ``signal`` outright, learnt from one exporter's answers."""
+
+    def __init__(self, signal: str) -> None:
+        self.signal = signal
+        self.refused: str | None = None  # the answer, e.g. "HTTP 404" or "gRPC UNIMPLEMENTED"
+        self._url: str | None = None
+
+    def exporter_kwargs(self) -> dict[str, Any]:
+        """Constructor options for this signal's OTLP exporter: for OTLP/HTTP, a session that watches its answers."""
+        if config.protocol(self.signal) != "http/protobuf":
+            return {}
+        import requests
+
+        session = requests.Session()
+        session.hooks["response"].append(self._on_response)
+        return {"session": session}
+
+    def _on_response(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        if response.status_code in REFUSING_STATUS:
+            self.refused = f"HTTP {response.status_code}"
+            self._url = response.url
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        """Around an export: a gRPC exporter's UNIMPLEMENTED in this thread counts as a refusal."""
+        if config.protocol(self.signal) != "grpc":
+            yield
+            return
+        ident = threading.get_ident()
+        _GrpcStatusFilter.install().watch(ident, self)
+        try:
+            yield
+        finally:
+            _GrpcStatusFilter.install().unwatch(ident)
+
+    def message(self) -> str:
+        """The one line a user needs: what answered, what is off now, which variables fix it."""
+        upper = self.signal.upper()
+        return (
+            f"the OTLP {self.signal} endpoint {self._endpoint()} answered {self.refused}: that backend takes no "
+            f"{self.signal}. {_WHAT[self.signal]} off until the process restarts "
+            f"(nothing is marked delivered); point OTEL_EXPORTER_OTLP_{upper}_ENDPOINT at a collector that takes "
+            f"{self.signal}, or set OTEL_{upper}_EXPORTER=none"
+        )
+
+    def _endpoint(self) -> str:
+        url = self._url or os.environ.get(f"OTEL_EXPORTER_OTLP_{self.signal.upper()}_ENDPOINT", "").strip()
+        url = url or os.environ.get(config.OTEL_EXPORTER_OTLP_ENDPOINT, "").strip()
+        return safe_url(url) if url else "(SDK default)"
+
+
+def safe_url(url: str) -> str:
+    """``url`` without user, password or query: what may appear in a log line."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(malformed URL)"
+    if ":" in host:
+        host = f"[{host}]"
+    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
+
+
+class _GrpcStatusFilter(logging.Filter):
+    """Reads the ``grpc.StatusCode`` of the gRPC exporter's error records for the threads we watch."""
+
+    _installed: _GrpcStatusFilter | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._watched: dict[int, SignalSupport] = {}
+
+    @classmethod
+    def install(cls) -> _GrpcStatusFilter:
+        with cls._lock:
+            if cls._installed is None:
+                cls._installed = cls()
+                # First in line: SDK 1.45 puts a DuplicateFilter on this logger, which drops an error whose
+                # template it just saw (the logs exporter's) before a filter added after it would see it.
+                logging.getLogger(_GRPC_EXPORTER_LOGGER).filters.insert(0, cls._installed)
+            return cls._installed
+
+    def watch(self, ident: int, support: SignalSupport) -> None:
+        self._watched[ident] = support
+
+    def unwatch(self, ident: int) -> None:
+        self._watched.pop(ident, None)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        support = self._watched.get(threading.get_ident())
+        if support is not None and isinstance(record.args, tuple):
+            for arg in record.args:
+                if getattr(arg, "name", None) == "UNIMPLEMENTED" and type(arg).__name__ == "StatusCode":
+                    support.refused = "gRPC UNIMPLEMENTED"
+        return True
+
+
+class GaugeExporter(MetricExporter):
+    """The gauge's OTLP metric exporter, switched off for good once the backend refuses metrics."""
+
+    def __init__(self, exporter: MetricExporter, support: SignalSupport) -> None:
+        super().__init__()
+        self._exporter = exporter
+        self._support = support
+        self._off = False
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        if self._off:
+            return MetricExportResult.FAILURE
+        with self._support.watching():
+            result = self._exporter.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        if result is not MetricExportResult.SUCCESS and self._support.refused:
+            self._off = True
+            _logger.warning("otel_segments: %s", self._support.message())
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._off or self._exporter.force_flush(timeout_millis=timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._exporter.shutdown(timeout_millis=timeout_millis, **kwargs)
