@@ -8,6 +8,7 @@ Importing this package starts nothing: no thread, socket or query until
 from .config import Settings
 from .configuration import Configured, configure
 from .context import clear_user, current_user, set_user, user_context
+from .exporters import otlp_headers
 from .processor import SuperPropertiesSpanProcessor
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "clear_user",
     "configure",
     "current_user",
+    "otlp_headers",
     "set_user",
     "user_context",
 ]

@@ -30,8 +30,8 @@ from .exporters import (
     EXPORTER_VARIABLES,
     OTLP_EXPORTER_NAMES,
     exporter_args,
+    report_token_missing,
     sanitize_environment,
-    warn_if_token_missing,
 )
 from .job import RefreshJob
 from .pipeline import start_segments
@@ -78,11 +78,38 @@ _lock = threading.Lock()
 _configured: Configured | None = None
 
 
-def configure(settings: Settings | None = None, *, allow_pii: bool = False, **sdk_options: Any) -> Configured:
+def configure(
+    settings: Settings | None = None,
+    *,
+    allow_pii: bool = False,
+    tracer_provider: TracerProvider | None = None,
+    **sdk_options: Any,
+) -> Configured:
     """Set up otel_segments from the environment; idempotent, never raises.
 
-    ``sdk_options`` go to the SDK's configurator (``sampler``, ``id_generator``, ...).
+    When the app set up OpenTelemetry first (the global TracerProvider, or
+    ``tracer_provider`` when the app keeps its own out of the global), our span
+    processor joins that provider and the refresh job starts; the app's exporters
+    stay the app's (build them with ``headers=otel_segments.otlp_headers()`` to send
+    the bearer token). Otherwise providers are built with ``sdk_options`` passed to
+    the SDK's configurator (``sampler``, ``id_generator``, ...).
     """
+    return _configure(settings, allow_pii, tracer_provider, sdk_options, instrumented=False)
+
+
+def configure_instrumented(**sdk_options: Any) -> Configured:
+    """:func:`configure` from ``opentelemetry-instrument``'s hooks, where the advice for a missing token differs."""
+    return _configure(None, False, None, sdk_options, instrumented=True)
+
+
+def _configure(
+    settings: Settings | None,
+    allow_pii: bool,
+    tracer_provider: TracerProvider | None,
+    sdk_options: dict[str, Any],
+    *,
+    instrumented: bool,
+) -> Configured:
     global _configured
     with _lock:
         if _configured is not None:
@@ -94,14 +121,20 @@ def configure(settings: Settings | None = None, *, allow_pii: bool = False, **sd
             _configured = Configured(settings)
             return _configured
         try:
-            _configured = _configure_enabled(settings, allow_pii, sdk_options)
+            _configured = _configure_enabled(settings, allow_pii, tracer_provider, sdk_options, instrumented)
         except Exception:
             _logger.exception("otel_segments could not set up OpenTelemetry; the app runs without it")
             _configured = Configured(settings)
         return _configured
 
 
-def _configure_enabled(settings: Settings, allow_pii: bool, sdk_options: dict[str, Any]) -> Configured:
+def _configure_enabled(
+    settings: Settings,
+    allow_pii: bool,
+    tracer_provider: TracerProvider | None,
+    sdk_options: dict[str, Any],
+    instrumented: bool,
+) -> Configured:
     set_privacy_policy(
         hash_key=settings.user_id_hash_key.reveal().encode() if settings.user_id_hash_key else None,
         allow_pii=allow_pii,
@@ -110,10 +143,10 @@ def _configure_enabled(settings: Settings, allow_pii: bool, sdk_options: dict[st
     segments = SegmentCache(settings.cache_size)
     processor = SuperPropertiesSpanProcessor(process, segments, trust_baggage=settings.trust_baggage)
     handle = Configured(settings, processor=processor, segments=segments)
-    provider = trace.get_tracer_provider()
+    provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
     if isinstance(provider, TracerProvider):
         provider.add_span_processor(processor)
-        warn_if_token_missing(settings)
+        report_token_missing(instrumented)
     else:
         sanitize_environment()
         # The app's own options are merged with ours, not passed twice (a duplicate keyword would abort set-up).
@@ -130,7 +163,7 @@ def _configure_enabled(settings: Settings, allow_pii: bool, sdk_options: dict[st
         compat.initialize_components(_SDKConfigurator(), **options, **sdk_options)
         handle.owns_providers = True
     if settings.database_url is not None:
-        started = start_segments(settings, process, segments)
+        started = start_segments(settings, process, segments, provider)
         if started is not None:
             handle.job, handle.meter_provider = started
     return handle

@@ -15,7 +15,7 @@ from typing import Any
 from opentelemetry.instrumentation.distro import BaseDistro
 from opentelemetry.sdk._configuration import _BaseConfigurator
 
-from .configuration import configure
+from .configuration import configure_instrumented
 
 NAME = "otel_segments"
 
@@ -31,9 +31,9 @@ class SegmentsDistro(BaseDistro):
 
 class SegmentsConfigurator(_BaseConfigurator):
     def _configure(self, **kwargs: Any) -> None:
-        configure(**kwargs)
+        configure_instrumented(**kwargs)
 
 
 def post_instrument() -> None:
     """Runs after every configurator: a no-op if ours ran, else attach to what the other one built."""
-    configure()
+    configure_instrumented()

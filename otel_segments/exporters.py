@@ -101,12 +101,31 @@ def sanitize_environment() -> None:
             os.environ[variable] = fixed
 
 
-def warn_if_token_missing(settings: Settings) -> None:
-    headers = config.otlp_headers("traces", None)
-    if "authorization" not in headers:
+def otlp_headers(signal: str = "traces") -> dict[str, str]:
+    """Headers for an OTLP exporter the app builds itself: its ``OTEL_EXPORTER_OTLP_*HEADERS`` plus our bearer token.
+
+    ``OTLPSpanExporter(headers=otel_segments.otlp_headers())``: a collector with bearer-token
+    auth rejects exports without it. ``signal`` is ``traces``, ``metrics`` or ``logs``.
+    """
+    return config.otlp_headers(signal, Settings.from_env().token)
+
+
+def report_token_missing(instrumented: bool) -> None:
+    """OpenTelemetry was set up before us: say how the app's own exports get the token, where they may lack it."""
+    if "authorization" in config.otlp_headers("traces", None):
+        return
+    if instrumented:
+        # Another configurator built the exporters from the environment, which has no authorization header.
         _logger.warning(
-            "otel_segments: OpenTelemetry was set up before otel_segments, so OTLP exports do not carry the "
-            "bearer token from %s. Under opentelemetry-instrument set OTEL_PYTHON_DISTRO=otel_segments and "
-            "OTEL_PYTHON_CONFIGURATOR=otel_segments; in code call otel_segments.configure() first.",
+            "otel_segments: another configurator set up OpenTelemetry, so the app's OTLP exports do not carry the "
+            "bearer token from %s (a collector with bearer-token auth rejects them): set "
+            "OTEL_PYTHON_DISTRO=otel_segments and OTEL_PYTHON_CONFIGURATOR=otel_segments, or "
+            "OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%%20<token>",
             config.OTEL_EXPORTER_OTLP_TOKEN,
+        )
+    else:
+        # In code the app may have passed headers to its exporters, which we cannot see: no warning.
+        _logger.info(
+            "otel_segments: joined the app's TracerProvider; the app's OTLP exporters carry the bearer token only if "
+            "built with headers=otel_segments.otlp_headers() or OTEL_EXPORTER_OTLP_HEADERS sets authorization"
         )

@@ -25,7 +25,7 @@ _logger = logging.getLogger(__name__)
 
 
 def start_segments(
-    settings: Settings, process: ProcessProperties, cache: SegmentCache | None
+    settings: Settings, process: ProcessProperties, cache: SegmentCache | None, provider: trace.TracerProvider | None = None
 ) -> tuple[RefreshJob, MeterProvider] | None:
     """Build the refresh job, its sinks and its MetricReader; nothing connects until the first cycle."""
     from .database import DatabaseURLError, engine_for
@@ -47,7 +47,7 @@ def start_segments(
         except DatabaseURLError as error:
             _logger.error("otel_segments: %s %s; segments are off", name, error)
             return None
-    provider = trace.get_tracer_provider()
+    provider = provider if provider is not None else trace.get_tracer_provider()
     resource = provider.resource if isinstance(provider, TracerProvider) else Resource.create(dict(process.attributes))
     job = RefreshJob(
         engines[0],

@@ -45,9 +45,9 @@ class _UserContextInstrumentor(BaseInstrumentor):
             if conflict is not None:
                 _logger.debug("otel_segments: %s is off: %s", self._name, conflict)
                 return
-            from ..configuration import configure
+            from ..configuration import configure_instrumented
 
-            if not configure().enabled:
+            if not configure_instrumented().enabled:
                 return
             self._hook()
             self._hooked = True
