@@ -103,6 +103,6 @@ def test_missing_driver_names_it_and_how_to_install_it(
 
 
 def test_missing_driver_suggests_the_postgresql_driver_that_is_installed(http_receiver) -> None:
-    result = _run(http_receiver, missing=("psycopg",), OTEL_SEGMENTS_DATABASE_URL="postgresql+psycopg://app@db/app")
+    result = _run(http_receiver, missing=("psycopg2",), OTEL_SEGMENTS_DATABASE_URL="postgresql+psycopg2://app@db/app")
     (line,) = _ours(result)
-    assert "postgresql+psycopg2://" in line, line  # psycopg2 is a test dependency: the app could use it today
+    assert "postgresql+psycopg://" in line, line  # psycopg 3 (the [postgresql] extra) is installed: the app could use it
