@@ -1,0 +1,82 @@
+"""Reading one environment variable: its raw text, and typed values with a documented default.
+
+A malformed value never raises: it becomes the default, with one warning naming the variable.
+Secrets are wrapped so that they never show in a repr, a log line or a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+
+_logger = logging.getLogger("otel_segments.config")
+
+
+class Secret:
+    """A string that never shows itself in a repr, str, log line or traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('<redacted>')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def read(env: Mapping[str, object], name: str) -> str:
+    """The variable's value, stripped. Code (not a shell) may pass other types: bytes are decoded, the rest is text."""
+    value = env.get(name)
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "surrogateescape")  # as os.environ decodes the process environment
+    elif not isinstance(value, str):
+        try:
+            value = str(value)
+        except Exception:  # noqa: BLE001 - a broken __str__ is a missing value, not a crash
+            return ""
+    return value.strip()
+
+
+def secret(env: Mapping[str, object], name: str) -> Secret | None:
+    value = read(env, name)
+    return Secret(value) if value else None
+
+
+_MAX_INT = 2**31 - 1  # ~24 days in ms: larger timer values overflow the thread primitives
+_INTEGER = re.compile(r"[+-]?[0-9]{1,12}")
+
+
+def positive_int(env: Mapping[str, object], name: str, default: int) -> int:
+    raw = read(env, name)
+    if not raw:
+        return default
+    if _INTEGER.fullmatch(raw) is None or not 0 < int(raw) <= _MAX_INT:
+        _logger.warning("%s=%r is not an integer from 1 to %d; using the default %d", name, raw[:64], _MAX_INT, default)
+        return default
+    return int(raw)
+
+
+def boolean(env: Mapping[str, object], name: str, default: bool) -> bool:
+    raw = read(env, name).lower()
+    if not raw:
+        return default
+    if raw in ("true", "1", "yes", "on"):
+        return True
+    if raw in ("false", "0", "no", "off"):
+        return False
+    _logger.warning("%s=%r is not true or false; using the default %s", name, raw[:64], str(default).lower())
+    return default
