@@ -79,7 +79,8 @@ def app_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, d
     python = venv / "bin" / "python"
     _pip(python, "install", "-q", "--upgrade", "pip")
     requirements = root / "requirements.txt"
-    requirements.write_text("".join(f"{name}=={version}\n" for name, version in APP_PINS.items()))
+    # As such an app must: opentelemetry-instrument 0.48b0 imports pkg_resources, which setuptools 82 removed.
+    requirements.write_text("".join(f"{name}=={version}\n" for name, version in APP_PINS.items()) + "setuptools<82\n")
     _pip(python, "install", "-q", "-r", str(requirements))
     before = _versions(python)
     _pip(python, "install", "-q", str(_source_copy(root / "src")))

@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent(
     report = {
         "enabled": handle.enabled,
         "logger_provider": isinstance(get_logger_provider(), LoggerProvider),
-        "variables": sorted(k for k in os.environ if k.startswith("OTEL_EXPORTER_OTLP_") and k.endswith(("HEADERS", "ENDPOINT"))),
+        "variables": {k: v for k, v in os.environ.items() if k.startswith("OTEL_EXPORTER_OTLP_") and not k.endswith("TOKEN")},
     }
     handle.shutdown()
     print(json.dumps(report))
@@ -45,6 +45,7 @@ def test_configure_builds_providers_with_our_processor_and_token(http_receiver: 
         OTEL_EXPORTER_OTLP_TOKEN=TOKEN,
         OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
         OTEL_SERVICE_NAME="compat-app",
+        OTEL_EXPORTER_OTLP_TRACES_HEADERS="x-team=blue",
     )
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
@@ -56,7 +57,11 @@ def test_configure_builds_providers_with_our_processor_and_token(http_receiver: 
     assert report["enabled"] is True
     assert report["logger_provider"] is True  # set up by the SDK (1.30.0+) or by compat (before)
     # the token reached the exporters without staying in the environment (releases before 1.35.0 read it from there)
-    assert report["variables"] == ["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    assert report["variables"] == {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": http_receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-team=blue",
+    }
 
     spans = http_receiver.wait_for(lambda r: r.spans())
     assert [s.name for s in spans] == ["compat-span"]  # our processor once, whichever way the SDK took it
@@ -65,6 +70,7 @@ def test_configure_builds_providers_with_our_processor_and_token(http_receiver: 
     http_receiver.wait_for(lambda r: r.of("metrics"))
     for signal in ("traces", "metrics"):
         assert {e.headers.get("authorization") for e in http_receiver.of(signal)} == {f"Bearer {TOKEN}"}, signal
+    assert {e.headers.get("x-team") for e in http_receiver.of("traces")} == {"blue"}  # the app's own headers kept
 
 
 def test_feature_checks_agree_with_each_other() -> None:
