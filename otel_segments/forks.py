@@ -1,5 +1,5 @@
-"""What ``fork()`` means for the refresh job: a pre-fork master hands the refresh to its children, and SQLite
-lock state never crosses a fork.
+"""What ``fork()`` (and monkey-patching) means for the refresh job: a pre-fork master hands the refresh to its
+children, SQLite lock state never crosses a fork, and no connection pool outlives eventlet's patching.
 
 Two things happen at a fork, and :class:`ForkLifecycle` decides both, so the job
 only says what to do:
@@ -10,18 +10,24 @@ only says what to do:
 - in the parent, a fork soon after start-up, or before the first cycle, is a
   pre-fork server (gunicorn ``--preload``) forking its workers: the job stops
   refreshing there and the children do it (``on_prefork_master``).
+
+And a process may be monkey-patched after the job's engines were made (gunicorn's
+eventlet worker patches once ``opentelemetry-instrument`` loaded us):
+:meth:`ForkLifecycle.repool_if_patched` gives the engines new pools then.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
 import weakref
+from _thread import LockType
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
+
+from . import native
 
 #: A process that forks this soon after building the job (or before its first cycle) is taken for a pre-fork
 #: server's master (gunicorn --preload): it stops refreshing and its children do it. A slow app import can
@@ -43,7 +49,7 @@ class ForkLifecycle:
         self,
         engines: Sequence[Engine],
         *,
-        cycle_lock: Callable[[], threading.Lock],
+        cycle_lock: Callable[[], LockType],
         cycles: Callable[[], int],
         on_child: Callable[[], None],
         on_prefork_master: Callable[[], None],
@@ -58,7 +64,8 @@ class ForkLifecycle:
         self.prefork_window = prefork_window
         self.fork_wait = fork_wait
         self.started = time.monotonic()
-        self._held: threading.Lock | None = None
+        self._held: LockType | None = None
+        self._pools_patched = native.eventlet_patched()
 
     def register(self) -> None:
         """Run the hooks at every ``fork()`` while this object lives (a weak reference: it never keeps a job alive)."""
@@ -79,6 +86,18 @@ class ForkLifecycle:
             after_in_child=call(ForkLifecycle.after_in_child),
         )
 
+    def repool_if_patched(self) -> None:
+        """``eventlet.monkey_patch()`` swaps every RLock it can reach for a green one, the mutex of SQLAlchemy's pool
+        queue included, while the queue's Conditions keep the methods of the lock they were made with: from then
+        on every check-in fails ("cannot notify on un-acquired lock"), every cycle with it. So the first time the
+        job finds the process patched, its engines get new pools, made with the primitives the process now has;
+        the old ones are dropped, not closed (closing goes through that queue)."""
+        if self._pools_patched or not native.eventlet_patched():
+            return
+        self._pools_patched = True
+        for engine in self.engines:
+            engine.dispose(close=False)
+
     def before(self) -> None:
         """SQLite keeps its lock state per process: a query of ours running across fork() leaves the child
         believing it holds locks it does not, and then its writes, and everyone's, fail as "database is
@@ -90,6 +109,7 @@ class ForkLifecycle:
         lock = self._cycle_lock()
         if lock.acquire(timeout=self.fork_wait.total_seconds()):
             self._held = lock
+        self.repool_if_patched()
         for engine in sqlite:
             engine.dispose()
 
@@ -109,3 +129,4 @@ class ForkLifecycle:
         self._on_child()
         for engine in self.engines:
             engine.dispose(close=False)  # the parent's pooled connections stay the parent's
+        self._pools_patched = native.eventlet_patched()

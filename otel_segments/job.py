@@ -4,7 +4,9 @@ A cycle is started by :meth:`RefreshJob.kick`, which the
 :class:`~otel_segments.reader.SegmentsMetricReader` calls on each collection; it
 runs in the job's own worker thread, so a slow database never stalls a metric
 export or the host app, and a kick while a cycle runs is ignored (never two
-refreshes at once in a process).
+refreshes at once in a process). That thread is an OS thread whatever gevent or
+eventlet patched (:mod:`otel_segments.native`), so database work never blocks a
+green-thread event loop.
 
 Across a fleet, the cycle runs its refresh and delivery only while it holds the
 lease row in the state database; the others just load segments for their own
@@ -17,7 +19,6 @@ sink's acknowledgement and the write that records it.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +30,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from . import native
 from .cache import SegmentCache
 from .forks import ForkLifecycle
 from .lease import Lease
@@ -36,7 +38,7 @@ from .segments import UserSegment
 from .segments.cohorts import COHORTS
 from .segments.refresh import DEFAULT_MAX_AGE, RefreshResult, refresh
 from .segments.schema import BoundSchema, SchemaMapping, bind
-from .segments.state import RefreshState
+from .segments.state import RefreshState, StateVersionError
 from .sinks import DeliveryError, SinkUnsupportedError
 from .sinks.posthog import RateLimitedError
 from .untraced import untraced
@@ -121,9 +123,10 @@ class RefreshJob:
         self._forks.register()
 
     def _init_process_state(self) -> None:
-        self._cycle_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        # OS primitives and an OS thread even under gevent or eventlet: see otel_segments.native
+        self._cycle_lock = native.Lock()
+        self._wake = native.Event()
+        self._thread: native.Thread | None = None
         self._stopping = False
         self._last_error: str | None = None
         self._cycle_started: float | None = None  # monotonic start of the running cycle
@@ -139,7 +142,7 @@ class RefreshJob:
             self._report_if_stuck()
             return False
         if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._work, name="otel_segments-refresh", daemon=True)
+            self._thread = native.Thread(self._work)
             self._thread.start()
         self._wake.set()
         return True
@@ -162,8 +165,13 @@ class RefreshJob:
         try:
             self._cycles += 1
             self._cycle_started = time.monotonic()
+            self._forks.repool_if_patched()
             with untraced():
                 result = self._cycle(now)
+        except StateVersionError as error:  # a newer release's state: say so once and run no more cycles
+            self._stopping = True
+            _logger.warning("otel_segments: %s", error)
+            result = CycleResult(error=str(error))
         except Exception as error:  # noqa: BLE001 - the job must never take the host app down
             result = CycleResult(error=_cause(error))
             self._report(result.error, error)
@@ -280,7 +288,7 @@ class RefreshJob:
         self._stopping = True
         self._wake.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None and not thread.is_current():
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if not self._paused and self._cycle_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             try:

@@ -1,11 +1,20 @@
 """The MetricReader cycle that drives the refresh job, and the ``app.segments.users`` gauge it exports.
 
-The SDK's ``PeriodicExportingMetricReader`` collects every
-``OTEL_SEGMENTS_REFRESH_INTERVAL`` ms; collecting runs the gauge's callback,
-which kicks the :class:`~otel_segments.job.RefreshJob` (it returns at once; the
-refresh runs in the job's thread) and reports the counts of the last finished
-refresh. So the SDK's timer, fork handling and shutdown schedule the refresh: no
-scheduler of ours, and a slow refresh never holds the collection lock.
+:class:`SegmentsMetricReader` collects every ``OTEL_SEGMENTS_REFRESH_INTERVAL``
+ms; collecting runs the gauge's callback, which kicks the
+:class:`~otel_segments.job.RefreshJob` (it returns at once; the refresh runs in
+the job's thread) and reports the counts of the last finished refresh. So the
+MetricReader contract (collect, export, force_flush, shutdown with the
+MeterProvider) schedules the refresh, and a slow refresh never holds the
+collection lock.
+
+Why a reader of ours and not the SDK's ``PeriodicExportingMetricReader``: its
+timer is a ``threading.Thread``, made again after ``fork()``. gunicorn's eventlet
+worker (25.x) monkey-patches in the master and then forks: the thread made again
+in the worker is a green thread of a hub the worker replaces at once, so it never
+runs, and neither would the refresh. Ours times on an OS thread
+(:mod:`otel_segments.native`) whatever was patched, and exports with
+instrumentation suppressed (:mod:`otel_segments.untraced`).
 
 Why the kick is in the callback and not in the reader's ``_receive_metrics``: the
 SDK calls that only when there are data points, and before the first refresh
@@ -21,15 +30,24 @@ with a meter of its own provider; its reader's cycle then drives the refresh.
 
 from __future__ import annotations
 
+import logging
+import os
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, ObservableGauge, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricReader, MetricsData
 from opentelemetry.sdk.resources import Resource
 
+from . import native
 from .job import GAUGE, RefreshJob
+from .untraced import untraced
+
+_logger = logging.getLogger(__name__)
+#: As the SDK's periodic reader (``OTEL_METRIC_EXPORT_TIMEOUT``'s default): a collection and its export.
+COLLECT_TIMEOUT_MS = 30_000
 
 
 def register_gauge(meter: Meter, job: RefreshJob) -> ObservableGauge:
@@ -47,9 +65,67 @@ def register_gauge(meter: Meter, job: RefreshJob) -> ObservableGauge:
     )
 
 
+class SegmentsMetricReader(MetricReader):
+    """Collects every ``interval_s`` seconds on an OS thread of its own, and exports to ``exporter``, untraced."""
+
+    def __init__(self, exporter: MetricExporter, interval_s: float) -> None:
+        super().__init__()
+        self._exporter = exporter
+        self.interval_s = interval_s
+        self._export_lock = native.Lock()
+        self._shut = False
+        self._start()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.ref(self)
+
+            def restart() -> None:
+                if (alive := ref()) is not None and not alive._shut:
+                    alive._start()
+
+            os.register_at_fork(after_in_child=restart)  # the parent's thread does not exist in the child
+
+    def _start(self) -> None:
+        self._stop = native.Event()
+        self._thread = native.Thread(self._tick)
+        self._thread.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.collect(timeout_millis=COLLECT_TIMEOUT_MS)
+            except Exception:  # a failed collection must not end the timer (the SDK's reader says the same)
+                _logger.debug("otel_segments: collecting the segments gauge failed", exc_info=True)
+
+    def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
+        with self._export_lock, untraced():
+            try:
+                self._exporter.export(metrics_data, timeout_millis=timeout_millis)
+            except Exception:  # an exporter bug is a failed export, not a crash
+                _logger.warning("otel_segments: exporting the segments gauge failed", exc_info=True)
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        super().force_flush(timeout_millis=timeout_millis)
+        return self._exporter.force_flush(timeout_millis=timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Stop the timer, collect once more (the last cohort sizes), shut the exporter down."""
+        if self._shut:
+            return
+        self._shut = True
+        self._stop.set()
+        if not self._thread.is_current():
+            self._thread.join(timeout_millis / 1000)
+        try:
+            self.collect(timeout_millis=timeout_millis)
+        except Exception:
+            _logger.debug("otel_segments: the last collection of the segments gauge failed", exc_info=True)
+        with untraced():
+            self._exporter.shutdown(timeout_millis=timeout_millis)
+
+
 def segments_meter_provider(job: RefreshJob, exporter: MetricExporter, resource: Resource | None = None) -> MeterProvider:
     """A MeterProvider holding only the gauge, collected and exported every ``job.interval``."""
-    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=job.interval.total_seconds() * 1000)
+    reader = SegmentsMetricReader(exporter, job.interval.total_seconds())
     provider = MeterProvider(metric_readers=[reader], resource=resource or Resource.create())
     register_gauge(provider.get_meter("otel_segments"), job)
     return provider

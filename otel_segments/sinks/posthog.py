@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -34,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from .. import native
 from ..config import Secret
 from ..context import is_pii_key, pii_allowed
 from ..properties import detect_process_properties
@@ -41,6 +41,28 @@ from ..segments import UserSegment
 from . import DeliveryError
 
 _logger = logging.getLogger(__name__)
+
+
+def _read_os_once() -> None:
+    """Have the posthog SDK read the operating system now, in the importing thread (the app's, at start-up).
+
+    ``capture()`` puts ``$os``/``$os_version`` on every event, read with ``distro``,
+    which runs ``lsb_release`` in a subprocess and caches the answer only once it
+    succeeded. Under gevent, ``subprocess`` can only wait for a child from the main
+    thread's hub, and the job delivers from an OS thread of its own: there it
+    raised (TypeError, "child watchers are only available on the default loop"),
+    the SDK swallowed it, and ``capture()`` returned None for every event. Once
+    read here, no event of ours starts a subprocess.
+    """
+    from posthog.utils import system_context
+
+    try:
+        system_context()
+    except Exception:
+        _logger.debug("otel_segments: the posthog SDK could not read the OS", exc_info=True)
+
+
+_read_os_once()
 
 EVENT = "$set"
 #: The SDK's own limits (``posthog.consumer``): 900 KiB per event, 5 MiB per request body.
@@ -96,7 +118,7 @@ class PostHogSink:
         self.batch_size = batch_size
         self.timeout_s = timeout_s
         self.gzip = gzip
-        self._lock = threading.Lock()
+        self._lock = native.Lock()
         self._pid: int | None = None
         self._client: Any = None
         self._session: requests.Session | None = None

@@ -112,3 +112,19 @@ def test_registering_keeps_nothing_alive() -> None:
     del lifecycle
     gc.collect()
     assert ref() is None
+
+
+def test_pools_made_before_eventlet_patched_the_process_are_replaced_once(tmp_path, monkeypatch) -> None:
+    from otel_segments import native
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    lifecycle = Calls().lifecycle([engine], threading.Lock())
+    before = engine.pool
+    lifecycle.repool_if_patched()
+    assert engine.pool is before  # not patched: nothing to do
+    monkeypatch.setattr(native, "eventlet_patched", lambda: True)
+    lifecycle.repool_if_patched()
+    patched = engine.pool
+    assert patched is not before  # a pool made now, with the primitives the process now has
+    lifecycle.repool_if_patched()
+    assert engine.pool is patched  # once
