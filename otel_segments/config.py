@@ -13,6 +13,8 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timezone, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .otlp_variables import (
     DEFAULT_PROTOCOL,
@@ -60,6 +62,7 @@ OTEL_SEGMENTS_MAX_SEGMENT_AGE = "OTEL_SEGMENTS_MAX_SEGMENT_AGE"
 OTEL_SEGMENTS_CACHE_SIZE = "OTEL_SEGMENTS_CACHE_SIZE"
 OTEL_SEGMENTS_TRUST_BAGGAGE = "OTEL_SEGMENTS_TRUST_BAGGAGE"
 OTEL_SEGMENTS_USER_ID_HASH_KEY = "OTEL_SEGMENTS_USER_ID_HASH_KEY"
+OTEL_SEGMENTS_DATABASE_TIMEZONE = "OTEL_SEGMENTS_DATABASE_TIMEZONE"
 POSTHOG_API_KEY = "POSTHOG_API_KEY"
 POSTHOG_HOST = "POSTHOG_HOST"
 
@@ -132,3 +135,27 @@ def _sdk_disabled(env: Mapping[str, object]) -> bool:
     if raw not in ("", "true", "false"):
         _logger.warning("%s=%r is not true or false; using false", OTEL_SDK_DISABLED, raw[:64])
     return raw == "true"
+
+
+_warned_zones: set[str] = set()
+
+
+def database_timezone(environ: Mapping[str, object] | None = None) -> tzinfo:
+    """The app's zone for naive columns the schema mapping declares in it: an IANA name, default UTC.
+
+    A name the zone database does not know is UTC, with one warning per process and value: reading
+    local times as UTC shifts windows by the zone's offset, which is better than not running.
+    """
+    env = os.environ if environ is None else environ
+    name = read(env, OTEL_SEGMENTS_DATABASE_TIMEZONE)
+    if not name or name.upper() == "UTC":
+        return timezone.utc
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        if name not in _warned_zones:
+            _warned_zones.add(name)
+            _logger.warning(
+                "%s=%r is not an IANA time zone name (e.g. Europe/Berlin); using UTC", OTEL_SEGMENTS_DATABASE_TIMEZONE, name[:64]
+            )
+        return timezone.utc

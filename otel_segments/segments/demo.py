@@ -40,6 +40,7 @@ projects = Table(
     Column("id", Integer, primary_key=True),
     Column("name", String(200), nullable=False),
     Column("status", String(20), nullable=False),
+    Column("updated_at", DateTime),
 )
 tasks = Table(
     "tasks",
@@ -48,6 +49,7 @@ tasks = Table(
     Column("project_id", Integer, ForeignKey("projects.id")),
     Column("assigned_to", Integer, ForeignKey("users.id"), index=True),
     Column("status", String(20), nullable=False),
+    Column("updated_at", DateTime, index=True),
 )
 time_entries = Table(
     "time_entries",
@@ -61,6 +63,7 @@ time_entries = Table(
     Column("created_at", DateTime, nullable=False, index=True),
     Column("source", String(20), nullable=False, default="manual"),
     Column("duration_seconds", Integer),
+    Column("updated_at", DateTime, index=True),
 )
 
 DAYS = 90
@@ -140,6 +143,7 @@ def create_demo_database(engine: Engine, *, users_count: int = 500, seed: int = 
                         "created_at": _naive(created_entry),
                         "source": rng.choice(("timer", "auto")) if timer else "manual",
                         "duration_seconds": seconds if rng.random() > 0.02 else None,
+                        "updated_at": _naive(created_entry),
                     }
                 )
     for tid in range(1, users_count * 3 + 1):

@@ -6,14 +6,22 @@ aggregation over activity grouped by user, one over activity joined to projects,
 one over tasks. The aggregates are restricted to the batch's id range, so each
 reads only its slice of the activity index and memory stays bounded by the
 batch size, at any number of users. The same SQLAlchemy Core runs on SQLite
-and PostgreSQL. Naive datetimes in the database are read as UTC.
+and PostgreSQL. Naive datetimes are read in the zone the mapping declares for
+their column (bound parameters are converted to it), so windows and ages are
+exact whatever zone the app writes in.
+
+:func:`input_fingerprints` is the sweep's cheaper pass over a slice of users: the
+rule inputs that no change column shows (the users row, admin roles, task counts,
+entry count and key sum), hashed per user.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 from sqlalchemy import ColumnElement, String, and_, case, exists, false, func, literal, select, type_coerce
@@ -33,6 +41,7 @@ class AggregatedUser:
 
     activity: UserActivity
     oldest_in_window: dict[timedelta, datetime | None]
+    inputs: str = ""  # fingerprint of the rule inputs the sweep compares (see :func:`input_fingerprints`)
 
     def segment(self, now: datetime) -> UserSegment:
         return person_properties(self.activity, now=now)
@@ -112,10 +121,11 @@ class _Queries:
         return sorted(out)
 
     def _time(self, column: Any, value: datetime) -> datetime:
-        """A bound parameter comparable with ``column``: aware UTC for timezone columns, naive UTC otherwise."""
-        if getattr(column.type, "timezone", False):
-            return value
-        return value.replace(tzinfo=None)
+        """A bound parameter comparable with ``column``: aware for timezone columns, naive in the column's zone otherwise."""
+        return column_time(self.bound, column, value)
+
+    def _zone(self, name: str | None, table: Any) -> tzinfo | None:
+        return self.bound.zone(table.c[name]) if name else None
 
     def users(self, *, after: Any = None, limit: int | None = None, ids: Sequence[Any] | None = None) -> Any:
         u = self.mapping.users
@@ -160,7 +170,9 @@ class _Queries:
         activity = {row[0]: row for row in conn.execute(self._activity(lo, hi, ids))}
         projects = {row[0]: row for row in conn.execute(self._projects(lo, hi, ids))} if self.bound.projects is not None else None
         tasks = {row[0]: row for row in conn.execute(self._tasks(lo, hi, ids))} if self.bound.tasks is not None else None
-        a = self.mapping.activity
+        a, u = self.mapping.activity, self.mapping.users
+        created_zone, login_zone = self._zone(u.created_at, self.bound.users), self._zone(u.last_login, self.bound.users)
+        entry_zone = self._zone(a.timestamp, self.bound.activity)
         for uid, created_at, last_login, role, auth, admin in users:
             act = activity.get(uid)
             counts = dict(
@@ -184,15 +196,21 @@ class _Queries:
                 counts["completed_tasks"] = int(t[2] or 0) if t else 0
             row = UserActivity(
                 user_id=str(uid),
-                created_at=_datetime(created_at),
-                last_login=_datetime(last_login),
+                created_at=_datetime(created_at, created_zone),
+                last_login=_datetime(last_login, login_zone),
                 role=None if role is None else str(role),
                 is_admin=None if admin is None else bool(admin),
                 auth_method=None if auth is None else str(auth),
                 **counts,
             )
-            oldest = {w: _datetime(act[8 + i]) if act else None for i, w in enumerate(WINDOWS)}
-            yield AggregatedUser(activity=row, oldest_in_window=oldest)
+            oldest = {w: _datetime(act[8 + i], entry_zone) if act else None for i, w in enumerate(WINDOWS)}
+            t = tasks.get(uid) if tasks is not None else None
+            inputs = fingerprint(
+                (created_at, last_login, role, auth, admin),
+                (act[1], act[8 + len(WINDOWS)]) if act else (0, None),
+                (t[1], t[2]) if t else None,
+            )
+            yield AggregatedUser(activity=row, oldest_in_window=oldest, inputs=inputs)
 
     def _readable_time(self, column: Any) -> Any:
         """A timestamp as the driver can hand it over, whatever the row holds; :func:`_datetime` finishes the job.
@@ -229,7 +247,41 @@ class _Queries:
         else:
             columns.append(literal(None))
         columns += [self._readable_time(func.min(case((cond, ts), else_=None))) for cond in in_window]
+        columns.append(self._key_sum())
         return select(*columns).where(self._range(uid, lo, hi, ids)).group_by(uid)
+
+    def _key_sum(self) -> Any:
+        """Sum of the entries' keys: with the count, it changes when an entry is deleted, moved or committed late."""
+        key = self.bound.change_columns.get(self.bound.activity.name, (None, None))[0]
+        return func.sum(self.bound.activity.c[key]) if key else literal(None)
+
+    def input_fingerprints(self, conn: Connection, *, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any]:
+        """(user id, fingerprint) for up to ``limit`` users after ``after`` in id order, and the last id (None at the end)."""
+        users = conn.execute(self.users(after=after, limit=limit)).all()
+        if not users:
+            return [], None
+        lo, hi = users[0][0], users[-1][0]
+        a = self.mapping.activity
+        t = self.bound.activity
+        uid = t.c[a.user_id]
+        light = select(uid, func.count(), self._key_sum()).where(self._range(uid, lo, hi, None)).group_by(uid)
+        activity = {row[0]: row for row in conn.execute(light)}
+        tasks = {row[0]: row for row in conn.execute(self._tasks(lo, hi, None))} if self.bound.tasks is not None else None
+        out = []
+        for user_id, created_at, last_login, role, auth, admin in users:
+            act = activity.get(user_id)
+            k = tasks.get(user_id) if tasks is not None else None
+            out.append(
+                (
+                    str(user_id),
+                    fingerprint(
+                        (created_at, last_login, role, auth, admin),
+                        (act[1], act[2]) if act else (0, None),
+                        (k[1], k[2]) if k else None,
+                    ),
+                )
+            )
+        return out, (users[-1][0] if len(users) >= limit else None)
 
     def _projects(self, lo: Any, hi: Any, ids: Sequence[Any] | None) -> Any:
         a, p = self.mapping.activity, self.mapping.projects
@@ -259,11 +311,43 @@ class _Queries:
         )
 
 
-def _datetime(value: Any) -> datetime | None:
-    """Dates from any driver as datetimes (SQLite may hand back text for untyped columns)."""
-    if value is None or isinstance(value, datetime):
+def fingerprint(user_row: Sequence[Any], entries: Sequence[Any], tasks: Sequence[Any] | None) -> str:
+    """A short hash of one user's rule inputs that no change column reveals, as the queries return them."""
+    open_, done = (int(tasks[0] or 0), int(tasks[1] or 0)) if tasks is not None else (0, 0)
+    payload = [[None if v is None else str(v) for v in user_row], int(entries[0] or 0), _number(entries[1]), open_, done]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:32]
+
+
+def _number(value: Any) -> str | None:
+    return (
+        None if value is None else str(int(value)) if isinstance(value, int | float) and float(value).is_integer() else str(value)
+    )
+
+
+def column_time(bound: BoundSchema, column: Any, value: datetime) -> datetime:
+    """``value`` (aware) as a parameter comparable with ``column``: naive in the column's declared zone when it is naive."""
+    zone = bound.zone(column)
+    if zone is None:
+        return value
+    return value.astimezone(zone).replace(tzinfo=None)
+
+
+def _datetime(value: Any, zone: tzinfo | None = None) -> datetime | None:
+    """Dates from any driver as aware datetimes: a naive value is in ``zone`` (UTC when None).
+
+    SQLite may hand back text for untyped columns. A naive local time that a zone's clock change skips or
+    repeats is read with ``fold=0``, as :mod:`zoneinfo` does.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        try:
+            value = datetime.fromisoformat(str(value))
+        except ValueError:
+            return None
+    if value.tzinfo is not None:
         return value
     try:
-        return datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
+        return value.replace(tzinfo=zone or timezone.utc).astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        return value.replace(tzinfo=timezone.utc)  # 9999-12-31 east of UTC: past the last date, keep it as it is

@@ -8,6 +8,14 @@ themselves as JSON so a restarted process fills its cache without recomputing.
 ``otel_segments_delivery``: per (sink, user), the digest last delivered. A user
 is pending for a sink while its computed digest differs from its delivered one,
 so a crash between compute and delivery resends rather than loses an update.
+
+``otel_segments_meta``: the watermark, the change cursors (``changes.py``) and
+``schema_version``. Version 1 is what releases before the version existed wrote
+(no ``schema_version`` row); version 2 adds ``user_state.inputs``, the fingerprint
+the sweep compares. A process migrates an older state in place at its first
+refresh, which runs under the lease, so once per fleet (:meth:`RefreshState.migrate`);
+stored digests stay, so nothing is resent. A process that finds a newer version
+than it knows raises :class:`StateVersionError` and runs no refresh.
 """
 
 from __future__ import annotations
@@ -17,13 +25,35 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Index, MetaData, String, Table, Text, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    delete,
+    func,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection, Engine
 
 from . import UserSegment
 from .rules import utc
 
 _ID_CHUNK = 5_000
+SCHEMA_VERSION = 2  # what this release writes; see the module docstring for each version
+
+
+class StateVersionError(Exception):
+    """The state was written by a newer release than this one: this process must not refresh it."""
 
 
 def _tables(prefix: str) -> tuple[MetaData, Table, Table, Table]:
@@ -36,6 +66,7 @@ def _tables(prefix: str) -> tuple[MetaData, Table, Table, Table]:
         Column("computed_at", DateTime(timezone=True), nullable=False),
         Column("due_at", DateTime(timezone=True), nullable=False),
         Column("properties", Text, nullable=False),
+        Column("inputs", String(32)),  # version 2
     )
     Index(f"{prefix}user_state_due_at", users.c.due_at)
     delivery = Table(
@@ -54,11 +85,45 @@ class RefreshState:
     """The state tables in one database; created on first use (``CREATE TABLE IF NOT EXISTS``)."""
 
     WATERMARK = "watermark"
+    VERSION = "schema_version"
 
     def __init__(self, engine: Engine, *, table_prefix: str = "otel_segments_") -> None:
         self.engine = engine
         metadata, self.users, self.delivery, self.meta = _tables(table_prefix)
-        metadata.create_all(engine, checkfirst=True)
+        metadata.create_all(engine, checkfirst=True)  # only the missing tables: an older state keeps its own until migrate()
+        with engine.begin() as conn:
+            unversioned = conn.execute(select(self.meta.c.value).where(self.meta.c.key == self.VERSION)).scalar() is None
+            if unversioned and "inputs" in {c["name"] for c in inspect(conn).get_columns(self.users.name)}:
+                _upsert(conn, self.meta, [{"key": self.VERSION, "value": str(SCHEMA_VERSION)}], ["key"])  # created here
+        self.check_version()
+
+    # -- versions -------------------------------------------------------------------------------
+
+    def version(self) -> int:
+        """The state's schema version: 1 for a state written before versions existed."""
+        with self.engine.connect() as conn:
+            value = conn.execute(select(self.meta.c.value).where(self.meta.c.key == self.VERSION)).scalar()
+        return int(value) if value else 1
+
+    def check_version(self) -> int:
+        version = self.version()
+        if version > SCHEMA_VERSION:
+            raise StateVersionError(
+                f"the segment state was written by a newer otel_segments (state schema {version}, this release knows "
+                f"up to {SCHEMA_VERSION}); segments stay off in this process: upgrade it"
+            )
+        return version
+
+    def migrate(self) -> bool:
+        """Bring an older state to this release's version in place; True when it did. Run it under the lease."""
+        version = self.check_version()
+        if version == SCHEMA_VERSION:
+            return False
+        with self.engine.begin() as conn:
+            if version < 2 and "inputs" not in {c["name"] for c in inspect(conn).get_columns(self.users.name)}:
+                conn.execute(text(f"ALTER TABLE {self.users.name} ADD COLUMN inputs VARCHAR(32)"))
+            _upsert(conn, self.meta, [{"key": self.VERSION, "value": str(SCHEMA_VERSION)}], ["key"])
+        return True
 
     # -- refresh side ---------------------------------------------------------------------------
 
@@ -68,9 +133,38 @@ class RefreshState:
             value = conn.execute(select(self.meta.c.value).where(self.meta.c.key == self.WATERMARK)).scalar()
         return datetime.fromisoformat(value) if value else None
 
-    def set_watermark(self, when: datetime) -> None:
+    def set_watermark(self, when: datetime, **values: Any) -> None:
+        """Record a completed refresh at ``when``, with other meta values (JSON) written in the same transaction."""
+        rows = [{"key": self.WATERMARK, "value": utc(when).isoformat()}]
+        rows += [{"key": key, "value": json.dumps(value, sort_keys=True)} for key, value in values.items()]
         with self.engine.begin() as conn:
-            _upsert(conn, self.meta, [{"key": self.WATERMARK, "value": utc(when).isoformat()}], ["key"])
+            _upsert(conn, self.meta, rows, ["key"])
+
+    def meta_values(self, prefix: str) -> dict[str, Any]:
+        """The JSON meta values whose key starts with ``prefix``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(self.meta.c.key, self.meta.c.value).where(self.meta.c.key.startswith(prefix)))
+            return {row[0]: json.loads(row[1]) for row in rows}
+
+    def inputs(self, user_ids: Sequence[str]) -> dict[str, str | None]:
+        """The stored input fingerprint of each of ``user_ids`` that has a state row (None: not recorded yet)."""
+        out: dict[str, str | None] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(user_ids), _ID_CHUNK):
+                chunk = user_ids[start : start + _ID_CHUNK]
+                query = select(self.users.c.user_id, self.users.c.inputs).where(self.users.c.user_id.in_(chunk))
+                out.update((row[0], row[1]) for row in conn.execute(query))
+        return out
+
+    def user_ids(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return {row[0] for row in conn.execution_options(yield_per=_ID_CHUNK).execute(select(self.users.c.user_id))}
+
+    def remove(self, user_ids: Sequence[str]) -> None:
+        """Forget users that no longer exist in the app (their delivery rows stay, unused)."""
+        with self.engine.begin() as conn:
+            for start in range(0, len(user_ids), _ID_CHUNK):
+                conn.execute(delete(self.users).where(self.users.c.user_id.in_(user_ids[start : start + _ID_CHUNK])))
 
     def digests(self, user_ids: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -88,8 +182,8 @@ class RefreshState:
             for row in conn.execution_options(yield_per=_ID_CHUNK).execute(query):
                 yield row[0]
 
-    def save(self, rows: Sequence[tuple[UserSegment, str, datetime, datetime]]) -> None:
-        """Store (segment, digest, computed_at, due_at) for users whose digest changed."""
+    def save(self, rows: Sequence[tuple[UserSegment, str, datetime, datetime, str | None]]) -> None:
+        """Store (segment, digest, computed_at, due_at, inputs) for users whose digest changed."""
         if not rows:
             return
         values = [
@@ -99,23 +193,24 @@ class RefreshState:
                 "computed_at": utc(computed_at),
                 "due_at": utc(due_at),
                 "properties": json.dumps({"$set": segment.set, "$set_once": segment.set_once}, sort_keys=True),
+                "inputs": inputs,
             }
-            for segment, digest, computed_at, due_at in rows
+            for segment, digest, computed_at, due_at, inputs in rows
         ]
         with self.engine.begin() as conn:
             _upsert(conn, self.users, values, ["user_id"])
 
-    def touch(self, rows: Sequence[tuple[str, datetime, datetime]]) -> None:
-        """Advance computed_at / due_at of users recomputed with an unchanged digest (properties stay)."""
+    def touch(self, rows: Sequence[tuple[str, datetime, datetime, str | None]]) -> None:
+        """Advance computed_at / due_at / inputs of users recomputed with an unchanged digest (properties stay)."""
         if not rows:
             return
         statement = (
             update(self.users)
             .where(self.users.c.user_id == bindparam("uid"))
-            .values(computed_at=bindparam("computed"), due_at=bindparam("due"))
+            .values(computed_at=bindparam("computed"), due_at=bindparam("due"), inputs=bindparam("fp"))
         )
         with self.engine.begin() as conn:
-            conn.execute(statement, [{"uid": u, "computed": utc(c), "due": utc(d)} for u, c, d in rows])
+            conn.execute(statement, [{"uid": u, "computed": utc(c), "due": utc(d), "fp": f} for u, c, d, f in rows])
 
     # -- read side ------------------------------------------------------------------------------
 

@@ -1,0 +1,216 @@
+"""Which users can have changed since the last refresh, found in each input table by what it offers.
+
+No step compares the app's timestamps with this process's clock, so clocks that disagree (another
+server's, a zone the mapping does not know) hide no change. Per table, with the columns the mapping
+names (``key``: grows on insert; ``updated_at``: moves on every change):
+
+- **inserts**: rows whose key is above the highest key seen by the scan at least :data:`SLACK` ago on
+  *our* clock, so a row whose id was taken before that scan but committed after it is still found;
+- **edits**: rows whose ``updated_at`` is at or after ``min(highest seen, now) - SLACK``, in the
+  column's zone: the window follows the data's own clock (a writer behind ours is not left behind)
+  and a stamp in the future stays inside it;
+- both windows re-read their recent rows every cycle; a row counts as changed only when it is not
+  among the rows the previous scan returned with the same values (stored in the state), so a row is
+  recomputed once, not on every cycle it stays in the window. A row that moved to another user
+  (an entry or task reassigned) makes both its old owner (when the previous scan saw it) and its
+  new owner candidates;
+- ``users``: the key finds new users at once; ``last_login`` is its change stamp; the count of users
+  against the state's rows finds users missing from the state whatever their ids and dates (an
+  import), and users deleted from the app (their state rows are removed);
+- ``projects``: a changed project makes every user with entries in it a candidate;
+- **the sweep**: each cycle, the next :data:`SWEEP_USERS` users in id order have their rule inputs
+  that no column above reveals fingerprinted (their users row with admin roles, open/done task
+  counts, entry count and key sum) and compared with the fingerprint stored when they were last
+  computed. It finds role, auth and admin changes (``users`` has no ``updated_at``), deleted entries
+  and tasks, a task's previous assignee, rows committed more than :data:`SLACK` late, within
+  ``ceil(users / SWEEP_USERS)`` cycles;
+- **the clock**: users whose stored ``due_at`` passed (a window edge, a day tick, the maximum age).
+
+What none of these sees waits for the maximum age: an edit that does not move ``updated_at`` (or in a
+table without one) and that changes no count or key sum (e.g. a duration corrected by hand in SQL).
+Every query is one per table and column, on the column the mapping names (index it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Column, func, select
+from sqlalchemy.engine import Connection, Engine
+
+from .queries import _ID_CHUNK, _datetime, _Queries, column_time
+from .schema import BoundSchema
+from .state import RefreshState
+
+#: How far back the windows look: commits this late, and writers' clocks this far apart, are still seen at once.
+SLACK = timedelta(minutes=5)
+#: Users fingerprinted by the sweep per cycle.
+SWEEP_USERS = 2_000
+PREFIX = "changes:"
+SWEEP = PREFIX + "sweep"
+
+
+@dataclass
+class Changes:
+    """What :func:`find` found: candidate user ids (None: too many, walk everyone), users gone, cursors to store."""
+
+    user_ids: set[str] | None = field(default_factory=set)
+    removed: set[str] = field(default_factory=set)
+    cursors: dict[str, Any] = field(default_factory=dict)
+    complete: bool = True  # False when a table had no cursor yet: only a full refresh is exact
+
+
+@dataclass(frozen=True)
+class _Source:
+    name: str
+    ident: Column | None  # what names a row (the key, or None: its owner and stamps)
+    owner: Column | None  # the user the row belongs to (projects: the project)
+    key: Column | None
+    stamps: tuple[Column, ...]
+
+
+def find(app_engine: Engine, bound: BoundSchema, state: RefreshState, *, now: datetime, limit: int) -> Changes:
+    """Candidates since the stored cursors, and the cursors to store once the refresh that uses them succeeded."""
+    out = Changes()
+    stored = state.meta_values(PREFIX)
+    queries = _Queries(bound, now, app_engine.dialect.name)
+    projects: set[Any] = set()
+    with app_engine.connect() as conn:
+        for source in _sources(bound):
+            key = PREFIX + source.name
+            owners, cursor = _scan(conn, bound, queries, source, stored.get(key), now)
+            out.cursors[key] = cursor
+            if key not in stored:
+                out.complete = False
+            (projects if source.name == "projects" else out.user_ids).update(owners)  # type: ignore[union-attr]
+        if projects:
+            out.user_ids.update(_project_users(conn, bound, projects))  # type: ignore[union-attr]
+        missing, out.removed = _missing_users(conn, bound, state)
+        out.user_ids.update(missing)  # type: ignore[union-attr]
+        fingerprints, after = queries.input_fingerprints(conn, after=(stored.get(SWEEP) or {}).get("after"), limit=SWEEP_USERS)
+    out.cursors[SWEEP] = {"after": after}
+    known = state.inputs([uid for uid, _ in fingerprints])
+    out.user_ids.update(uid for uid, fp in fingerprints if known.get(uid) != fp)  # type: ignore[union-attr]
+    out.user_ids.update(state.due(now))  # type: ignore[union-attr]
+    out.user_ids -= out.removed  # type: ignore[operator]
+    if len(out.user_ids) > limit:  # type: ignore[arg-type]
+        out.user_ids = None
+    return out
+
+
+def _sources(bound: BoundSchema) -> list[_Source]:
+    m = bound.mapping
+    sources = []
+    users_key, _ = bound.change_columns.get(bound.users.name, (None, None))
+    login = [bound.users.c[m.users.last_login]] if m.users.last_login else []
+    uid = bound.users.c[m.users.id]
+    sources.append(_Source("users", uid, uid, bound.users.c[users_key] if users_key else None, tuple(login)))
+    a, act = m.activity, bound.activity
+    key, updated = bound.change_columns.get(act.name, (None, None))
+    stamps = [act.c[updated]] if updated else []
+    if not key:
+        stamps.append(act.c[a.timestamp])  # without a key, inserts show by their timestamp
+    sources.append(_Source("activity", act.c[key] if key else None, act.c[a.user_id], act.c[key] if key else None, tuple(stamps)))
+    if bound.tasks is not None and m.tasks is not None:
+        t = bound.tasks
+        key, updated = bound.change_columns.get(t.name, (None, None))
+        owner = t.c[m.tasks.assignee]
+        sources.append(_Source("tasks", t.c[key] if key else None, owner, t.c[key] if key else None, _cols(t, updated)))
+    if bound.projects is not None and m.projects is not None:
+        p = bound.projects
+        key, updated = bound.change_columns.get(p.name, (None, None))
+        pid = p.c[m.projects.id]
+        sources.append(_Source("projects", pid, pid, p.c[key] if key else None, _cols(p, updated)))
+    return [s for s in sources if s.key is not None or s.stamps]
+
+
+def _cols(table: Any, name: str | None) -> tuple[Column, ...]:
+    return (table.c[name],) if name else ()
+
+
+def _scan(
+    conn: Connection, bound: BoundSchema, queries: _Queries, source: _Source, cursor: dict[str, Any] | None, now: datetime
+) -> tuple[set[Any], dict[str, Any]]:
+    """The owners of rows that changed since ``cursor``, and the new cursor. No cursor: record one, report nothing."""
+    cursor = cursor or {}
+    seen: dict[str, list[Any]] = cursor.get("seen", {})
+    highs: dict[str, str] = dict(cursor.get("high", {}))
+    scans: list[list[Any]] = cursor.get("scans", [])
+    columns = [source.ident if source.ident is not None else source.owner, source.owner]
+    columns += [queries._readable_time(c) for c in source.stamps]
+    rows: list[Any] = []
+    new_scans: list[list[Any]] = []
+    if source.key is not None:
+        if scans:
+            cut = (now - SLACK).isoformat()
+            older = [i for i, (at, _) in enumerate(scans) if at <= cut]
+            first = older[-1] if older else 0
+            new_scans = scans[first:]
+            lo = new_scans[0][1]  # None: the table was empty
+            rows += conn.execute(select(*columns).where(source.key > lo if lo is not None else source.key.is_not(None))).all()
+        top = conn.execute(select(func.max(source.key))).scalar()
+        highest = max([k for _, k in new_scans if k is not None] + ([top] if top is not None else []), default=None)
+        new_scans = [*new_scans, [now.isoformat(), highest]]
+    for i, stamp in enumerate(source.stamps):
+        high = datetime.fromisoformat(highs[stamp.name]) if stamp.name in highs else now
+        since = column_time(bound, stamp, min(high, now) - SLACK)
+        found = conn.execute(select(*columns).where(stamp >= since)).all()
+        rows += found
+        zone = bound.zone(stamp)
+        values = [v for v in (_datetime(row[2 + i], zone) for row in found) if v is not None]
+        if values:
+            top_stamp = max(values).astimezone(timezone.utc)
+            if stamp.name not in highs or top_stamp > datetime.fromisoformat(highs[stamp.name]):
+                highs[stamp.name] = top_stamp.isoformat()
+    owners: set[Any] = set()
+    new_seen: dict[str, list[Any]] = {}
+    for row in rows:
+        ident = str(row[0]) if source.ident is not None else _hash(row[1:])
+        digest = _hash(row)
+        owner = None if row[1] is None else str(row[1])
+        new_seen[ident] = [digest, owner]
+        before = seen.get(ident)
+        if cursor and (before is None or before[0] != digest):
+            owners.add(owner)
+            if before is not None:
+                owners.add(before[1])
+    owners.discard(None)
+    return owners, {"scans": new_scans, "high": highs, "seen": new_seen}
+
+
+def _hash(values: Iterable[Any]) -> str:
+    return hashlib.sha256(json.dumps([None if v is None else str(v) for v in values]).encode()).hexdigest()[:16]
+
+
+def _project_users(conn: Connection, bound: BoundSchema, projects: set[Any]) -> set[str]:
+    """Users with entries in any of ``projects`` (whose status may have changed their active-projects count)."""
+    a = bound.mapping.activity
+    assert a.project_id
+    act = bound.activity
+    ids = sorted(projects, key=str)
+    try:
+        if act.c[a.project_id].type.python_type is int:  # the cursor keeps ids as text
+            ids = sorted({int(p) for p in ids if str(p).lstrip("-").isdigit()})
+    except NotImplementedError:
+        pass
+    out: set[str] = set()
+    for start in range(0, len(ids), _ID_CHUNK):
+        query = select(act.c[a.user_id]).distinct().where(act.c[a.project_id].in_(ids[start : start + _ID_CHUNK]))
+        out.update(str(row[0]) for row in conn.execute(query))
+    return out
+
+
+def _missing_users(conn: Connection, bound: BoundSchema, state: RefreshState) -> tuple[set[str], set[str]]:
+    """Users of the app without a state row, and state rows of users the app no longer has: both empty when the counts agree."""
+    uid = bound.users.c[bound.mapping.users.id]
+    app_count = conn.execute(select(func.count()).where(uid.is_not(None))).scalar() or 0
+    if app_count == state.count():
+        return set(), set()
+    app_ids = {str(row[0]) for row in conn.execution_options(yield_per=_ID_CHUNK).execute(select(uid).where(uid.is_not(None)))}
+    known = state.user_ids()
+    return app_ids - known, known - app_ids
