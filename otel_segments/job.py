@@ -51,6 +51,9 @@ SEGMENT_VALUE = "app.segment.value"
 DEFAULT_INTERVAL = timedelta(seconds=60)
 MIN_LEASE_TTL = timedelta(seconds=30)
 DEFAULT_DELIVERY_BATCH = 1000
+#: After each delivery batch the worker rests this many times the CPU time the batch took: building events is
+#: Python work that holds the GIL, and the app's requests in this process wait for it (and for a core).
+DELIVERY_PACE = 1.0
 _T = TypeVar("_T")
 #: The (property, value) pairs counted for the gauge: every value a cohort names, zeros included.
 SEGMENT_VALUES: tuple[tuple[str, str | bool], ...] = tuple(dict.fromkeys((c.property, c.value) for c in COHORTS))
@@ -244,9 +247,12 @@ class RefreshJob:
             if not lease.acquire(self.lease_ttl):
                 _logger.info("otel_segments: the refresh lease passed to another process; it delivers the rest")
                 break
+            busy = time.thread_time()
             sink.deliver(batch)
             state.mark_delivered(name, [(segment.distinct_id, segment.digest()) for segment in batch])
             sent += len(batch)
+            if deadline is None:  # a stop or a hand-over sets the wake event, and ends the pause
+                self._wake.wait((time.thread_time() - busy) * DELIVERY_PACE)
         return sent
 
     # -- what other parts read -------------------------------------------------------------------------------

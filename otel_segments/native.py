@@ -58,6 +58,31 @@ _start_new_thread, allocate_lock, get_ident = _originals()
 Lock = allocate_lock
 
 
+def _original_sleep() -> Callable[[float], None]:
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        return monkey.get_original("time", "sleep")
+    if eventlet_patched():
+        return sys.modules["eventlet.patcher"].original("time").sleep
+    import time
+
+    return time.sleep
+
+
+_sleep = _original_sleep()
+
+
+def let_others_run() -> None:
+    """Hand the GIL over now, if another thread waits for it (the OS sleep of zero seconds releases it).
+
+    A thread busy in Python code keeps the GIL until the interpreter's switch
+    interval (5 ms) asks it to let go, and a request thread waits that long each
+    time it needs the GIL back. A loop that calls this every millisecond or so of
+    its own work makes those waits as short.
+    """
+    _sleep(0)
+
+
 class Event:
     """``threading.Event``'s ``set``/``clear``/``wait`` on OS locks: a gate held while the flag is clear."""
 
