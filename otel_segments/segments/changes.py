@@ -50,7 +50,7 @@ from .state import RefreshState
 #: How far back the windows look: commits this late, and writers' clocks this far apart, are still seen at once.
 SLACK = timedelta(minutes=5)
 #: Users fingerprinted by the sweep per cycle.
-SWEEP_USERS = 2_000
+SWEEP_USERS = 1_000
 PREFIX = "changes:"
 SWEEP = PREFIX + "sweep"
 

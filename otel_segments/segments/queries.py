@@ -18,7 +18,6 @@ entry count and key sum), hashed per user.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -312,16 +311,23 @@ class _Queries:
 
 
 def fingerprint(user_row: Sequence[Any], entries: Sequence[Any], tasks: Sequence[Any] | None) -> str:
-    """A short hash of one user's rule inputs that no change column reveals, as the queries return them."""
+    """A short hash of one user's rule inputs that no change column reveals, as the queries return them.
+
+    ``repr`` of the driver's values (str, int, Decimal, datetime) is stable across processes, unlike ``hash()``.
+    """
     open_, done = (int(tasks[0] or 0), int(tasks[1] or 0)) if tasks is not None else (0, 0)
-    payload = [[None if v is None else str(v) for v in user_row], int(entries[0] or 0), _number(entries[1]), open_, done]
-    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:32]
+    payload = (tuple(user_row), int(entries[0] or 0), _number(entries[1]), open_, done)
+    return hashlib.blake2b(repr(payload).encode(), digest_size=16).hexdigest()
 
 
-def _number(value: Any) -> str | None:
-    return (
-        None if value is None else str(int(value)) if isinstance(value, int | float) and float(value).is_integer() else str(value)
-    )
+def _number(value: Any) -> int | str | None:
+    """A sum as PostgreSQL (Decimal) or SQLite (int) returns it, as one value."""
+    if value is None:
+        return None
+    try:
+        return int(value) if int(value) == value else str(value)
+    except (TypeError, ValueError, OverflowError):
+        return str(value)
 
 
 def column_time(bound: BoundSchema, column: Any, value: datetime) -> datetime:
