@@ -32,7 +32,7 @@ from .segments import UserSegment
 from .segments.cohorts import COHORTS, cohort_description, export
 from .segments.refresh import refresh
 from .segments.schema import BoundSchema, SchemaError, bind, load_schema
-from .segments.state import RefreshState
+from .segments.state import RefreshState, StateVersionError
 
 EXIT_USAGE = 2
 
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         return int(args.run(args, err) or 0)
-    except (CliError, SchemaError) as exc:
+    except (CliError, SchemaError, StateVersionError) as exc:
         _fail(str(exc))
     except SQLAlchemyError as exc:
         _fail(f"database: {_one_line(exc)}")

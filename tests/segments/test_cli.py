@@ -94,3 +94,20 @@ def test_cohorts_formats() -> None:
     traceql = _run("cohorts", "--format", "traceql").stdout.splitlines()
     assert 'very_high_engagement\t{ span.app.user.engagement_level = "very_high" }' in traceql
     assert len(json.loads(_run("cohorts", "--format", "json").stdout)) == 20
+
+
+def test_a_newer_state_is_one_line_exit_2(tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from otel_segments.segments.state import SCHEMA_VERSION, RefreshState
+
+    db = tmp_path / "crm.sqlite"
+    engine = create_engine(f"sqlite:///{db}")
+    fill_other(engine, users=3)
+    state = RefreshState(engine)
+    with engine.begin() as conn:
+        conn.execute(update(state.meta).where(state.meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION + 1)))
+    root = Path(__file__).resolve().parents[2]
+    out = _run("compute", "--changed", "--database-url", f"sqlite:///{db}", "--schema", "tests.segments.data:OTHER", cwd=root)
+    assert out.returncode == 2 and "newer otel_segments" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
