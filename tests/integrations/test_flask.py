@@ -242,7 +242,7 @@ def test_instrumentor_never_raises_into_start_up(monkeypatch: pytest.MonkeyPatch
     def broken() -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(otel_segments.configuration, "configure", lambda: Open())
+    monkeypatch.setattr(otel_segments.configuration, "configure_instrumented", lambda: Open())
     monkeypatch.setattr(integration, "instrument", broken)
     instrumentor = FlaskLoginInstrumentor()
     instrumentor.instrument(skip_dep_check=True)
