@@ -63,6 +63,7 @@ OTEL_SEGMENTS_CACHE_SIZE = "OTEL_SEGMENTS_CACHE_SIZE"
 OTEL_SEGMENTS_TRUST_BAGGAGE = "OTEL_SEGMENTS_TRUST_BAGGAGE"
 OTEL_SEGMENTS_USER_ID_HASH_KEY = "OTEL_SEGMENTS_USER_ID_HASH_KEY"
 OTEL_SEGMENTS_DATABASE_TIMEZONE = "OTEL_SEGMENTS_DATABASE_TIMEZONE"
+OTEL_SEGMENTS_SPAN_PROPERTIES = "OTEL_SEGMENTS_SPAN_PROPERTIES"
 POSTHOG_API_KEY = "POSTHOG_API_KEY"
 POSTHOG_HOST = "POSTHOG_HOST"
 
@@ -70,6 +71,7 @@ DEFAULT_SCHEMA = "timetracker"
 DEFAULT_REFRESH_INTERVAL_MS = 60_000
 DEFAULT_MAX_SEGMENT_AGE_MS = 24 * 3600 * 1000
 DEFAULT_CACHE_SIZE = 10_000
+DEFAULT_SPAN_PROPERTIES = "default"  # cache.span_property_selection() reads it: default, all, none or a list of names
 DEFAULT_POSTHOG_HOST = "https://us.i.posthog.com"
 
 
@@ -86,6 +88,7 @@ class Settings:
     refresh_interval_ms: int = DEFAULT_REFRESH_INTERVAL_MS
     max_segment_age_ms: int = DEFAULT_MAX_SEGMENT_AGE_MS
     cache_size: int = DEFAULT_CACHE_SIZE
+    span_properties: str = DEFAULT_SPAN_PROPERTIES
     trust_baggage: bool = False
     user_id_hash_key: Secret | None = field(default=None, repr=False)
     posthog_api_key: Secret | None = field(default=None, repr=False)
@@ -122,6 +125,7 @@ class Settings:
             refresh_interval_ms=positive_int(env, OTEL_SEGMENTS_REFRESH_INTERVAL, DEFAULT_REFRESH_INTERVAL_MS),
             max_segment_age_ms=positive_int(env, OTEL_SEGMENTS_MAX_SEGMENT_AGE, DEFAULT_MAX_SEGMENT_AGE_MS),
             cache_size=positive_int(env, OTEL_SEGMENTS_CACHE_SIZE, DEFAULT_CACHE_SIZE),
+            span_properties=read(env, OTEL_SEGMENTS_SPAN_PROPERTIES) or DEFAULT_SPAN_PROPERTIES,
             trust_baggage=boolean(env, OTEL_SEGMENTS_TRUST_BAGGAGE, False),
             user_id_hash_key=secret(env, OTEL_SEGMENTS_USER_ID_HASH_KEY),
             posthog_api_key=secret(env, POSTHOG_API_KEY),
