@@ -49,7 +49,7 @@ from .state import RefreshState
 
 #: How far back the windows look: commits this late, and writers' clocks this far apart, are still seen at once.
 SLACK = timedelta(minutes=5)
-#: Users fingerprinted by the sweep per cycle.
+#: Users fingerprinted by the sweep per cycle (0: no sweep).
 SWEEP_USERS = 1_000
 PREFIX = "changes:"
 SWEEP = PREFIX + "sweep"
@@ -92,7 +92,12 @@ def find(app_engine: Engine, bound: BoundSchema, state: RefreshState, *, now: da
             out.user_ids.update(_project_users(conn, bound, projects))  # type: ignore[union-attr]
         missing, out.removed = _missing_users(conn, bound, state)
         out.user_ids.update(missing)  # type: ignore[union-attr]
-        fingerprints, after = queries.input_fingerprints(conn, after=(stored.get(SWEEP) or {}).get("after"), limit=SWEEP_USERS)
+        fingerprints: list[tuple[str, str]] = []
+        after = None
+        if SWEEP_USERS > 0:  # 0: no sweep, the maximum age alone catches what it would
+            fingerprints, after = queries.input_fingerprints(
+                conn, after=(stored.get(SWEEP) or {}).get("after"), limit=SWEEP_USERS
+            )
     out.cursors[SWEEP] = {"after": after}
     known = state.inputs([uid for uid, _ in fingerprints])
     out.user_ids.update(uid for uid, fp in fingerprints if known.get(uid) != fp)  # type: ignore[union-attr]

@@ -42,7 +42,7 @@ STATUSES = ("todo", "in_progress", "review", "done", "cancelled")
 PROJECTS = (1, 2, 3)
 
 PROFILE = settings(
-    max_examples=int(os.environ.get("OTEL_SEGMENTS_PROPERTY_EXAMPLES", "40")),
+    max_examples=int(os.environ.get("OTEL_SEGMENTS_PROPERTY_EXAMPLES", "30")),
     stateful_step_count=25,
     deadline=None,
     derandomize=bool(os.environ.get("CI")),  # CI: the same histories every run
