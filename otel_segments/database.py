@@ -65,11 +65,15 @@ def engine_for(url: str) -> Engine:
         raise DatabaseURLError(f"has a malformed part ({type(error).__name__}; {EXAMPLE})") from None
 
 
+#: ``application_name`` of our PostgreSQL connections: an operator finds them in ``pg_stat_activity``.
+APPLICATION_NAME = "otel_segments"
+
+
 def _connect_args(url: URL) -> dict[str, Any]:
     if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2"):
         # libpq settings: a database that is away fails the cycle instead of hanging it, and a peer that
         # vanished mid-query (partition, dead host) is noticed in about a minute, not the kernel's two hours.
-        return {
+        args: dict[str, Any] = {
             "connect_timeout": 10,
             "keepalives": 1,
             "keepalives_idle": 30,
@@ -77,6 +81,9 @@ def _connect_args(url: URL) -> dict[str, Any]:
             "keepalives_count": 3,
             "tcp_user_timeout": 60_000,
         }
+        if "application_name" not in url.query:  # the operator's own name in the URL wins
+            args["application_name"] = APPLICATION_NAME
+        return args
     return {}
 
 

@@ -183,9 +183,25 @@ class RefreshJob:
                 _logger.info("otel_segments: segment refresh works again")
                 self._last_error = None
         finally:
+            self._release_connections()
             self._cycle_started = None
             self._cycle_lock.release()
         return result
+
+    def _release_connections(self) -> None:
+        """Close our pooled connections to a database server: between cycles a process of ours holds none.
+
+        A fleet of processes each keeping a pooled connection would hold one per process for good
+        (200 processes past PostgreSQL's default ``max_connections`` of 100) and the app's own would be
+        refused. A cycle reconnects once per engine. SQLite's are files, cheap to keep, and an in-memory
+        database lives only as long as its connection: those stay.
+        """
+        for engine in {id(e): e for e in (self.app_engine, self.state_engine)}.values():
+            if engine.dialect.name != "sqlite":
+                try:
+                    engine.dispose()
+                except Exception:
+                    _logger.debug("otel_segments: closing pooled connections failed", exc_info=True)
 
     def _cycle(self, now: datetime | None) -> CycleResult:
         state, lease = self._ensure_state()

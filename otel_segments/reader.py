@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -48,6 +49,8 @@ from .untraced import untraced
 _logger = logging.getLogger(__name__)
 #: As the SDK's periodic reader (``OTEL_METRIC_EXPORT_TIMEOUT``'s default): a collection and its export.
 COLLECT_TIMEOUT_MS = 30_000
+#: The share of the interval by which each wait of the timer varies at random.
+JITTER = 0.1
 
 
 def register_gauge(meter: Meter, job: RefreshJob) -> ObservableGauge:
@@ -90,7 +93,9 @@ class SegmentsMetricReader(MetricReader):
         self._thread.start()
 
     def _tick(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        # +-10% on every wait: a fleet started together (a deploy) spreads its cycles, and their
+        # connections, over the interval instead of querying the database in lockstep.
+        while not self._stop.wait(self.interval_s * random.uniform(1 - JITTER, 1 + JITTER)):
             try:
                 self.collect(timeout_millis=COLLECT_TIMEOUT_MS)
             except Exception:  # a failed collection must not end the timer (the SDK's reader says the same)

@@ -57,7 +57,7 @@ def _pg_bindir() -> str | None:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
+def postgres_server(max_connections: int = 200) -> Iterator[str]:
     """A throwaway PostgreSQL server (its own data directory, a free port) while the block runs; its admin URL.
 
     Raises ``FileNotFoundError`` when PostgreSQL is not installed.
@@ -76,7 +76,7 @@ def postgres_server() -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    options = f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    options = f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections={max_connections}"
     subprocess.run(
         [*run_as, f"{bindir}/pg_ctl", "-D", datadir, "-o", options, "-l", f"{datadir}/log", "-w", "start"],
         check=True,
