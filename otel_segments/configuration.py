@@ -22,7 +22,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
 from . import compat, config
-from .cache import SegmentCache
+from .cache import SegmentCache, span_property_selection
 from .config import Settings
 from .context import set_privacy_policy
 from .exporters import (
@@ -140,7 +140,7 @@ def _configure_enabled(
         allow_pii=allow_pii,
     )
     process = detect_process_properties()
-    segments = SegmentCache(settings.cache_size)
+    segments = SegmentCache(settings.cache_size, span_property_selection(settings.span_properties))
     processor = SuperPropertiesSpanProcessor(process, segments, trust_baggage=settings.trust_baggage)
     handle = Configured(settings, processor=processor, segments=segments)
     provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
