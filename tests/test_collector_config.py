@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from otel_segments.cache import segment_attributes
+from otel_segments.cache import DEFAULT_SPAN_PROPERTIES, segment_attributes
 from otel_segments.config import Secret, otlp_headers
 from otel_segments.context import UserProperties
 from otel_segments.segments.rules import UserActivity, person_properties
@@ -176,7 +176,8 @@ def check_config(config: dict[str, Any]) -> list[str]:
             if len(set(ids)) != len(ids):
                 problems.append(f"service.pipelines.{name}.{kind}: duplicates in {ids}")
             for component_id in ids:
-                if component_id not in (config.get(kind) or {}):
+                connector = kind != "processors" and component_id in (config.get("connectors") or {})
+                if component_id not in (config.get(kind) or {}) and not connector:
                     problems.append(f"service.pipelines.{name}: {kind[:-1]} {component_id!r} is not defined under {kind}")
         processors = [component_type(p) for p in pipeline.get("processors") or []]
         if "memory_limiter" in processors and processors[0] != "memory_limiter":
@@ -184,11 +185,34 @@ def check_config(config: dict[str, Any]) -> list[str]:
         if "tail_sampling" in processors and component_type(name) != "traces":
             problems.append(f"service.pipelines.{name}: tail_sampling handles traces only")
 
+    problems += check_connectors(config)
     for path, authenticator in _authenticators(config):
         if authenticator not in (config.get("extensions") or {}):
             problems.append(f"{path}: authenticator {authenticator!r} is not defined under extensions")
         elif authenticator not in enabled:
             problems.append(f"{path}: authenticator {authenticator!r} is not listed in service.extensions")
+    return problems
+
+
+#: What each connector type takes in and gives out (otelcol-contrib 0.136.0, the connector's factory.go).
+CONNECTOR_SIGNALS = {"spanmetrics": ("traces", "metrics")}
+
+
+def check_connectors(config: dict[str, Any]) -> list[str]:
+    """A connector is the exporter of a pipeline of the signal it takes and the receiver of one of the signal it gives."""
+    problems = []
+    pipelines = (config.get("service") or {}).get("pipelines") or {}
+    for connector_id in config.get("connectors") or {}:
+        takes, gives = CONNECTOR_SIGNALS.get(component_type(connector_id), (None, None))
+        if takes is None:
+            problems.append(f"connectors.{connector_id}: no signals recorded for its type")
+            continue
+        into = [n for n, p in pipelines.items() if connector_id in (p.get("exporters") or [])]
+        out_of = [n for n, p in pipelines.items() if connector_id in (p.get("receivers") or [])]
+        if not into or any(component_type(n) != takes for n in into):
+            problems.append(f"connectors.{connector_id}: must be an exporter of {takes} pipelines only, is of {into}")
+        if not out_of or any(component_type(n) != gives for n in out_of):
+            problems.append(f"connectors.{connector_id}: must be a receiver of {gives} pipelines only, is of {out_of}")
     return problems
 
 
@@ -207,7 +231,7 @@ def _authenticators(config: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 
 def emitted_attributes() -> dict[str, Any]:
-    """Span attributes the plugin writes for a fully known user: context properties plus the latest segment."""
+    """Span attributes the plugin writes by default for a fully known user: context properties plus the latest segment."""
     now = datetime(2026, 1, 15, 12, tzinfo=timezone.utc)
     user = UserProperties("42", role="admin", is_admin=True, auth_method="oidc")
     row = UserActivity(
@@ -229,7 +253,7 @@ def emitted_attributes() -> dict[str, Any]:
         assigned_tasks=4,
         completed_tasks=1,
     )
-    return {**user.attributes, **segment_attributes(person_properties(row, now=now).set)}
+    return {**user.attributes, **segment_attributes(person_properties(row, now=now).set, DEFAULT_SPAN_PROPERTIES)}
 
 
 POLICY_VALUE_TYPES = {"boolean_attribute": bool, "string_attribute": str, "numeric_attribute": int}
@@ -268,6 +292,16 @@ def check_attributes(config: dict[str, Any], emitted: dict[str, Any]) -> list[st
                                 problems.append(
                                     f"processors.{component_id}: statement names {name!r}, which otel_segments never writes"
                                 )
+    for component_id, settings in (config.get("connectors") or {}).items():
+        if component_type(component_id) != "spanmetrics":
+            continue
+        for dimension in (settings or {}).get("dimensions") or []:
+            name = dimension.get("name")
+            if name not in emitted or not isinstance(emitted[name], (bool, str)) or name == "user.id":
+                problems.append(
+                    f"connectors.{component_id}: dimension {name!r} is not a categorical segment attribute spans carry "
+                    "by default (unbounded series)"
+                )
     return problems
 
 
@@ -365,6 +399,30 @@ def test_privacy_overlays_touch_user_id_in_every_signal_that_carries_it(overlay:
         processors = config["service"]["pipelines"][signal]["processors"]
         assert transform_id in processors
         assert processors.index(transform_id) < processors.index("batch")
+
+
+@pytest.mark.parametrize("label", sorted(compositions()))
+def test_spanmetrics_counts_every_span_per_segment_with_bounded_cardinality(label: str) -> None:
+    config = composed(compositions()[label])
+    spanmetrics = config["connectors"]["spanmetrics"]
+    pipelines = config["service"]["pipelines"]
+    [feeding] = [name for name, p in pipelines.items() if "spanmetrics" in p["exporters"]]
+    assert pipelines[feeding]["receivers"] == ["otlp"]
+    assert "tail_sampling" not in pipelines[feeding]["processors"]  # rates and latencies of every request, not of the kept ones
+    assert "spanmetrics" in pipelines["metrics"]["receivers"]
+    names = [d["name"] for d in spanmetrics["dimensions"]]
+    assert {"app.user.engagement_level", "app.user.role", "app.user.is_power_user"} <= set(names)
+    assert all(n.startswith("app.user.") and n.removeprefix("app.user.") in DEFAULT_SPAN_PROPERTIES for n in names)
+    assert all(d.get("default") == "unknown" for d in spanmetrics["dimensions"])  # users without a segment yet: one series
+    assert 0 < spanmetrics["aggregation_cardinality_limit"] <= 100_000
+    assert spanmetrics["histogram"]["unit"] == "ms"
+
+
+def test_collector_doc_shows_the_promql_for_power_users_against_everyone() -> None:
+    doc = DOCS.read_text()
+    assert "histogram_quantile(0.95" in doc
+    assert "traces_span_metrics_duration_milliseconds_bucket" in doc
+    assert 'app_user_is_power_user="true"' in doc
 
 
 def test_every_env_var_is_documented() -> None:
@@ -478,6 +536,23 @@ BROKEN: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "exporter tls field typo": (
         _set("exporters.otlp/backend.tls.insecure_skip_verfy", True),
         "insecure_skip_verfy: unknown field",
+    ),
+    "spanmetrics dimension on user ids": (
+        _set("connectors.spanmetrics.dimensions", [{"name": "user.id"}]),
+        "'user.id' is not a categorical segment attribute",
+    ),
+    "spanmetrics dimension on a count": (
+        _set("connectors.spanmetrics.dimensions", [{"name": "app.user.entries_last_7_days"}]),
+        "'app.user.entries_last_7_days' is not a categorical segment attribute",
+    ),
+    "spanmetrics field typo": (_set("connectors.spanmetrics.dimension", []), "dimension: unknown field"),
+    "spanmetrics not read by the metrics pipeline": (
+        _set("service.pipelines.metrics.receivers", ["otlp"]),
+        "must be a receiver of metrics pipelines",
+    ),
+    "spanmetrics fed by metrics": (
+        _set("service.pipelines.metrics.exporters", ["otlp/backend", "spanmetrics"]),
+        "must be an exporter of traces pipelines only",
     ),
     "receiver auth typo": (
         _set("receivers.otlp.protocols.http.auth", {"authenticatr": "bearertokenauth"}),
