@@ -29,7 +29,7 @@ from .config import DEFAULT_SCHEMA, OTEL_SEGMENTS_DATABASE_URL, OTEL_SEGMENTS_SC
 from .database import EXAMPLE, DatabaseURLError, engine_for
 from .job import RefreshJob
 from .segments import UserSegment
-from .segments.cohorts import COHORTS, cohort_description, export
+from .segments.cohorts import COHORTS, FORMATS, cohort_description, export
 from .segments.refresh import refresh
 from .segments.schema import BoundSchema, SchemaError, bind, load_schema
 from .segments.state import RefreshState, StateVersionError
@@ -84,8 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     compute.add_argument("--format", choices=("jsonl", "table"), default="jsonl")
     compute.set_defaults(run=_compute, changed=False)
 
-    cohorts = sub.add_parser("cohorts", help="cohort definitions as PostHog cohort filters, TraceQL queries or JSON")
-    cohorts.add_argument("--format", choices=("posthog", "traceql", "json"), default="json")
+    cohorts = sub.add_parser(
+        "cohorts",
+        help="cohort definitions as PostHog cohort filters, TraceQL queries, Jaeger tag searches, Phoenix filters or JSON",
+    )
+    cohorts.add_argument("--format", choices=FORMATS, default="json")
     cohorts.set_defaults(run=_cohorts)
 
     demo = sub.add_parser("demo", help="build a synthetic TimeTracker database, refresh it, show the cohorts")

@@ -1,8 +1,8 @@
-"""The reference's cohort definitions, and their exports: PostHog cohort filters, TraceQL, JSON.
+"""The reference's cohort definitions, and their exports: PostHog cohort filters, TraceQL, Jaeger tags, Phoenix filters, JSON.
 
 A cohort is one person property equal to one value. The same property lands on
-spans as ``app.user.<property>`` (see :mod:`otel_segments.cache`), so every
-cohort is also a TraceQL query.
+spans as ``app.user.<property>`` (see :mod:`otel_segments.cache`; every cohort's
+property is in the default span set), so every cohort is also a trace search.
 """
 
 from __future__ import annotations
@@ -48,6 +48,15 @@ class Cohort:
         value = str(self.value).lower() if isinstance(self.value, bool) else json.dumps(self.value)
         return f"{{ span.{USER_PREFIX}{self.property} = {value} }}"
 
+    def jaeger(self) -> str:
+        """Jaeger's search by tags (``key=value``; the UI's *Tags* box, the API's ``tags`` JSON)."""
+        value = str(self.value).lower() if isinstance(self.value, bool) else self.value
+        return f"{USER_PREFIX}{self.property}={value}"
+
+    def phoenix(self) -> str:
+        """Arize Phoenix's span filter condition (a Python expression; the UI's filter box, ``?spanFilterCondition=``)."""
+        return f"{USER_PREFIX}{self.property} == {self.value!r}"
+
 
 def _c(name: str, prop: str, value: str | bool, description: str) -> Cohort:
     return Cohort(name=name, property=prop, value=value, description=description)
@@ -91,15 +100,19 @@ def cohort_description(properties: Mapping[str, Any]) -> str:
     return f"{age[:1].upper()}{age[1:]} user with {engagement} engagement"
 
 
+FORMATS = ("posthog", "traceql", "jaeger", "phoenix", "json")
+
+
 def export(fmt: str) -> str:
-    """All cohorts as ``posthog`` (a JSON list of cohort bodies), ``traceql`` (name, tab, query per line) or ``json``."""
+    """All cohorts as ``posthog`` (a JSON list of cohort bodies), ``json``, or one line per cohort: name, tab, and
+    its ``traceql`` query, ``jaeger`` tag search or ``phoenix`` filter condition."""
     if fmt == "posthog":
         return json.dumps([c.posthog() for c in COHORTS], indent=2)
-    if fmt == "traceql":
-        return "\n".join(f"{c.name}\t{c.traceql()}" for c in COHORTS)
+    if fmt in ("traceql", "jaeger", "phoenix"):
+        return "\n".join(f"{c.name}\t{getattr(c, fmt)()}" for c in COHORTS)
     if fmt == "json":
         return json.dumps(
             [{"name": c.name, "property": c.property, "value": c.value, "description": c.description} for c in COHORTS],
             indent=2,
         )
-    raise ValueError(f"unknown cohort format {fmt!r}: use posthog, traceql or json")
+    raise ValueError(f"unknown cohort format {fmt!r}: use {', '.join(FORMATS)}")
