@@ -5,9 +5,11 @@ Most trace stores (Jaeger, Tempo, Phoenix) take OTLP traces but answer HTTP
 return ``FAILURE`` on every export, with an error log each time, and do not say
 why to their caller. We learn the answer through public hooks only:
 
-- OTLP/HTTP: the exporter takes a ``requests.Session``; a response hook on it
-  sees each status code (both the 1.27 and the 1.45 exporters send through it);
-- OTLP/gRPC: the exporter reports the status only in its error log record, whose
+- OTLP/HTTP: the exporter takes a ``requests.Session``; ours
+  (:class:`~otel_segments.sinks.transport.PeerSession`) records each answer, its
+  status and a redirect's ``Location`` (both the 1.27 and the 1.45 exporters send
+  through it), never follows a redirect and bounds each request in total;
+- OTLP/gRPC: the exporter reports the status only in its log records, whose
   arguments carry the ``grpc.StatusCode``; a logging filter on that logger reads
   it for the threads that are exporting for us, and lets the record through.
 
@@ -23,12 +25,15 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
 from . import config
+
+if TYPE_CHECKING:
+    from .sinks.transport import Answer
 
 _logger = logging.getLogger(__name__)
 
@@ -47,32 +52,36 @@ class SignalSupport:
         self._url: str | None = None
 
     def exporter_kwargs(self) -> dict[str, Any]:
-        """Constructor options for this signal's OTLP exporter: for OTLP/HTTP, a session that watches its answers."""
+        """Constructor options for this signal's OTLP exporter: for OTLP/HTTP, our session (see the module's docstring)."""
         if config.protocol(self.signal) != "http/protobuf":
             return {}
-        import requests
+        from .sinks.transport import PeerSession
 
-        session = requests.Session()
-        session.hooks["response"].append(self._on_response)
-        return {"session": session}
-
-    def _on_response(self, response: Any, *args: Any, **kwargs: Any) -> None:
-        if response.status_code in REFUSING_STATUS:
-            self.refused = f"HTTP {response.status_code}"
-            self._url = response.url
+        return {"session": PeerSession()}
 
     @contextmanager
-    def watching(self) -> Iterator[None]:
-        """Around an export: a gRPC exporter's UNIMPLEMENTED in this thread counts as a refusal."""
-        if config.protocol(self.signal) != "grpc":
-            yield
-            return
+    def watching(self, *, stop_retrying_too_large: bool = False) -> Iterator[Answer]:
+        """Around an export: what the peer answered (HTTP through our session, gRPC through the exporter's logs).
+
+        An HTTP 404/405 or a gRPC ``UNIMPLEMENTED`` counts as a refusal of the signal. With
+        ``stop_retrying_too_large``, a gRPC ``RESOURCE_EXHAUSTED`` ends the export at once
+        (:class:`GrpcTooLargeError` out of ``export()``) instead of the SDK retrying, for up
+        to a minute on 1.27, a request the collector will never take.
+        """
+        from .sinks.transport import watch_answers
+
         ident = threading.get_ident()
-        _GrpcStatusFilter.install().watch(ident, self)
-        try:
-            yield
-        finally:
-            _GrpcStatusFilter.install().unwatch(ident)
+        with watch_answers() as answer:
+            _GrpcStatusFilter.install().watch(ident, answer, stop_retrying_too_large)
+            try:
+                yield answer
+            finally:
+                _GrpcStatusFilter.install().unwatch(ident)
+                if answer.status in REFUSING_STATUS:
+                    self.refused = f"HTTP {answer.status}"
+                    self._url = answer.url
+                elif answer.grpc == "UNIMPLEMENTED":
+                    self.refused = "gRPC UNIMPLEMENTED"
 
     def message(self) -> str:
         """The one line a user needs: what answered, what is off now, which variables fix it."""
@@ -103,15 +112,19 @@ def safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
 
 
+class GrpcTooLargeError(Exception):
+    """Raised out of a gRPC exporter's ``export()`` when the collector answered ``RESOURCE_EXHAUSTED``."""
+
+
 class _GrpcStatusFilter(logging.Filter):
-    """Reads the ``grpc.StatusCode`` of the gRPC exporter's error records for the threads we watch."""
+    """Reads the ``grpc.StatusCode`` of the gRPC exporter's records for the threads we watch."""
 
     _installed: _GrpcStatusFilter | None = None
     _lock = threading.Lock()
 
     def __init__(self) -> None:
         super().__init__()
-        self._watched: dict[int, SignalSupport] = {}
+        self._watched: dict[int, tuple[Answer, bool]] = {}
 
     @classmethod
     def install(cls) -> _GrpcStatusFilter:
@@ -123,18 +136,24 @@ class _GrpcStatusFilter(logging.Filter):
                 logging.getLogger(_GRPC_EXPORTER_LOGGER).filters.insert(0, cls._installed)
             return cls._installed
 
-    def watch(self, ident: int, support: SignalSupport) -> None:
-        self._watched[ident] = support
+    def watch(self, ident: int, answer: Answer, stop_too_large: bool) -> None:
+        self._watched[ident] = (answer, stop_too_large)
 
     def unwatch(self, ident: int) -> None:
         self._watched.pop(ident, None)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        support = self._watched.get(threading.get_ident())
-        if support is not None and isinstance(record.args, tuple):
-            for arg in record.args:
-                if getattr(arg, "name", None) == "UNIMPLEMENTED" and type(arg).__name__ == "StatusCode":
-                    support.refused = "gRPC UNIMPLEMENTED"
+        watched = self._watched.get(threading.get_ident())
+        if watched is None or not isinstance(record.args, tuple):
+            return True
+        answer, stop_too_large = watched
+        for arg in record.args:
+            if type(arg).__name__ == "StatusCode" and isinstance(getattr(arg, "name", None), str):
+                answer.grpc = arg.name
+                if arg.name == "RESOURCE_EXHAUSTED" and stop_too_large:
+                    # The one way to stop the SDK's retries through a public hook: this record is logged
+                    # by the exporting thread itself, just before it would back off and send again.
+                    raise GrpcTooLargeError("the collector answered RESOURCE_EXHAUSTED")
         return True
 
 

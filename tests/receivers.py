@@ -85,6 +85,12 @@ class Receiver:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: Requests for a signal this receiver does not serve (a traces-only backend), per signal (HTTP only).
     refused: Counter[str] = field(default_factory=Counter)
+    #: HTTP: a body larger than this is answered 413, as a proxy or collector with a body limit does.
+    max_body: int | None = None
+    #: HTTP: answer every request with this redirect (status, Location) instead of taking it.
+    redirect: tuple[int, str] | None = None
+    #: Requests refused as too large (HTTP 413 here; gRPC's own limit answers RESOURCE_EXHAUSTED before us).
+    too_large: int = 0
 
     def record(self, signal: str, headers: dict[str, str], request: Any) -> None:
         with self.lock:
@@ -158,8 +164,22 @@ class HttpReceiver(Receiver):
             def do_POST(self) -> None:
                 signal = self.path.rstrip("/").rsplit("/", 1)[-1]
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                wire_size = len(body)
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
+                if receiver.redirect is not None:
+                    self.send_response(receiver.redirect[0])
+                    self.send_header("Location", receiver.redirect[1])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if receiver.max_body is not None and wire_size > receiver.max_body:
+                    with receiver.lock:
+                        receiver.too_large += 1
+                    self.send_response(413)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if signal not in served:
                     with receiver.lock:
                         receiver.refused[signal] += 1
@@ -198,7 +218,8 @@ class GrpcReceiver(Receiver):
     A service left out is unknown to the server, which answers UNIMPLEMENTED, as a traces-only backend does.
     """
 
-    def __init__(self, signals: Iterable[str] = tuple(_REQUEST_TYPES)) -> None:
+    def __init__(self, signals: Iterable[str] = tuple(_REQUEST_TYPES), max_message: int | None = None) -> None:
+        """``max_message``: gRPC's own receive limit (``grpc.max_receive_message_length``; its default is 4 MiB)."""
         super().__init__()
         receiver = self
         served = set(signals)
@@ -212,7 +233,8 @@ class GrpcReceiver(Receiver):
 
             return type(f"{signal}Servicer", (base,), {method: export})()
 
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        options = [] if max_message is None else [("grpc.max_receive_message_length", max_message)]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
         if "traces" in served:
             trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
                 servicer("traces", trace_service_pb2_grpc.TraceServiceServicer, "Export"), self.server

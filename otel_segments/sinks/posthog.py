@@ -11,12 +11,18 @@ saying whether the batches arrived. A segment update must never be lost, so:
    no consumer thread, no atexit hook and no feature-flag poller;
 2. each batch is *sent* with the SDK's own request function,
    ``posthog.request.batch_post`` (``POST {host}/batch/``, optionally gzip), in the
-   calling thread, and only an HTTP 200 counts.
+   calling thread, through our session
+   (:class:`~otel_segments.sinks.transport.PeerSession`: a redirect is never
+   followed, so the body and its ``api_key`` never go to another host and no GET
+   stands in for the POST; each request has a total deadline), and only an HTTP
+   200 counts.
 
-``deliver`` therefore returns only when PostHog accepted every event of the
-batch, and raises :class:`~otel_segments.sinks.DeliveryError` otherwise; the job
-keeps the users pending and retries on its next cycle. Person-property updates
-are idempotent, so a batch sent twice (after a partial failure) does no harm.
+An event over PostHog's 900 KiB limit is never sent (PostHog drops it): its user
+is refused for good and named by the job, which retries it on later cycles. A 413
+splits the request in halves, down to one user. ``deliver`` returns the refused
+users once PostHog accepted every other event of the batch, and raises
+:class:`~otel_segments.sinks.DeliveryError` (naming the users accepted before it
+stopped) otherwise; the job keeps the rest pending for its next cycle.
 """
 
 from __future__ import annotations
@@ -26,19 +32,19 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from .. import native
 from ..config import Secret
 from ..context import is_pii_key, pii_allowed
 from ..properties import detect_process_properties
 from ..segments import UserSegment
-from . import DeliveryError
+from . import DeliveryError, Refusal
+from .transport import PeerAbortedError, PeerSession, watch_answers
 
 _logger = logging.getLogger(__name__)
 
@@ -79,8 +85,10 @@ MAX_RETRY_AFTER_S = 600.0
 class RateLimitedError(DeliveryError):
     """PostHog answered 429 (or 503 with Retry-After); ``retry_after_s`` says when to come back."""
 
-    def __init__(self, message: str, retry_after_s: float | None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, retry_after_s: float | None, *, accepted: Iterable[str] = (), refused: Iterable[Refusal] = ()
+    ) -> None:
+        super().__init__(message, accepted=accepted, refused=refused)
         self.retry_after_s = retry_after_s
 
 
@@ -123,7 +131,7 @@ class PostHogSink:
         self._lock = native.Lock()
         self._pid: int | None = None
         self._client: Any = None
-        self._session: requests.Session | None = None
+        self._session: PeerSession | None = None
         self._built: list[dict[str, Any]] = []
         self._not_before = 0.0
         self._shut = False
@@ -170,11 +178,7 @@ class PostHogSink:
             disable_geoip=True,
             max_retries=0,
         )
-        session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
-        self._session = session
+        self._session = PeerSession()
         self._pid = pid
         return self._client
 
@@ -183,25 +187,29 @@ class PostHogSink:
         return event
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
-        """Nothing is ever pending here (``deliver`` is synchronous); release the client and connections."""
-        with self._lock:
-            self._shut = True
-            client, session = self._client, self._session
-            self._client = self._session = None
-            if self._pid != os.getpid():
-                return
+        """Release the client and connections at once, ending a post in flight; never waits for a delivery.
+
+        Nothing is ever pending here (``deliver`` is synchronous). A delivery stuck on a
+        PostHog that does not answer holds the sink's lock, so shutdown does not take it:
+        it marks the sink shut and aborts the session, whose request in flight then fails.
+        """
+        self._shut = True
+        client, session, pid = self._client, self._session, self._pid
+        self._client = self._session = None
+        if pid != os.getpid():
+            return  # a forked child leaves its parent's connections alone
+        if session is not None:
+            session.close()  # aborts the request in flight, if any
         if client is not None:
             try:
                 client.shutdown()
             except Exception:
                 _logger.warning("otel_segments: the PostHog client did not shut down cleanly", exc_info=True)
-        if session is not None:
-            session.close()
 
     # -- delivery ----------------------------------------------------------------------------------------------
 
-    def deliver(self, batch: Sequence[UserSegment]) -> None:
-        """Send every update in ``batch``; return only when PostHog answered 200 to all of it."""
+    def deliver(self, batch: Sequence[UserSegment]) -> list[Refusal]:
+        """Send every update in ``batch``; return the users refused for good once PostHog answered 200 to all others."""
         with self._lock:
             if self._shut:
                 raise DeliveryError("the PostHog sink is shut down; nothing was sent")
@@ -210,21 +218,41 @@ class PostHogSink:
                 raise RateLimitedError(
                     f"PostHog at {self.host} asked us to wait; {wait:.0f}s left, {len(batch)} updates not sent", wait
                 )
+            accepted: list[str] = []
+            refused: list[Refusal] = []
             try:
-                events = self._build(batch)
-                sent = 0
-                for chunk in self._chunks(events):
-                    self._post(chunk, sent, len(events))
-                    sent += len(chunk)
+                events = self._build(batch, accepted, refused)
+                total = len(events)
+                pending = list(self._chunks(events))
+                pending.reverse()
+                while pending:
+                    chunk = pending.pop()
+                    status = self._post(chunk, accepted, refused, total)
+                    if status is None:
+                        accepted.extend(user for user, _, _ in chunk)
+                    elif len(chunk) > 1:  # 413: each half on its own, in order
+                        half = len(chunk) // 2
+                        pending.extend((chunk[half:], chunk[:half]))
+                    else:
+                        refused.append(Refusal(chunk[0][0], f"PostHog answered HTTP {status} to its update alone"))
             except DeliveryError:
                 raise
             except Exception as error:  # the contract: anything short of a 200 is a DeliveryError
-                raise DeliveryError(f"delivering to PostHog failed unexpectedly ({type(error).__name__})") from error
+                raise DeliveryError(
+                    f"delivering to PostHog failed unexpectedly ({type(error).__name__})", accepted=accepted, refused=refused
+                ) from error
+            return refused
 
-    def _build(self, batch: Sequence[UserSegment]) -> list[dict[str, Any]]:
+    def _build(
+        self, batch: Sequence[UserSegment], accepted: list[str], refused: list[Refusal]
+    ) -> list[tuple[str, dict[str, Any], int]]:
+        """(user id, event, its size in bytes) per user to send; a user with nothing to send counts as accepted,
+        one whose event is over PostHog's limit as refused."""
         from posthog import new_context
+        from posthog.request import DatetimeSerializer
 
         client = self._ensure()
+        events: list[tuple[str, dict[str, Any], int]] = []
         self._built = []
         try:
             # A fresh PostHog context: tags or a session id of whatever context called us must not leak in.
@@ -234,6 +262,7 @@ class PostHogSink:
                         native.let_others_run()  # the SDK builds an event in ~0.1-0.2 ms of Python: the app's requests first
                     properties = _person_properties(segment)
                     if not properties:
+                        accepted.append(segment.distinct_id)
                         continue
                     before = len(self._built)
                     uuid = client.capture(EVENT, distinct_id=str(segment.distinct_id), properties=properties)
@@ -241,49 +270,76 @@ class PostHogSink:
                         raise DeliveryError(
                             f"the PostHog SDK did not build the event for one of {len(batch)} users; nothing was sent"
                         )
-            return self._built
+                    event = self._built[-1]
+                    size = len(json.dumps(event, cls=DatetimeSerializer).encode())  # as posthog.consumer measures it
+                    if size > MAX_EVENT_BYTES:
+                        refused.append(
+                            Refusal(
+                                segment.distinct_id,
+                                f"its update is {size} bytes, over PostHog's {MAX_EVENT_BYTES // 1024} KiB event limit",
+                            )
+                        )
+                    else:
+                        events.append((segment.distinct_id, event, size))
+            return events
         finally:
             self._built = []
 
-    def _chunks(self, events: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-        from posthog.request import DatetimeSerializer
-
-        pending = [events[i : i + self.batch_size] for i in range(0, len(events), self.batch_size)]
-        pending.reverse()
-        while pending:
-            chunk = pending.pop()
-            size = len(json.dumps(chunk, cls=DatetimeSerializer).encode())
-            if size <= MAX_REQUEST_BYTES:
+    def _chunks(self, events: list[tuple[str, dict[str, Any], int]]) -> Iterator[list[tuple[str, dict[str, Any], int]]]:
+        """Requests of at most ``batch_size`` events and 5 MiB, in order."""
+        chunk: list[tuple[str, dict[str, Any], int]] = []
+        size = 0
+        for entry in events:
+            if chunk and (len(chunk) == self.batch_size or size + entry[2] + 1 > MAX_REQUEST_BYTES - 1024):
                 yield chunk
-            elif len(chunk) == 1:
-                raise DeliveryError(
-                    f"one user's update is {size} bytes, over PostHog's {MAX_EVENT_BYTES // 1024} KiB event limit; "
-                    "nothing from this point on was sent"
-                )
-            else:
-                half = len(chunk) // 2
-                pending.extend((chunk[half:], chunk[:half]))
+                chunk, size = [], 0
+            chunk.append(entry)
+            size += entry[2] + 1
+        if chunk:
+            yield chunk
 
-    def _post(self, chunk: list[dict[str, Any]], sent: int, total: int) -> None:
+    def _post(
+        self, chunk: list[tuple[str, dict[str, Any], int]], accepted: list[str], refused: list[Refusal], total: int
+    ) -> int | None:
+        """None once PostHog answered 200; 413 when it refused the request as too large; raises otherwise."""
         from posthog.request import APIError, batch_post
 
+        sent = len(accepted)
         done = f"{sent} of {total} updates were accepted before this batch" if sent else "no update was accepted"
-        # One immediate retry on a connection error: a pooled keep-alive connection that the server
-        # closed between cycles fails this way, and a fresh connection is then used.
-        for attempt in (1, 2):
+
+        def failed(message: str) -> DeliveryError:
+            return DeliveryError(message, accepted=accepted, refused=refused)
+
+        deadline = time.monotonic() + self.timeout_s
+        # One immediate retry on a connection error, within the same deadline: a pooled keep-alive connection
+        # that the server closed between cycles fails this way, and a fresh connection is then used.
+        attempt = 0
+        while True:
+            attempt += 1
+            if self._shut or self._session is None:
+                raise failed(f"the PostHog sink was shut down mid-delivery; {done}")
             try:
-                batch_post(
-                    self._api_key.reveal(),
-                    self._host,
-                    gzip=self.gzip,
-                    timeout=self.timeout_s,
-                    session=self._session,
-                    batch=chunk,
-                    historical_migration=False,
-                )
-                return
+                with watch_answers() as answer:
+                    batch_post(
+                        self._api_key.reveal(),
+                        self._host,
+                        gzip=self.gzip,
+                        timeout=max(deadline - time.monotonic(), 0.001),
+                        session=self._session,
+                        batch=[event for _, event, _ in chunk],
+                        historical_migration=False,
+                    )
+                return None
             except APIError as error:
                 status = error.status
+                if status == 413:
+                    return 413
+                if isinstance(status, int) and 300 <= status < 400:
+                    raise failed(
+                        f"PostHog at {self.host} answered HTTP {status} redirecting to "
+                        f"{answer.location or '(no Location)'} for a batch of {len(chunk)} updates; redirects are never "
+                        f"followed (nothing was sent there): set POSTHOG_HOST to the final address; {done}"
+                    ) from None
                 retry_after = getattr(error, "retry_after", None)
                 if status == 429 or (retry_after is not None and status == 503):
                     wait = min(max(retry_after or 0.0, 0.0), MAX_RETRY_AFTER_S)
@@ -292,19 +348,23 @@ class PostHogSink:
                         f"PostHog at {self.host} rate-limited a batch of {len(chunk)} updates (HTTP {status}, "
                         f"retry after {wait:.0f}s); {done}",
                         wait,
+                        accepted=accepted,
+                        refused=refused,
                     ) from None
-                raise DeliveryError(
+                raise failed(
                     f"PostHog at {self.host} answered HTTP {status} to a batch of {len(chunk)} updates; {done}"
                 ) from None
             except requests.Timeout:
-                raise DeliveryError(
+                raise failed(
                     f"PostHog at {self.host} did not answer within {self.timeout_s:g}s (batch of {len(chunk)} updates); {done}"
                 ) from None
+            except PeerAbortedError:
+                raise failed(f"the PostHog sink was shut down mid-delivery; {done}") from None
             except requests.ConnectionError as error:
-                if attempt == 2:
-                    raise DeliveryError(f"could not reach PostHog at {self.host} ({_cause(error)}); {done}") from None
+                if attempt == 2 or deadline <= time.monotonic():
+                    raise failed(f"could not reach PostHog at {self.host} ({_cause(error)}); {done}") from None
             except requests.RequestException as error:
-                raise DeliveryError(f"the request to PostHog at {self.host} failed ({type(error).__name__}); {done}") from None
+                raise failed(f"the request to PostHog at {self.host} failed ({type(error).__name__}); {done}") from None
 
 
 def _person_properties(segment: UserSegment) -> dict[str, Any]:

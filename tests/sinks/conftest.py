@@ -7,11 +7,14 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
+
+from tests.slow_peer import DRIP, HANG, SlowPeer
 
 
 @dataclass
@@ -23,6 +26,8 @@ class Capture:
     #: Answers to give, in order; when empty, 200.
     answers: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     delay_s: float = 0.0
+    #: A body (as sent, before gzip) larger than this is answered 413, as a proxy with a body limit does.
+    max_body: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -31,11 +36,14 @@ class Capture:
 
     def handle(self, request: Request) -> Response:
         raw = request.get_data()
+        wire_size = len(raw)
         if request.headers.get("Content-Encoding") == "gzip":
             raw = gzip.decompress(raw)
         body = json.loads(raw)
         with self.lock:
             status, headers = self.answers.pop(0) if self.answers else (200, {})
+            if self.max_body is not None and wire_size > self.max_body:
+                status, headers = 413, {}
             self.requests.append(
                 {
                     "path": request.path,
@@ -57,6 +65,64 @@ class Capture:
 
     def by_user(self) -> dict[str, dict[str, Any]]:
         return {e["distinct_id"]: e for e in self.events()}
+
+
+class Bystander:
+    """Another host, where a redirect would send the request: it records whatever reaches it (any method) and says 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, bytes]] = []
+        bystander = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+                bystander.requests.append((self.command, self.path, body))
+                payload = b'{"status": 1}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_GET(self) -> None:
+                self._any()
+
+            def do_POST(self) -> None:
+                self._any()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def bystander() -> Iterator[Bystander]:
+    other = Bystander()
+    yield other
+    other.close()
+
+
+@pytest.fixture
+def drip_peer() -> Iterator[SlowPeer]:
+    """Answers 200 headers at once, then one byte every 2 s."""
+    peer = SlowPeer(DRIP, interval_s=2.0)
+    yield peer
+    peer.close()
+
+
+@pytest.fixture
+def hang_peer() -> Iterator[SlowPeer]:
+    """Takes the connection and the request, never answers."""
+    peer = SlowPeer(HANG)
+    yield peer
+    peer.close()
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import socket
+import threading
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -16,7 +18,10 @@ from otel_segments.context import set_privacy_policy
 from otel_segments.segments import UserSegment
 from otel_segments.sinks import DeliveryError
 from otel_segments.sinks.otlp import EVENT_NAME, OtlpSegmentSink, log_exporter
-from tests.receivers import Receiver
+from tests.delivery import wait_until
+from tests.receivers import GrpcReceiver, HttpReceiver, Receiver
+from tests.sinks.conftest import Bystander
+from tests.slow_peer import SlowPeer
 
 TOKEN = "otlp-bearer-token-xyz"
 BASE = Resource({"service.name": "timetracker", "deployment.environment.name": "test"})
@@ -156,3 +161,89 @@ def test_shut_down_sink_refuses(http_receiver: Receiver, monkeypatch: pytest.Mon
     with pytest.raises(DeliveryError, match="shut down"):
         sink.deliver(users(1))
     assert http_receiver.of("logs") == []
+
+
+def test_a_collector_redirect_is_a_failure_naming_its_location(
+    http_receiver: Receiver, bystander: Bystander, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An http-to-https ingress answers 308: the SDK would count it as exported (any status < 400); we do not."""
+    http_receiver.redirect = (308, f"http://user:pw@{bystander.url[7:]}/v1/logs?sig=abc")
+    sink = OtlpSegmentSink(exporter_for(http_receiver.endpoint, "http/protobuf", monkeypatch), BASE)  # type: ignore[arg-type]
+
+    with pytest.raises(DeliveryError) as raised:
+        sink.deliver(users(40))
+
+    assert raised.value.accepted == ()
+    assert f"HTTP 308 redirecting to {bystander.url}/v1/logs" in str(raised.value)
+    assert "pw" not in str(raised.value) and "sig" not in str(raised.value)
+    assert bystander.requests == []  # the body never went to the other host
+    assert http_receiver.logs() == []
+
+
+def _padded(n: int, pad: int) -> list[UserSegment]:
+    return [UserSegment(str(i), set={"role": f"{i}:" + "r" * pad}) for i in range(n)]
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_a_collector_body_limit_splits_batches_and_refuses_only_the_user_over_it(
+    protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1 MiB limit: HTTP 413 from a proxy's body limit, gRPC RESOURCE_EXHAUSTED from the server's own message limit.
+
+    Batches of 512 users of ~4 KiB (~2 MiB) are split until they fit; each user arrives exactly once; the one
+    user of 2 MiB is refused alone, and the SDK's own retries of RESOURCE_EXHAUSTED are cut short.
+    """
+    limit = 1024 * 1024
+    receiver: Receiver
+    if protocol == "http/protobuf":
+        receiver = HttpReceiver()
+        receiver.max_body = limit
+    else:
+        receiver = GrpcReceiver(max_message=limit)
+    try:
+        batch = _padded(1200, 4000)
+        batch[700] = UserSegment("700", set={"role": "x" * (2 * 1024 * 1024)})
+        sink = OtlpSegmentSink(exporter_for(receiver.endpoint, protocol, monkeypatch, timeout=5), BASE)  # type: ignore[arg-type]
+
+        refused = sink.deliver(batch)
+
+        assert [r.distinct_id for r in refused] == ["700"]
+        assert "too large" in refused[0].cause and ("413" in refused[0].cause or "RESOURCE_EXHAUSTED" in refused[0].cause)
+        received = [log.resource["user.id"] for log in receiver.logs()]
+        assert sorted(received, key=int) == [str(i) for i in range(1200) if i != 700]  # each exactly once
+    finally:
+        receiver.close()
+
+
+def test_a_dripping_collector_fails_the_batch_within_the_timeout(drip_peer: SlowPeer, monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = OtlpSegmentSink(exporter_for(drip_peer.url, "http/protobuf", monkeypatch, timeout=3), BASE)  # type: ignore[arg-type]
+    started = time.monotonic()
+    with pytest.raises(DeliveryError):
+        sink.deliver(users(3))
+    # The exporter's 3 s timeout is the bound; 2 s of margin for a loaded machine (the drip would last 200,000 s).
+    assert time.monotonic() - started < 3 + 2
+
+
+def test_shutdown_ends_a_delivery_stuck_on_a_collector_that_never_answers(
+    hang_peer: SlowPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = OtlpSegmentSink(exporter_for(hang_peer.url, "http/protobuf", monkeypatch, timeout=60), BASE)  # type: ignore[arg-type]
+    outcome: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            sink.deliver(users(3))
+        except BaseException as error:  # noqa: BLE001 - handed to the test thread
+            outcome.append(error)
+
+    worker = threading.Thread(target=deliver)
+    worker.start()
+    wait_until(lambda: hang_peer.first_bytes, "the export reaching the collector", 10)
+
+    started = time.monotonic()
+    sink.shutdown(timeout_s=1.0)
+    worker.join(10)
+    # Bound: 1 s, with 1 s of margin for a loaded machine; the export fails at once, not after its 60 s timeout.
+    assert time.monotonic() - started < 1 + 1
+    assert not worker.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], DeliveryError), outcome

@@ -6,14 +6,17 @@ import logging
 import os
 import socket
 import threading
+import time
 
 import pytest
 
 from otel_segments.context import set_privacy_policy
 from otel_segments.segments import UserSegment
-from otel_segments.sinks import DeliveryError
+from otel_segments.sinks import DeliveryError, Refusal
 from otel_segments.sinks.posthog import PostHogSink, RateLimitedError
-from tests.sinks.conftest import Capture
+from tests.delivery import wait_until
+from tests.sinks.conftest import Bystander, Capture
+from tests.slow_peer import SlowPeer
 
 API_KEY = "phc_test_secret_key_0123456789"
 SUPER = {"deployment.environment.name": "test", "app.deployment.method": "native"}
@@ -162,9 +165,92 @@ def test_large_events_are_split_to_stay_under_the_request_limit(capture: Capture
     assert set(capture.by_user()) == {str(i) for i in range(40)}
 
 
-def test_an_event_over_the_posthog_limit_fails_the_batch_instead_of_vanishing(capture: Capture) -> None:
-    with pytest.raises(DeliveryError, match="over PostHog's 900 KiB event limit"):
-        sink(capture).deliver([UserSegment("1", set={"blob": "x" * 6_000_000})])
+def test_events_over_the_posthog_limit_are_refused_and_everyone_else_delivered(capture: Capture) -> None:
+    """PostHog drops an event over 900 KiB; such users are refused for good (never sent), the rest go out."""
+    batch = users(3000)
+    batch[1000] = UserSegment(batch[1000].distinct_id, set={"role": "r" * (950 * 1024)})
+    batch[2500] = UserSegment(batch[2500].distinct_id, set={"role": "r" * (2 * 1024 * 1024)})
+
+    refused = sink(capture).deliver(batch)
+
+    assert [r.distinct_id for r in refused] == ["1000", "2500"]
+    assert all("over PostHog's 900 KiB event limit" in r.cause and "1000" not in r.cause for r in refused)
+    received = [e["distinct_id"] for e in capture.events()]
+    assert sorted(received, key=int) == [str(i) for i in range(3000) if i not in (1000, 2500)]  # each once
+
+
+def test_a_413_splits_the_batch_down_to_the_user_it_refuses(capture: Capture) -> None:
+    """A proxy with a 256 KiB body limit: halves go again until only the user too large for it is left, refused alone."""
+    capture.max_body = 256 * 1024
+    batch = [UserSegment(str(i), set={"blob": "x" * 2000}) for i in range(400)]  # ~0.9 MB in all
+    batch[123] = UserSegment("123", set={"blob": "y" * 300_000})  # under PostHog's event limit, over the proxy's
+
+    refused = sink(capture).deliver(batch)
+
+    assert refused == [Refusal("123", "PostHog answered HTTP 413 to its update alone")]
+    assert any(r["status"] == 413 for r in capture.requests)
+    received = [e["distinct_id"] for e in capture.events()]
+    assert sorted(received, key=int) == [str(i) for i in range(400) if i != 123]  # nobody twice, nobody lost
+
+
+def test_a_failure_names_the_users_accepted_before_it(capture: Capture) -> None:
+    capture.answers = [(200, {}), (503, {})]
+    with pytest.raises(DeliveryError) as raised:
+        sink(capture, batch_size=100).deliver(users(250))
+    assert raised.value.accepted == tuple(str(i) for i in range(100))
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_never_followed(capture: Capture, bystander: Bystander, status: int) -> None:
+    """301/302/303 would turn the POST into a body-less GET there; 307/308 would post the api_key there."""
+    capture.answers = [(status, {"Location": f"http://user:pw@{bystander.url[7:]}/batch/?token=abc"})]
+    posthog_sink = sink(capture)
+
+    with pytest.raises(DeliveryError) as raised:
+        posthog_sink.deliver(users(3))
+
+    assert bystander.requests == []  # the other host received nothing, neither GET nor POST
+    assert raised.value.accepted == ()  # nobody counts as delivered
+    message = str(raised.value)
+    assert f"HTTP {status} redirecting to {bystander.url}/batch/" in message
+    assert "pw" not in message and "token" not in message and API_KEY not in message
+    assert len(capture.requests) == 1
+
+
+def test_a_dripping_answer_fails_the_batch_within_the_timeout(drip_peer: SlowPeer) -> None:
+    """200 headers at once, then a byte every 2 s: each read gets a byte in time; the total deadline ends it."""
+    posthog_sink = PostHogSink(API_KEY, drip_peer.url, super_properties={}, timeout_s=3)
+    started = time.monotonic()
+    with pytest.raises(DeliveryError, match=r"did not answer within 3s"):
+        posthog_sink.deliver(users(3))
+    # The bound is the sink's 3 s timeout; 2 s of margin for a loaded machine (the drip alone would last 200,000 s).
+    assert time.monotonic() - started < 3 + 2
+    assert len(drip_peer.accepted) == 1  # no second attempt after the deadline
+
+
+def test_shutdown_ends_a_delivery_stuck_on_a_peer_that_never_answers(hang_peer: SlowPeer) -> None:
+    posthog_sink = PostHogSink(API_KEY, hang_peer.url, super_properties={}, timeout_s=60)
+    outcome: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            posthog_sink.deliver(users(3))
+        except BaseException as error:  # noqa: BLE001 - handed to the test thread
+            outcome.append(error)
+
+    worker = threading.Thread(target=deliver)
+    worker.start()
+    wait_until(lambda: hang_peer.first_bytes, "the post reaching the peer", 10)
+
+    started = time.monotonic()
+    posthog_sink.shutdown(timeout_s=1.0)
+    worker.join(10)
+    # shutdown() never waits for the stuck delivery (its bound here: 1 s; 1 s of margin for a loaded machine),
+    # and the delivery fails at once instead of after its 60 s timeout.
+    assert time.monotonic() - started < 1 + 1
+    assert not worker.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], DeliveryError), outcome
+    assert "shut down mid-delivery" in str(outcome[0])
 
 
 def test_the_api_key_never_shows(capture: Capture, caplog: pytest.LogCaptureFixture) -> None:

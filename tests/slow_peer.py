@@ -1,0 +1,84 @@
+"""A loopback HTTP peer that takes the connection and then answers too slowly: never, or one byte at a time.
+
+``hang``: reads the request and never answers. ``drip``: reads the request, sends
+``200 OK`` headers at once, then one byte of the body every ``interval_s``, for as
+long as the client stays (a requests/urllib3 read timeout never fires: each read gets
+a byte in time). Each accepted connection is counted, with the moment it came.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+HANG = "hang"
+DRIP = "drip"
+
+
+class SlowPeer:
+    def __init__(self, mode: str, interval_s: float = 2.0) -> None:
+        if mode not in (HANG, DRIP):
+            raise ValueError(mode)
+        self.mode = mode
+        self.interval_s = interval_s
+        self.accepted: list[float] = []  # time.monotonic() of each connection
+        self.first_bytes: list[bytes] = []  # the first chunk each connection sent (the request line and headers)
+        self._closed = threading.Event()
+        self._clients: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self._socket.settimeout(0.1)
+        self.port: int = self._socket.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._socket.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.accepted.append(time.monotonic())
+                self._clients.append(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            client.settimeout(1.0)
+            try:
+                first = client.recv(65536)
+            except TimeoutError:
+                first = b""
+            with self._lock:
+                self.first_bytes.append(first)
+            client.settimeout(None)
+            if self.mode == DRIP:
+                client.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+            while not self._closed.wait(self.interval_s):
+                if self.mode == DRIP:
+                    client.sendall(b" ")
+        except OSError:
+            pass  # the client gave up
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._socket.close()
+        with self._lock:
+            for client in self._clients:
+                try:
+                    client.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
