@@ -134,6 +134,7 @@ class RefreshJob:
         self._last_error: str | None = None
         self._cycle_started: float | None = None  # monotonic start of the running cycle
         self._stuck_reported: float | None = None  # start of the last cycle reported as stuck
+        self._holder = False  # held the lease at the last cycle: only then is there anything to flush at exit
 
     # -- driving ---------------------------------------------------------------------------------------------
 
@@ -205,7 +206,8 @@ class RefreshJob:
 
     def _cycle(self, now: datetime | None) -> CycleResult:
         state, lease = self._ensure_state()
-        if not lease.acquire(self.lease_ttl):
+        self._holder = lease.acquire(self.lease_ttl)
+        if not self._holder:
             self._counts = None  # only the holder reports cohort sizes, so a fleet reports each once
             self._sync_cache(state)
             return CycleResult(holder=False)
@@ -325,8 +327,8 @@ class RefreshJob:
         self._sinks.clear()
 
     def _flush(self, deadline: float) -> None:
-        if self._state is None or self._lease is None or self._cycles == 0:
-            return
+        if self._state is None or self._lease is None or self._cycles == 0 or not self._holder:
+            return  # only the last lease holder has anything to deliver: a fleet stopping together connects once
         try:
             if not self._lease.acquire(self.lease_ttl):
                 return

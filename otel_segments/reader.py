@@ -93,9 +93,12 @@ class SegmentsMetricReader(MetricReader):
         self._thread.start()
 
     def _tick(self) -> None:
-        # +-10% on every wait: a fleet started together (a deploy) spreads its cycles, and their
-        # connections, over the interval instead of querying the database in lockstep.
-        while not self._stop.wait(self.interval_s * random.uniform(1 - JITTER, 1 + JITTER)):
+        # A fleet started together (a deploy) must not query the database in lockstep: the first wait falls
+        # anywhere in the interval after the first one, each later one varies by +-10%, so the processes'
+        # cycles, and their connections, stay spread over the interval.
+        wait = self.interval_s * random.uniform(1, 2)
+        while not self._stop.wait(wait):
+            wait = self.interval_s * random.uniform(1 - JITTER, 1 + JITTER)
             try:
                 self.collect(timeout_millis=COLLECT_TIMEOUT_MS)
             except Exception:  # a failed collection must not end the timer (the SDK's reader says the same)
