@@ -23,8 +23,9 @@ class SuperPropertiesSpanProcessor(SpanProcessor):
     Everything is computed before ``on_start``: the process part here, the user
     part when the user is set, the segment part when the refresh job runs. On the
     hot path there is one context-variable read, one dict look-up and one
-    ``set_attributes``. It never raises into the app: the SDK calls ``on_start``
-    inside the app's ``start_span`` with no guard of its own.
+    ``set_attributes`` (of a dict merged once per user and segment, not per
+    span). It never raises into the app: the SDK calls ``on_start`` inside the
+    app's ``start_span`` with no guard of its own.
 
     Beware: these attributes identify users. Set ``OTEL_SEGMENTS_USER_ID_HASH_KEY``
     to send a keyed hash instead of the id where the backend must not hold ids.
@@ -41,6 +42,9 @@ class SuperPropertiesSpanProcessor(SpanProcessor):
         self._segments = segments
         self._trust_baggage = trust_baggage
         self._failed = False
+        # The attributes of the last (user, segment) pair: the spans of one request share both objects, so the
+        # merge runs once per request and per refresh, not per span. One tuple, swapped whole: safe across threads.
+        self._last: tuple[object, object, Mapping[str, Any]] = (None, None, {})
 
     @property
     def segments(self) -> SegmentCache | None:
@@ -56,10 +60,13 @@ class SuperPropertiesSpanProcessor(SpanProcessor):
                     span.set_attributes(self._process)
                 return
             segment = self._segments.get(user.user_id) if self._segments is not None else None
-            if segment:
-                span.set_attributes({**self._process, **segment, **user.attributes})
-            else:
-                span.set_attributes({**self._process, **user.attributes})
+            memo = self._last
+            if memo[0] is user and memo[1] is segment:
+                span.set_attributes(memo[2])
+                return
+            attributes = {**self._process, **segment, **user.attributes} if segment else {**self._process, **user.attributes}
+            self._last = (user, segment, attributes)
+            span.set_attributes(attributes)
         except Exception:
             if not self._failed:
                 self._failed = True

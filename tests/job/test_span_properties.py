@@ -171,3 +171,33 @@ def test_posthog_and_otlp_records_keep_every_property_spans_get_the_default(
     on_span = {k.removeprefix("app.user.") for k in after if k.startswith("app.user.")}
     assert on_span == {name for name in DEFAULT_SPAN_PROPERTIES if name in {**expected.set_once, **expected.set}}
     assert after["app.user.engagement_level"] == expected.set["engagement_level"]
+
+
+def test_the_merged_attributes_follow_the_user_and_each_refresh() -> None:
+    """The processor merges once per (user, segment) pair; a new segment or another user is never served stale."""
+    cache = SegmentCache(10, span_property_selection("default"))
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SuperPropertiesSpanProcessor(segments=cache))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    cache.put("a", {"engagement_level": "low"})
+    cache.put("b", {"engagement_level": "high"})
+    with otel_segments.user_context("a"):
+        tracer.start_span("a1").end()
+        tracer.start_span("a2").end()
+        cache.put("a", {"engagement_level": "very_high"})  # the refresh job, between two spans of one request
+        tracer.start_span("a3").end()
+    with otel_segments.user_context("b"):
+        tracer.start_span("b1").end()
+    with otel_segments.user_context("a", role="admin"):
+        tracer.start_span("a4").end()
+    got = {s.name: (s.attributes["user.id"], s.attributes["app.user.engagement_level"]) for s in exporter.get_finished_spans()}
+    assert got == {
+        "a1": ("a", "low"),
+        "a2": ("a", "low"),
+        "a3": ("a", "very_high"),
+        "b1": ("b", "high"),
+        "a4": ("a", "very_high"),
+    }
+    assert [s.attributes.get("app.user.role") for s in exporter.get_finished_spans()][-1] == "admin"
