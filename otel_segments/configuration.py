@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -52,6 +52,7 @@ class Configured:
     job: RefreshJob | None = None
     meter_provider: MeterProvider | None = None  # the refresh job's own, see otel_segments.reader
     _shut: bool = field(default=False, repr=False)
+    _request: _Request | None = field(default=None, repr=False)
 
     @property
     def enabled(self) -> bool:
@@ -65,6 +66,7 @@ class Configured:
             self.job.shutdown()  # first: the meter provider's last collection must not start a refresh
         if self.meter_provider is not None:
             self.meter_provider.shutdown()
+
         if self.job is not None:
             for engine in {id(e): e for e in (self.job.app_engine, self.job.state_engine)}.values():
                 engine.dispose()
@@ -72,6 +74,40 @@ class Configured:
             for provider in (trace.get_tracer_provider(), metrics.get_meter_provider(), get_logger_provider()):
                 if isinstance(provider, TracerProvider | MeterProvider | LoggerProvider):
                     provider.shutdown()
+
+
+@dataclass
+class _Request:
+    """What the first :func:`configure` call asked for, to tell what a later call would change."""
+
+    settings: Settings
+    environment: dict[str, str] | None  # the settings' variables when read from the environment, else None
+    allow_pii: bool
+    tracer_provider: TracerProvider | None
+    sdk_options: dict[str, Any]
+    reported: set[tuple[str, ...]] = field(default_factory=set)
+
+    def ignored(
+        self, settings: Settings | None, allow_pii: bool, tracer_provider: TracerProvider | None, sdk_options: dict[str, Any]
+    ) -> list[str]:
+        """What a later call asks for differently, by name only (a setting's value may be a secret)."""
+        if settings is None and self.environment is not None and _environment() != self.environment:
+            settings = Settings.from_env()
+        names = [] if settings is None else _differences(settings, self.settings)
+        if allow_pii != self.allow_pii:
+            names.append("allow_pii")
+        if tracer_provider is not None and tracer_provider is not self.tracer_provider:
+            names.append("tracer_provider")
+        names += sorted(k for k, v in sdk_options.items() if k not in self.sdk_options or self.sdk_options[k] is not v)
+        return names
+
+
+def _differences(settings: Settings, before: Settings) -> list[str]:
+    return [f.name for f in fields(Settings) if getattr(settings, f.name) != getattr(before, f.name)]
+
+
+def _environment() -> dict[str, str]:
+    return {name: os.environ.get(name, "") for name in config.SETTINGS_VARIABLES}
 
 
 _lock = threading.Lock()
@@ -85,7 +121,12 @@ def configure(
     tracer_provider: TracerProvider | None = None,
     **sdk_options: Any,
 ) -> Configured:
-    """Set up otel_segments from the environment; idempotent, never raises.
+    """Set up otel_segments from the environment; never raises.
+
+    A second call returns the same handle; when it asks for something else (other settings, ``allow_pii``,
+    a provider, SDK options) it warns once, naming what it ignored. After ``handle.shutdown()`` a call sets
+    up anew: a new span processor and refresh job (when the first call built the global providers, they stay
+    shut down, as OpenTelemetry lets none replace them: that call warns that the app's spans are not exported).
 
     When the app set up OpenTelemetry first (the global TracerProvider, or
     ``tracer_provider`` when the app keeps its own out of the global), our span
@@ -112,20 +153,54 @@ def _configure(
 ) -> Configured:
     global _configured
     with _lock:
-        if _configured is not None:
+        if _configured is not None and not _configured._shut:
+            _report_ignored(_configured, settings, allow_pii, tracer_provider, sdk_options)
             return _configured
-        settings = settings or Settings.from_env()
+        revived = _configured is not None and _configured.owns_providers
+        request = _Request(
+            settings or Settings.from_env(),
+            None if settings is not None else _environment(),
+            allow_pii,
+            tracer_provider,
+            dict(sdk_options),
+        )
+        settings = request.settings
         reason = settings.disabled_reason
         if reason is not None:
-            _logger.info("otel_segments is off: %s", reason)
-            _configured = Configured(settings)
+            # At WARNING when the operator meant it on: under opentelemetry-instrument logging is not configured
+            # yet, and only WARNING and above reach stderr then. A plain unset environment stays quiet.
+            _logger.log(logging.WARNING if settings.meant_on else logging.INFO, "otel_segments is off: %s", reason)
+            _configured = Configured(settings, _request=request)
             return _configured
         try:
-            _configured = _configure_enabled(settings, allow_pii, tracer_provider, sdk_options, instrumented)
+            _configured = _configure_enabled(settings, allow_pii, tracer_provider, sdk_options, instrumented, revived)
         except Exception:
             _logger.exception("otel_segments could not set up OpenTelemetry; the app runs without it")
             _configured = Configured(settings)
+        _configured._request = request
         return _configured
+
+
+def _report_ignored(
+    handle: Configured,
+    settings: Settings | None,
+    allow_pii: bool,
+    tracer_provider: TracerProvider | None,
+    sdk_options: dict[str, Any],
+) -> None:
+    """A later call changes nothing: say once what it asked for in vain (raw ids keep going out, say)."""
+    request = handle._request
+    if request is None:
+        return
+    ignored = tuple(request.ignored(settings, allow_pii, tracer_provider, sdk_options))
+    if ignored and ignored not in request.reported:
+        request.reported.add(ignored)
+        _logger.warning(
+            "otel_segments: configure() was already called; this call's %s %s ignored (call handle.shutdown() "
+            "first to set up anew)",
+            ", ".join(ignored),
+            "is" if len(ignored) == 1 else "are",
+        )
 
 
 def _configure_enabled(
@@ -134,6 +209,7 @@ def _configure_enabled(
     tracer_provider: TracerProvider | None,
     sdk_options: dict[str, Any],
     instrumented: bool,
+    revived: bool = False,
 ) -> Configured:
     set_privacy_policy(
         hash_key=settings.user_id_hash_key.reveal().encode() if settings.user_id_hash_key else None,
@@ -146,7 +222,14 @@ def _configure_enabled(
     provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
     if isinstance(provider, TracerProvider):
         provider.add_span_processor(processor)
-        report_token_missing(instrumented)
+        if revived and tracer_provider is None:
+            _logger.warning(
+                "otel_segments: set up anew after shutdown(), but the providers the first configure() built were shut "
+                "down with it and OpenTelemetry lets no other take the global one's place: the app's spans are not "
+                "exported until the process restarts (the refresh job and its exports run again)"
+            )
+        else:
+            report_token_missing(instrumented)
     else:
         sanitize_environment()
         # The app's own options are merged with ours, not passed twice (a duplicate keyword would abort set-up).

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from .values import Secret, read
+from .values import Secret, host_of, is_loopback, read, safe_url
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -27,17 +27,10 @@ OTEL_EXPORTER_OTLP_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
 SIGNALS = ("traces", "metrics", "logs")
 PROTOCOLS = ("grpc", "http/protobuf")
 DEFAULT_PROTOCOL = "grpc"  # what the Python SDK and opentelemetry-distro use when none is set
-_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+TOKEN_REFUSED = "characters a bearer token cannot have (spaces, control or non-ASCII characters)"
 
 
-def url(env: Mapping[str, object], name: str, default: str) -> str:
-    raw = read(env, name)
-    if not raw:
-        return default
-    return _with_scheme(name, raw) or default
-
-
-def _url_problem(url: str) -> str | None:
+def url_problem(url: str) -> str | None:
     """Why the exporters or requests could not use ``url``, or None."""
     if not url.isprintable() or any(c.isspace() for c in url):
         return "has spaces or control characters"
@@ -53,24 +46,25 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-def _with_scheme(name: str, raw: str, *, bearer_token: bool = False) -> str | None:
+def with_scheme(name: str, raw: str, *, consequence: str = "ignoring it", bearer_token: bool = False) -> str | None:
     """``raw`` as a usable http(s) URL, adding ``http://`` when the scheme is missing; None when unusable.
 
-    One warning at most: a missing scheme and, for a URL that carries the ``bearer_token``, plain http
-    to a host other than this one are reported together. Values are shortened in the message.
+    One warning at most: an unusable value (ending in ``consequence``), or a missing scheme and, for a URL
+    that carries the ``bearer_token``, plain http to a host other than this one, reported together. URLs
+    are shown by :func:`safe_url`: never a user or password, however malformed.
     """
     added = "://" not in raw
     url = "http://" + raw if added else raw
-    problem = _url_problem(url)
+    problem = url_problem(url)
     if problem is not None:
-        _logger.warning("%s=%r %s; ignoring it", name, raw[:200], problem)
+        _logger.warning("%s=%r %s; %s", name, safe_url(raw), problem, consequence)
         return None
-    host = urlsplit(url).hostname or ""
-    exposed = bearer_token and url.startswith("http://") and host not in _LOOPBACK_HOSTS and not host.startswith("127.")
+    host = host_of(url)
+    exposed = bearer_token and urlsplit(url).scheme == "http" and not is_loopback(host)
     risk = f"{host[:200]} over plain http: the bearer token travels unencrypted; use https"
     if added:
         _logger.warning(
-            "%s=%r has no scheme; using %r%s", name, raw[:200], url[:207], f", which points at {risk}" if exposed else ""
+            "%s=%r has no scheme; using %r%s", name, safe_url(raw), safe_url(url), f", which points at {risk}" if exposed else ""
         )
     elif exposed:
         _logger.warning("%s points at %s", name, risk)
@@ -81,20 +75,62 @@ def endpoint(env: Mapping[str, object]) -> str | None:
     raw = read(env, OTEL_EXPORTER_OTLP_ENDPOINT)
     if not raw:
         return None
-    return _with_scheme(OTEL_EXPORTER_OTLP_ENDPOINT, raw, bearer_token=True)
+    return with_scheme(OTEL_EXPORTER_OTLP_ENDPOINT, raw, consequence="the plugin stays off", bearer_token=True)
+
+
+def endpoint_refused(env: Mapping[str, object]) -> str | None:
+    """Why a set ``OTEL_EXPORTER_OTLP_ENDPOINT`` was refused (for the plugin's "off" line), or None. Never warns."""
+    raw = read(env, OTEL_EXPORTER_OTLP_ENDPOINT)
+    if not raw:
+        return None
+    return url_problem(raw if "://" in raw else "http://" + raw)
 
 
 def protocol(signal: str, environ: Mapping[str, str] | None = None) -> str:
     """The OTLP protocol for ``signal``, falling back (with a warning) when the value is unknown."""
     env = os.environ if environ is None else environ
-    for name in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL", OTEL_EXPORTER_OTLP_PROTOCOL):
-        raw = env.get(name, "").strip()
-        if raw:
-            if raw in PROTOCOLS:
-                return raw
-            _logger.warning("%s=%r is not one of %s; using %s", name, raw[:64], ", ".join(PROTOCOLS), DEFAULT_PROTOCOL)
-            return DEFAULT_PROTOCOL
-    return DEFAULT_PROTOCOL
+    name, raw = _protocol_variable(signal, env)
+    if raw and raw not in PROTOCOLS:
+        _logger.warning("%s=%r is not one of %s; using %s", name, raw[:64], ", ".join(PROTOCOLS), DEFAULT_PROTOCOL)
+    return raw if raw in PROTOCOLS else DEFAULT_PROTOCOL
+
+
+def _protocol_variable(signal: str, env: Mapping[str, object]) -> tuple[str, str]:
+    """The variable that sets ``signal``'s protocol and its value (empty when neither is set)."""
+    per_signal = f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL"
+    raw = read(env, per_signal)
+    return (per_signal, raw) if raw else (OTEL_EXPORTER_OTLP_PROTOCOL, read(env, OTEL_EXPORTER_OTLP_PROTOCOL))
+
+
+def warn_plain_text_endpoints(env: Mapping[str, object]) -> None:
+    """One warning for each per-signal endpoint over which an exporter would send the bearer token unencrypted.
+
+    The general ``OTEL_EXPORTER_OTLP_ENDPOINT`` is checked where it is read (:func:`endpoint`). As the SDK's
+    exporters decide: OTLP/HTTP sends in plain text to an ``http://`` URL; OTLP/gRPC to any URL but
+    ``https://`` when ``OTEL_EXPORTER_OTLP_<SIGNAL>_INSECURE`` (else ``OTEL_EXPORTER_OTLP_INSECURE``) is
+    ``true``, and to ``http://`` when neither is set. A loopback address is not a risk.
+    """
+    for signal in SIGNALS:
+        name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+        raw = read(env, name)
+        if not raw:
+            continue
+        scheme = raw.partition("://")[0].lower() if "://" in raw else ""
+        insecure_by = None
+        chosen = _protocol_variable(signal, env)[1]
+        if (chosen if chosen in PROTOCOLS else DEFAULT_PROTOCOL) == "grpc":
+            for variable in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE"):
+                value = env.get(variable)
+                if isinstance(value, str):
+                    insecure_by = variable if value.lower() == "true" else None
+                    break
+            plain = scheme != "https" and (insecure_by is not None or scheme == "http")
+        else:
+            plain = scheme == "http"
+        host = host_of(raw)
+        if plain and host and not is_loopback(host):
+            how = f"without TLS ({insecure_by}=true)" if insecure_by else "over plain http"
+            _logger.warning("%s points at %s %s: the bearer token travels unencrypted; use https", name, host[:200], how)
 
 
 def parse_headers(name: str, raw: str) -> dict[str, str]:
@@ -166,9 +202,6 @@ def token(env: Mapping[str, object]) -> Secret | None:
     if not value:
         return None
     if not (value.isascii() and value.isprintable()) or " " in value:
-        _logger.warning(
-            "%s has characters a bearer token cannot have (spaces, control or non-ASCII characters); ignoring it",
-            OTEL_EXPORTER_OTLP_TOKEN,
-        )
+        _logger.warning("%s has %s; ignoring it", OTEL_EXPORTER_OTLP_TOKEN, TOKEN_REFUSED)
         return None
     return Secret(value)

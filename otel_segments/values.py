@@ -1,14 +1,17 @@
 """Reading one environment variable: its raw text, and typed values with a documented default.
 
 A malformed value never raises: it becomes the default, with one warning naming the variable.
-Secrets are wrapped so that they never show in a repr, a log line or a traceback.
+Secrets are wrapped so that they never show in a repr, a log line or a traceback, and a URL is shown
+only through :func:`safe_url`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 from collections.abc import Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 _logger = logging.getLogger("otel_segments.config")
 
@@ -80,3 +83,58 @@ def boolean(env: Mapping[str, object], name: str, default: bool) -> bool:
         return False
     _logger.warning("%s=%r is not true or false; using the default %s", name, raw[:64], str(default).lower())
     return default
+
+
+#: Characters of a URL shown in a log line, at most.
+SHOWN_URL_LENGTH = 200
+
+
+def safe_url(url: str) -> str:
+    """``url`` as it may appear in a log line: no user, password, query or fragment, however malformed.
+
+    A well-formed URL keeps its scheme, host, port and path. Anything else (a port out of range, a
+    password with an unencoded ``@``, ``/`` or ``?``, no scheme) is read as text: everything up to the
+    last ``@`` is taken for credentials and dropped, and so is everything from the first ``?`` or ``#``
+    after it. Cut to :data:`SHOWN_URL_LENGTH` characters; quote it with ``%r`` (it may hold control characters).
+    """
+    scheme, sep, rest = url.partition("://")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        well_formed = bool(sep) and "@" not in parts.path + parts.query + parts.fragment
+    except ValueError:
+        well_formed = False
+    if well_formed:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        shown = urlunsplit((parts.scheme, host if port is None else f"{host}:{port}", parts.path, "", ""))
+    else:
+        rest = (rest if sep else url).rpartition("@")[2]
+        rest = rest.partition("?")[0].partition("#")[0]
+        shown = f"{scheme}://{rest}" if sep else rest
+    return shown[:SHOWN_URL_LENGTH]
+
+
+def host_of(url: str) -> str:
+    """The host ``url`` names (lower case, no brackets), with or without a scheme; empty when it names none."""
+    try:
+        return urlsplit(url if "://" in url else "//" + url).hostname or ""
+    except ValueError:
+        return ""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine, decided by its address (``127.0.0.0/8``, ``::1``) or the name ``localhost``.
+
+    Never by a prefix of the name: ``127.attacker.example`` is a host name anyone can register.
+    """
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback

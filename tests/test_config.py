@@ -120,3 +120,248 @@ def test_boolean_variable(caplog):
 def test_posthog_host_without_scheme():
     assert Settings.from_env({"POSTHOG_HOST": "localhost:8000"}).posthog_host == "http://localhost:8000"
     assert Settings.from_env({}).posthog_host == config.DEFAULT_POSTHOG_HOST
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Secrets and regions (issue 15, item 2)
+# ---------------------------------------------------------------------------------------------------------------
+
+GATE = {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector.example:4318", "OTEL_EXPORTER_OTLP_TOKEN": TOKEN}
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("extra", "variable", "how"),
+    [
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector.example:4318/v1/traces"}, "TRACES", "over plain http"),
+        ({"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://10.0.0.7:4317"}, "METRICS", "over plain http"),
+        ({"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "HTTP://Collector.Example:4318"}, "LOGS", "over plain http"),
+        (
+            {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector.example:4317", "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "true"},
+            "TRACES",
+            "without TLS (OTEL_EXPORTER_OTLP_TRACES_INSECURE=true)",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "collector.example:4317", "OTEL_EXPORTER_OTLP_INSECURE": "TRUE"},
+            "LOGS",
+            "without TLS (OTEL_EXPORTER_OTLP_INSECURE=true)",
+        ),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.attacker.example:4318"}, "TRACES", "over plain http"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://localhost.attacker.example"}, "TRACES", "over plain http"),
+    ],
+)
+def test_each_per_signal_endpoint_in_plain_text_warns_once(extra, variable, how, caplog):
+    caplog.set_level(logging.WARNING)
+    Settings.from_env({**GATE, **extra})
+    host = extra[f"OTEL_EXPORTER_OTLP_{variable}_ENDPOINT"].split("://")[-1].split(":")[0].lower()
+    assert warnings_of(caplog) == [
+        f"OTEL_EXPORTER_OTLP_{variable}_ENDPOINT points at {host} {how}: the bearer token travels unencrypted; use https"
+    ]
+
+
+def test_every_plain_text_endpoint_gets_its_own_warning(caplog):
+    caplog.set_level(logging.WARNING)
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector.example:4318",
+        "OTEL_EXPORTER_OTLP_TOKEN": TOKEN,
+        **{f"OTEL_EXPORTER_OTLP_{s.upper()}_ENDPOINT": f"http://{s}.example:4318" for s in config.SIGNALS},
+    }
+    Settings.from_env(env)
+    named = sorted(m.split(" ")[0] for m in warnings_of(caplog))
+    assert named == sorted(["OTEL_EXPORTER_OTLP_ENDPOINT", *(f"OTEL_EXPORTER_OTLP_{s.upper()}_ENDPOINT" for s in config.SIGNALS)])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://collector.example:4318/v1/traces"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://collector.example:4317", "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "true"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector.example:4317"},  # gRPC: TLS unless told otherwise
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector.example:4317", "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "false"},
+        {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector.example:4317",
+            "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "false",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",  # the per-signal variable wins, as in the SDK
+        },
+        {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector.example:4318",
+            "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "true",  # read by the gRPC exporter only
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+        },
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.255.3.4:4318"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://[::1]:4318"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://[::ffff:127.0.0.1]:4318"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://LOCALHOST:4318"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "localhost:4317", "OTEL_EXPORTER_OTLP_INSECURE": "true"},
+    ],
+)
+def test_tls_or_loopback_endpoints_do_not_warn(extra, caplog):
+    caplog.set_level(logging.WARNING)
+    Settings.from_env({**GATE, **extra})
+    assert warnings_of(caplog) == []
+
+
+def test_loopback_is_decided_by_address_not_by_a_name_prefix(caplog):
+    caplog.set_level(logging.WARNING)
+    Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.attacker.example:4318", "OTEL_EXPORTER_OTLP_TOKEN": TOKEN})
+    assert warnings_of(caplog) == [
+        "OTEL_EXPORTER_OTLP_ENDPOINT points at 127.attacker.example over plain http: "
+        "the bearer token travels unencrypted; use https"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "shown"),
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://user:pw-31@host:99999", "https://host:99999"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://user:pw-31@host/x?token=pw-31", "ftp://host/x"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://user:pw-31@host:4318 /x", "http://host:4318 /x"),
+        ("POSTHOG_HOST", "https://user:pw-31@eu.i.posthog.com:99999", "https://eu.i.posthog.com:99999"),
+        ("POSTHOG_HOST", "ftp://user:p@w-31@eu.i.posthog.com", "ftp://eu.i.posthog.com"),
+        ("POSTHOG_HOST", "user:pw-31@eu.i.posthog.com:1234567", "eu.i.posthog.com:1234567"),
+    ],
+)
+def test_a_rejected_url_is_quoted_without_its_user_or_password(name, raw, shown, caplog):
+    caplog.set_level(logging.DEBUG)
+    Settings.from_env({name: raw})
+    [message] = warnings_of(caplog)
+    assert message.startswith(f"{name}={shown!r} ") and "pw-31" not in message and "user" not in message
+
+
+def test_a_repaired_url_is_quoted_without_its_user_or_password(caplog):
+    caplog.set_level(logging.DEBUG)
+    settings = Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "user:pw-31@collector.example:4318"})
+    assert settings.endpoint == "http://user:pw-31@collector.example:4318"  # the exporter gets it whole
+    [message] = warnings_of(caplog)
+    assert "pw-31" not in message and "user" not in message and "collector.example" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "safe"),
+    [
+        ("https://user:pw@collector.example:4318/v1/traces?k=v#f", "https://collector.example:4318/v1/traces"),
+        ("postgresql://app:p@ss@db/app", "postgresql://db/app"),
+        ("postgresql://app:12/ss@db/app", "postgresql://db/app"),  # parses, yet the password runs into the path
+        ("postgresql://app:12?ss@db/app", "postgresql://db/app"),
+        ("postgresql://app:pa#ss@db/app", "postgresql://db/app"),
+        ("http://[::1]:4318", "http://[::1]:4318"),
+        ("user:pw@host:4318", "host:4318"),
+        ("http://host/x?password=pw", "http://host/x"),
+        ("http://" + "h" * 500, "http://" + "h" * 193),
+    ],
+)
+def test_safe_url(url, safe):
+    from otel_segments.values import safe_url
+
+    assert safe_url(url) == safe
+
+
+@pytest.mark.parametrize("raw", ["ftp://eu.i.posthog.com", "https://eu.i.posthog.com /", "https://eu i.posthog.com", "http://"])
+def test_a_rejected_posthog_host_turns_the_sink_off_never_to_the_us_host(raw, caplog):
+    caplog.set_level(logging.WARNING)
+    settings = Settings.from_env({"POSTHOG_HOST": raw, "POSTHOG_API_KEY": "phc_key"})
+    assert settings.posthog_host is None and settings.posthog_api_key is None
+    [message] = warnings_of(caplog)
+    assert message.startswith("POSTHOG_HOST=") and message.endswith(
+        "; the PostHog sink is off (person data goes only to a host you chose)"
+    )
+
+
+def test_a_posthog_host_that_is_unset_or_usable_is_used():
+    assert Settings.from_env({"POSTHOG_API_KEY": "k"}).posthog_host == config.DEFAULT_POSTHOG_HOST
+    settings = Settings.from_env({"POSTHOG_API_KEY": "k", "POSTHOG_HOST": "https://eu.i.posthog.com"})
+    assert settings.posthog_host == "https://eu.i.posthog.com" and settings.posthog_api_key.reveal() == "k"
+
+
+def test_the_pipeline_builds_no_posthog_sink_for_a_rejected_host():
+    from opentelemetry.sdk.resources import Resource
+
+    from otel_segments.pipeline import sink_factories
+    from otel_segments.properties import ProcessProperties
+
+    process = ProcessProperties(environment="t", deployment_method="native", timezone="UTC")
+    rejected = Settings.from_env({"POSTHOG_API_KEY": "k", "POSTHOG_HOST": "ftp://eu.i.posthog.com"})
+    assert "posthog" not in sink_factories(rejected, Resource({}), process)
+    chosen = Settings.from_env({"POSTHOG_API_KEY": "k", "POSTHOG_HOST": "https://eu.i.posthog.com"})
+    assert "posthog" in sink_factories(chosen, Resource({}), process)
+
+
+@pytest.mark.parametrize(
+    ("env", "reason", "meant_on"),
+    [
+        ({}, "OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_TOKEN are not set", False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://c.example"}, "OTEL_EXPORTER_OTLP_TOKEN is not set", True),
+        ({"OTEL_EXPORTER_OTLP_TOKEN": TOKEN}, "OTEL_EXPORTER_OTLP_ENDPOINT is not set", True),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://c.example", "OTEL_EXPORTER_OTLP_TOKEN": "tok with space"},
+            "OTEL_EXPORTER_OTLP_TOKEN was refused: it has characters a bearer token cannot have "
+            "(spaces, control or non-ASCII characters)",
+            True,
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_TOKEN": "tök"},
+            "OTEL_EXPORTER_OTLP_ENDPOINT is not set; OTEL_EXPORTER_OTLP_TOKEN was refused: it has characters a bearer "
+            "token cannot have (spaces, control or non-ASCII characters)",
+            True,
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://c.example", "OTEL_EXPORTER_OTLP_TOKEN": TOKEN},
+            "OTEL_EXPORTER_OTLP_ENDPOINT was refused: it has an unsupported scheme (use http or https)",
+            True,
+        ),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://c.example", "OTEL_SDK_DISABLED": "true"}, "OTEL_SDK_DISABLED is true", False),
+    ],
+)
+def test_why_the_plugin_is_off_and_whether_it_was_meant_on(env, reason, meant_on):
+    settings = Settings.from_env(env)
+    assert (settings.disabled_reason, settings.meant_on) == (reason, meant_on)
+
+
+def test_a_database_password_with_an_unencoded_at_is_read_up_to_the_last_at(caplog):
+    caplog.set_level(logging.WARNING)
+    settings = Settings.from_env({"OTEL_SEGMENTS_DATABASE_URL": "postgresql+psycopg://app:p@ss-9f@db.internal:5432/app"})
+    from sqlalchemy import make_url
+
+    url = make_url(settings.database_url.reveal())
+    assert (url.username, url.password, url.host, url.port, url.database) == ("app", "p@ss-9f", "db.internal", 5432, "app")
+    assert warnings_of(caplog) == [
+        "OTEL_SEGMENTS_DATABASE_URL has an unencoded @ in its password; reading the last @ as its end (write it as %40)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "postgresql+psycopg://app:pw@db/app",
+        "postgresql+psycopg://user@tenant:pw@db/app",  # an @ in the user name SQLAlchemy reads right
+        "sqlite:////data/a@b/app.db",
+        "postgresql+psycopg://app:pw@db/app?options=a@b",
+    ],
+)
+def test_other_database_urls_are_kept_as_they_are(raw, caplog):
+    caplog.set_level(logging.WARNING)
+    assert Settings.from_env({"OTEL_SEGMENTS_STATE_URL": raw}).state_url.reveal() == raw
+    assert warnings_of(caplog) == []
+
+
+def test_driver_messages_never_quote_the_part_of_a_password_after_an_unencoded_at():
+    """The failing connection's error, which each cycle's WARNING quotes: the host it names is the real one."""
+    import socket
+
+    from sqlalchemy.exc import OperationalError
+
+    from otel_segments.database import engine_for
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    raw = f"postgresql+psycopg://app:pa@ss-secret-7@127.0.0.1:{port}/app"
+    engine = engine_for(Settings.from_env({"OTEL_SEGMENTS_DATABASE_URL": raw}).database_url.reveal())
+    with pytest.raises(OperationalError) as raised:
+        engine.connect()
+    engine.dispose()
+    assert "ss-secret-7" not in str(raised.value) and "127.0.0.1" in str(raised.value)

@@ -233,14 +233,15 @@ GATE_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    ("extra", "variable"),
+    ("extra", "variable", "level"),
     [
-        ({}, "OTEL_EXPORTER_OTLP_TOKEN"),
-        ({"OTEL_EXPORTER_OTLP_TOKEN": TOKEN, "OTEL_SDK_DISABLED": "true"}, "OTEL_SDK_DISABLED"),
+        # the endpoint alone: meant on, so the line is a WARNING (seen before logging is configured)
+        ({}, "OTEL_EXPORTER_OTLP_TOKEN", "WARNING"),
+        ({"OTEL_EXPORTER_OTLP_TOKEN": TOKEN, "OTEL_SDK_DISABLED": "true"}, "OTEL_SDK_DISABLED", "INFO"),
     ],
     ids=["no-token", "sdk-disabled"],
 )
-def test_gate_closed_starts_nothing_and_sends_nothing(http_receiver, tmp_path, extra, variable):
+def test_gate_closed_starts_nothing_and_sends_nothing(http_receiver, tmp_path, extra, variable, level):
     env = clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=http_receiver.endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf", **extra)
     result = subprocess.run(
         [str(VENV_BIN / "python"), "-c", GATE_SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
@@ -251,8 +252,8 @@ def test_gate_closed_starts_nothing_and_sends_nothing(http_receiver, tmp_path, e
     assert report["threads_after"] == report["threads_before"] == ["MainThread"]
     assert report["sockets_after"] == report["sockets_before"]
     assert http_receiver.exports == []  # the process has exited: anything it sent has arrived
-    info = [line for line in result.stderr.splitlines() if line.startswith("INFO otel_segments")]
-    assert len(info) == 1 and variable in info[0], result.stderr
+    ours = [line for line in result.stderr.splitlines() if line.partition(" ")[2].startswith("otel_segments")]
+    assert len(ours) == 1 and ours[0].startswith(f"{level} otel_segments") and variable in ours[0], result.stderr
     assert TOKEN not in result.stdout + result.stderr
 
 

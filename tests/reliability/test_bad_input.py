@@ -127,7 +127,13 @@ def assert_documented(name: str, raw: object, settings: Settings) -> None:
     elif field == "endpoint":
         assert value is None or usable_url(value), value[:100]
     elif field == "posthog_host":
-        assert value == default or usable_url(value), value[:100]
+        # Set but unusable: no host at all and the sink off, never the default (another region) in its place.
+        if not text:
+            assert value == default
+        elif value is None:
+            assert settings.posthog_api_key is None
+        else:
+            assert usable_url(value), value[:100]
     elif field in ("sdk_disabled", "trust_baggage"):
         assert isinstance(value, bool)
         if field == "sdk_disabled":
