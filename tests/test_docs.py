@@ -1,0 +1,132 @@
+"""Every ```python block of README.md and docs/*.md runs as written (issue 15, item 4): a claim cannot drift.
+
+Each block runs in a fresh process from an empty folder, with the gate open and real local peers behind
+the standard variables: an OTLP/HTTP receiver at ``OTEL_EXPORTER_OTLP_ENDPOINT``, a PostHog stand-in at
+``POSTHOG_HOST`` and, for the made-up hosts the docs call (``http://billing.internal``), the same stand-in as
+``HTTP_PROXY``. A block that must not run says so in the doc, visibly, in the line before it:
+``<!-- docs-test: skip (reason) -->``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, VENV_BIN, clean_env
+from tests.receivers import Receiver
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(
+    r"(?:<!-- docs-test: (?P<directive>[^>]*) -->\n)?^(?P<indent>[ ]*)```python\n(?P<code>.*?)^(?P=indent)```",
+    re.S | re.M,
+)
+TOKEN = "tok-docs-61c0"
+
+
+def python_blocks() -> list[tuple[str, str, str | None]]:
+    """(where, code, directive) for every python block of the docs."""
+    blocks = []
+    for doc in DOCS:
+        text = doc.read_text()
+        for match in BLOCK.finditer(text):
+            line = text.count("\n", 0, match.start("indent")) + 1
+            indent = len(match["indent"])
+            code = "".join(row[indent:] for row in match["code"].splitlines(keepends=True))
+            blocks.append((f"{doc.relative_to(ROOT)}:{line}", code, match["directive"]))
+    return blocks
+
+
+BLOCKS = python_blocks()
+
+
+class Peer:
+    """PostHog stand-in and HTTP proxy: answers 200 to every request and keeps what it got."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        peer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.do_POST()
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                peer.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+                body = json.dumps({"status": 1}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def peer() -> Iterator[Peer]:
+    p = Peer()
+    yield p
+    p.close()
+
+
+def test_the_docs_have_the_blocks_this_test_knows() -> None:
+    where = {w.split(":")[0] for w, _, _ in BLOCKS}
+    assert {"README.md", "docs/integrations.md", "docs/segments.md", "docs/sinks.md"} <= where
+    assert len(BLOCKS) >= 11
+
+
+@pytest.mark.parametrize(("where", "code", "directive"), BLOCKS, ids=[w for w, _, _ in BLOCKS])
+def test_doc_snippet_runs_as_written(
+    where: str, code: str, directive: str | None, tmp_path: Path, http_receiver: Receiver, peer: Peer
+) -> None:
+    if directive is not None:
+        assert directive.startswith("skip (") and directive.endswith(")"), f"{where}: unknown docs-test directive"
+        pytest.skip(f"{where}: {directive}")
+    env = clean_env(
+        OTEL_SERVICE_NAME="docs",
+        OTEL_EXPORTER_OTLP_ENDPOINT=http_receiver.endpoint,
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_TOKEN=TOKEN,
+        POSTHOG_API_KEY="phc_docs",
+        POSTHOG_HOST=peer.url,
+        HTTP_PROXY=peer.url,
+        http_proxy=peer.url,
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+    )
+    env.pop("PYTHONPATH", None)
+    (tmp_path / "snippet.py").write_text(code)
+    result = subprocess.run(
+        [str(VENV_BIN / "python"), "snippet.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, f"{where} fails as written:\n{code}\n{result.stderr[-3000:]}"
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+    # What the snippets that talk to a peer say they do, as the peer saw it.
+    if "user_baggage()" in code and "requests.get(" in code:
+        [(_, _, headers)] = [r for r in peer.requests if "billing.internal" in r[1]]
+        assert "app.user.id=42" in headers.get("baggage", ""), headers
+    if "PostHogSink(" in code and ".deliver(" in code:
+        assert [path for method, path, _ in peer.requests if method == "POST"] == ["/batch/"]
+    if "OtlpSegmentSink(" in code and ".deliver(" in code:
+        [record] = http_receiver.logs()
+        assert record.resource["user.id"] == "42"
+        assert {e.headers.get("authorization") for e in http_receiver.of("logs")} == {f"Bearer {TOKEN}"}
