@@ -4,9 +4,9 @@
         --filter "app.user.engagement_level == 'low'" --out docs/
 
 Writes ``<out>/phoenix-filtered-spans.png`` (the project's spans with the filter applied, as the URL
-``/projects/<id>/spans?spanFilterCondition=...`` opens it), ``<out>/phoenix-span-attributes.png`` (the first listed
-span, its attributes), and ``<out>/phoenix-filtered-spans.json``: the rows the filtered page lists, read from its
-DOM, so a test can check the page shows the spans it should and no others.
+``/projects/<id>/spans?spanFilterCondition=...`` opens it), ``<out>/phoenix-span-attributes.png`` (a listed request's
+server span, its attributes), and the rows the filtered page lists, read from its DOM, as JSON (``--rows``, default
+``<out>/phoenix-filtered-spans.json``), so a test can check the page shows the spans it should and no others.
 
 Debian's ``chromium`` is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: file
 descriptors 3 and 4, NUL-separated JSON): standard library only, no Playwright, no WebSocket client. With Phoenix's
@@ -53,6 +53,19 @@ ROWS_JS = """
 (() => {
   const rows = [...document.querySelectorAll('table tbody tr')];
   return JSON.stringify(rows.map(r => [...r.querySelectorAll('td')].map(td => td.innerText.trim())));
+})()
+"""
+
+
+# Opens a request's server span (its name is the HTTP method and route), else the first span listed.
+CLICK_SERVER_SPAN_JS = """
+(() => {
+  const rows = [...document.querySelectorAll('table tbody tr')];
+  const server = rows.find(r => [...r.querySelectorAll('td')].some(td => /^(GET|POST) \\//.test(td.innerText.trim())));
+  const row = server || rows[0];
+  if (!row) return false;
+  row.click();
+  return true;
 })()
 """
 
@@ -171,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", required=True)
     parser.add_argument("--filter", required=True, help="span filter condition, e.g. \"app.user.engagement_level == 'low'\"")
     parser.add_argument("--expect-rows", type=int, default=None, help="wait until the filtered table lists this many rows")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the PNGs and the rows' JSON")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    parser.add_argument("--rows", type=Path, default=None, help="where to write the listed rows as JSON (default: --out)")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = parser.parse_args(argv)
 
@@ -184,11 +198,14 @@ def main(argv: list[str] | None = None) -> int:
         browser.goto(filtered)
         rows = settled_rows(browser, args.expect_rows, timeout=40)
         browser.screenshot(args.out / "phoenix-filtered-spans.png")
-        (args.out / "phoenix-filtered-spans.json").write_text(json.dumps({"url": filtered, "rows": rows}, indent=1) + "\n")
-        clicked = browser.evaluate(
-            "(() => { const r = document.querySelector('table tbody tr'); if (!r) return false; r.click(); return true; })()"
-        )
+        rows_file = args.rows or args.out / "phoenix-filtered-spans.json"
+        rows_file.write_text(json.dumps({"url": filtered, "rows": rows}, indent=1) + "\n")
+        clicked = browser.evaluate(CLICK_SERVER_SPAN_JS)
         if clicked:
+            # Tall enough for every attribute of a request's span, the app.user.* ones included.
+            browser.send(
+                "Emulation.setDeviceMetricsOverride", session=True, width=WIDTH, height=1700, deviceScaleFactor=1, mobile=False
+            )
             time.sleep(3)
             browser.evaluate(
                 "(() => { const t = [...document.querySelectorAll('[role=tab], button')]"

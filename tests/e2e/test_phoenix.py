@@ -318,11 +318,12 @@ def test_phoenix_with_auth_stores_segmented_spans_and_each_cohort_finds_its_user
             f"--filter={condition}",
             f"--expect-rows={sum(want.values())}",
             f"--out={out}",
+            f"--rows={tmp_path / 'rows.json'}",
         ],
         check=True,
         timeout=120,
     )
-    rows = json.loads((out / "phoenix-filtered-spans.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     names = Counter(name for row in rows for name in row if name in want or name in _all_names(spans))
     assert names == want, rows
     assert (out / "phoenix-filtered-spans.png").stat().st_size > 10_000
