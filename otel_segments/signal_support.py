@@ -26,11 +26,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
 from . import config
+from .values import safe_url
 
 if TYPE_CHECKING:
     from .sinks.transport import Answer
@@ -97,19 +97,6 @@ class SignalSupport:
         url = self._url or os.environ.get(f"OTEL_EXPORTER_OTLP_{self.signal.upper()}_ENDPOINT", "").strip()
         url = url or os.environ.get(config.OTEL_EXPORTER_OTLP_ENDPOINT, "").strip()
         return safe_url(url) if url else "(SDK default)"
-
-
-def safe_url(url: str) -> str:
-    """``url`` without user, password or query: what may appear in a log line."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "(malformed URL)"
-    if ":" in host:
-        host = f"[{host}]"
-    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
 
 
 class GrpcTooLargeError(Exception):
