@@ -72,6 +72,9 @@ class _Source:
     owner: Column | None  # the user the row belongs to (projects: the project)
     key: Column | None
     stamps: tuple[Column, ...]
+    inputs: tuple[
+        Column, ...
+    ] = ()  # what the rules read of a row: an edit inside the window shows even if its stamp did not move
 
 
 def find(app_engine: Engine, bound: BoundSchema, state: RefreshState, *, now: datetime, limit: int) -> Changes:
@@ -114,28 +117,40 @@ def _sources(bound: BoundSchema) -> list[_Source]:
     users_key, _ = bound.change_columns.get(bound.users.name, (None, None))
     login = [bound.users.c[m.users.last_login]] if m.users.last_login else []
     uid = bound.users.c[m.users.id]
-    sources.append(_Source("users", uid, uid, bound.users.c[users_key] if users_key else None, tuple(login)))
+    u = m.users
+    user_inputs = _named(bound.users, u.created_at, u.role, u.auth_method)
+    sources.append(_Source("users", uid, uid, bound.users.c[users_key] if users_key else None, tuple(login), user_inputs))
     a, act = m.activity, bound.activity
     key, updated = bound.change_columns.get(act.name, (None, None))
     stamps = [act.c[updated]] if updated else []
     if not key:
         stamps.append(act.c[a.timestamp])  # without a key, inserts show by their timestamp
-    sources.append(_Source("activity", act.c[key] if key else None, act.c[a.user_id], act.c[key] if key else None, tuple(stamps)))
+    entry_inputs = _named(act, a.timestamp, a.source, a.duration_seconds, a.project_id)
+    sources.append(
+        _Source(
+            "activity", act.c[key] if key else None, act.c[a.user_id], act.c[key] if key else None, tuple(stamps), entry_inputs
+        )
+    )
     if bound.tasks is not None and m.tasks is not None:
         t = bound.tasks
         key, updated = bound.change_columns.get(t.name, (None, None))
         owner = t.c[m.tasks.assignee]
-        sources.append(_Source("tasks", t.c[key] if key else None, owner, t.c[key] if key else None, _cols(t, updated)))
+        k = t.c[key] if key else None
+        sources.append(_Source("tasks", k, owner, k, _cols(t, updated), _named(t, m.tasks.status)))
     if bound.projects is not None and m.projects is not None:
         p = bound.projects
         key, updated = bound.change_columns.get(p.name, (None, None))
         pid = p.c[m.projects.id]
-        sources.append(_Source("projects", pid, pid, p.c[key] if key else None, _cols(p, updated)))
+        sources.append(_Source("projects", pid, pid, p.c[key] if key else None, _cols(p, updated), _named(p, m.projects.status)))
     return [s for s in sources if s.key is not None or s.stamps]
 
 
 def _cols(table: Any, name: str | None) -> tuple[Column, ...]:
     return (table.c[name],) if name else ()
+
+
+def _named(table: Any, *names: str | None) -> tuple[Column, ...]:
+    return tuple(table.c[name] for name in names if name)
 
 
 def _scan(
@@ -148,6 +163,7 @@ def _scan(
     scans: list[list[Any]] = cursor.get("scans", [])
     columns = [source.ident if source.ident is not None else source.owner, source.owner]
     columns += [queries._readable_time(c) for c in source.stamps]
+    columns += [queries._readable_time(c) if _is_time(c) else c for c in source.inputs]
     rows: list[Any] = []
     new_scans: list[list[Any]] = []
     if source.key is not None:
@@ -186,6 +202,13 @@ def _scan(
                 owners.add(before[1])
     owners.discard(None)
     return owners, {"scans": new_scans, "high": highs, "seen": new_seen}
+
+
+def _is_time(column: Column) -> bool:
+    try:
+        return column.type.python_type is datetime
+    except NotImplementedError:
+        return False
 
 
 def _hash(values: Iterable[Any]) -> str:

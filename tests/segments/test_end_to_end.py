@@ -225,6 +225,7 @@ def test_each_kind_of_change_reaches_posthog_otlp_and_spans(
         OTEL_SEGMENTS_DATABASE_URL=postgres_database,
         OTEL_SEGMENTS_DATABASE_TIMEZONE=ZONE,
         OTEL_SEGMENTS_REFRESH_INTERVAL=str(int(INTERVAL_S * 1000)),
+        OTEL_SEGMENTS_SPAN_PROPERTIES="all",  # every property on spans (the default carries the categorical ones)
         OTEL_BSP_SCHEDULE_DELAY="100",
         POSTHOG_API_KEY=API_KEY,
         POSTHOG_HOST=capture.host,
@@ -277,7 +278,8 @@ def test_each_kind_of_change_reaches_posthog_otlp_and_spans(
                 ]
                 if not stale:
                     break
-                assert time.monotonic() < span_deadline, f"{kind}: spans of {stale} do not carry the new values"
+                last = {uid: spans[uid].attributes if uid in spans else None for uid in stale}
+                assert time.monotonic() < span_deadline, f"{kind}: spans of {stale} do not carry {changed}: {last}"
                 time.sleep(0.1)
         print("seconds from write to PostHog and OTLP:", {k: round(v, 2) for k, v in delays.items()})
         assert len(delays) == 11
