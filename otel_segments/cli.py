@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, func, make_url, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from .config import DEFAULT_SCHEMA, OTEL_SEGMENTS_DATABASE_URL, OTEL_SEGMENTS_SCHEMA, OTEL_SEGMENTS_STATE_URL
+from .config import DEFAULT_SCHEMA, OTEL_SEGMENTS_DATABASE_URL, OTEL_SEGMENTS_SCHEMA, OTEL_SEGMENTS_STATE_URL, database_url
 from .database import EXAMPLE, DatabaseURLError, engine_for
 from .job import RefreshJob
 from .segments import UserSegment
@@ -110,9 +110,11 @@ def _positive(raw: str) -> int:
 
 
 def _engine(url: str | None, variable: str) -> Engine:
-    url = url or os.environ.get(variable, "").strip()
-    if not url:
+    name = ("--state-url" if variable == OTEL_SEGMENTS_STATE_URL else "--database-url") if url else variable
+    secret = database_url({name: url or os.environ.get(variable, "")}, name)  # an unencoded @ in the password: see there
+    if secret is None:
         raise CliError(f"no database: pass --database-url or set {variable}")
+    url = secret.reveal()
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number

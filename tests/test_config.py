@@ -365,3 +365,25 @@ def test_driver_messages_never_quote_the_part_of_a_password_after_an_unencoded_a
         engine.connect()
     engine.dispose()
     assert "ss-secret-7" not in str(raised.value) and "127.0.0.1" in str(raised.value)
+
+
+def test_cli_errors_never_quote_the_part_of_a_password_after_an_unencoded_at(tmp_path):
+    import socket
+    import subprocess
+
+    from tests.conftest import VENV_BIN, clean_env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql+psycopg://app:pa@ss-secret-8@127.0.0.1:{port}/app"
+    for args, env in (
+        (["--database-url", url], clean_env()),
+        ([], clean_env(OTEL_SEGMENTS_DATABASE_URL=url)),
+    ):
+        result = subprocess.run(
+            [str(VENV_BIN / "otel-segments"), "compute", *args], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 2, result.stderr
+        assert "cannot connect to the database" in result.stderr and "127.0.0.1" in result.stderr
+        assert "ss-secret-8" not in result.stderr + result.stdout
