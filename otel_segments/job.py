@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from . import native
 from .cache import SegmentCache
+from .context import pseudonymize
 from .forks import ForkLifecycle
 from .lease import Lease
 from .segments import UserSegment
@@ -39,7 +40,7 @@ from .segments.cohorts import COHORTS
 from .segments.refresh import DEFAULT_MAX_AGE, RefreshResult, refresh
 from .segments.schema import BoundSchema, SchemaMapping, bind
 from .segments.state import RefreshState, StateVersionError
-from .sinks import DeliveryError, SinkUnsupportedError
+from .sinks import DeliveryError, Refusal, SinkUnsupportedError
 from .sinks.posthog import RateLimitedError
 from .untraced import untraced
 
@@ -54,13 +55,22 @@ DEFAULT_DELIVERY_BATCH = 1000
 #: After each delivery batch the worker rests this many times the CPU time the batch took: building events is
 #: Python work that holds the GIL, and the app's requests in this process wait for it (and for a core).
 DELIVERY_PACE = 1.0
+#: At shutdown, how long a sink's delivery in flight gets to finish (at most half the bound) before the sinks end
+#: it: a healthy peer answers a batch well within it; one that took the connection and never answers (or drips its
+#: answer) must not hold the process's exit, which the SDK's own shutdown still follows. A running refresh is
+#: not cut short by it (only by the bound).
+STOP_GRACE_S = 1.0
 _T = TypeVar("_T")
 #: The (property, value) pairs counted for the gauge: every value a cohort names, zeros included.
 SEGMENT_VALUES: tuple[tuple[str, str | bool], ...] = tuple(dict.fromkeys((c.property, c.value) for c in COHORTS))
 
 
 class Sink(Protocol):
-    def deliver(self, batch: list[UserSegment]) -> None: ...
+    """See :mod:`otel_segments.sinks`: ``deliver`` returns the users refused for good (None: nobody), or raises
+    :class:`DeliveryError` naming who was accepted before it stopped; ``shutdown`` may be called from any thread,
+    at any time, and ends a delivery in flight instead of waiting for it."""
+
+    def deliver(self, batch: list[UserSegment]) -> Sequence[Refusal] | None: ...
 
     def shutdown(self, timeout_s: float = 5.0) -> None: ...
 
@@ -73,6 +83,8 @@ class CycleResult:
     refreshed: RefreshResult | None = None
     delivered: Mapping[str, int] = field(default_factory=dict)
     failed: Mapping[str, str] = field(default_factory=dict)
+    #: Per sink, users set aside (their update refused for good); retried each cycle.
+    quarantined: Mapping[str, int] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -112,6 +124,8 @@ class RefreshJob:
         self._bound: BoundSchema | None = None
         self._lease: Lease | None = None
         self._counts: dict[tuple[str, str | bool], int] | None = None
+        #: Per sink, user id -> digest of the update the peer refused for good (named once per update).
+        self._quarantine: dict[str, dict[str, str]] = {}
         self._init_process_state()
         self._paused = False
         self._shut = False
@@ -134,6 +148,7 @@ class RefreshJob:
         self._last_error: str | None = None
         self._cycle_started: float | None = None  # monotonic start of the running cycle
         self._stuck_reported: float | None = None  # start of the last cycle reported as stuck
+        self._delivering_since: float | None = None  # monotonic start of the sink.deliver() call in flight
         self._holder = False  # held the lease at the last cycle: only then is there anything to flush at exit
 
     # -- driving ---------------------------------------------------------------------------------------------
@@ -225,7 +240,8 @@ class RefreshJob:
                 failed[name] = str(error)
                 self._report_sink(name, error)
         self._sync_cache(state)
-        return CycleResult(holder=True, refreshed=refreshed, delivered=delivered, failed=failed)
+        quarantined = {name: len(users) for name, users in self._quarantine.items() if users}
+        return CycleResult(holder=True, refreshed=refreshed, delivered=delivered, failed=failed, quarantined=quarantined)
 
     def _ensure_state(self) -> tuple[RefreshState, Lease]:
         if self._state is None:
@@ -248,7 +264,14 @@ class RefreshJob:
         return sink
 
     def _deliver(self, name: str, state: RefreshState, lease: Lease, deadline: float | None = None) -> int:
-        """Send everything pending for ``name``, batch by batch; the lease is renewed before each batch."""
+        """Send everything pending for ``name``, batch by batch; the lease is renewed before each batch.
+
+        Users a sink accepted are marked delivered, even when it stopped short; users it
+        refused for good are set aside (:meth:`_set_aside`) and stay pending, and the
+        next batch goes on after them, so they never hold up the rest of the queue.
+        """
+        if (self._stopping or self._paused) and deadline is None:
+            return 0
         try:
             sink = self._sink(name)
         except Exception as error:
@@ -266,12 +289,55 @@ class RefreshJob:
                 _logger.info("otel_segments: the refresh lease passed to another process; it delivers the rest")
                 break
             busy = time.thread_time()
-            sink.deliver(batch)
-            state.mark_delivered(name, [(segment.distinct_id, segment.digest()) for segment in batch])
-            sent += len(batch)
+            self._delivering_since = time.monotonic()
+            try:
+                refused = sink.deliver(batch) or ()
+            except DeliveryError as error:
+                self._record(name, state, batch, error.accepted, error.refused)
+                raise
+            finally:
+                self._delivering_since = None
+            sent += self._record(name, state, batch, None, refused)
             if deadline is None:  # a stop or a hand-over sets the wake event, and ends the pause
                 self._wake.wait((time.thread_time() - busy) * DELIVERY_PACE)
         return sent
+
+    def _record(
+        self,
+        name: str,
+        state: RefreshState,
+        batch: Sequence[UserSegment],
+        accepted: Iterable[str] | None,
+        refused: Iterable[Refusal],
+    ) -> int:
+        """Mark ``accepted`` (None: all of ``batch``) delivered, except the refused, whom it sets aside; how many were marked."""
+        digests = {segment.distinct_id: segment.digest() for segment in batch}
+        refused = list(refused)
+        left_out = {refusal.distinct_id for refusal in refused}
+        ids = digests if accepted is None else accepted
+        done = [(user, digests[user]) for user in ids if user in digests and user not in left_out]
+        if done:
+            state.mark_delivered(name, done)
+        quarantine = self._quarantine.setdefault(name, {})
+        for user, _ in done:
+            quarantine.pop(user, None)
+        for refusal in refused:
+            self._set_aside(name, refusal, digests.get(refusal.distinct_id, ""))
+        return len(done)
+
+    def _set_aside(self, name: str, refusal: Refusal, digest: str) -> None:
+        """One WARNING per user and update the peer refused for good; it stays pending and is tried again each cycle."""
+        quarantine = self._quarantine.setdefault(name, {})
+        if quarantine.get(refusal.distinct_id) == digest:
+            return
+        quarantine[refusal.distinct_id] = digest
+        _logger.warning(
+            "otel_segments: %s refused user %s for good, set aside and retried each cycle (%d set aside now): %s",
+            name,
+            pseudonymize(str(refusal.distinct_id)),
+            len(quarantine),
+            refusal.cause,
+        )
 
     # -- what other parts read -------------------------------------------------------------------------------
 
@@ -308,31 +374,50 @@ class RefreshJob:
             self._stop(timeout_s)
 
     def _stop(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
+        """Within ``timeout_s`` whatever the peers do: a delivery in flight gets :data:`STOP_GRACE_S` to finish, then
+        the sinks end it (they abort their requests); the flush is ended the same way just before the bound."""
+        stop_at = time.monotonic()
+        deadline = stop_at + timeout_s
         self._stopping = True
         self._wake.set()
         thread = self._thread
+        ended = False
         if thread is not None and not thread.is_current():
+            grace = min(STOP_GRACE_S, timeout_s / 2)
+            # A running refresh may finish (the flush then delivers what it found); a delivery stuck on its peer
+            # is ended after the grace; whatever it is, the worker gets no more than the bound.
+            while not thread.join(timeout=0.05) and not ended:
+                since = self._delivering_since
+                now = time.monotonic()
+                if now >= deadline - _STOP_MARGIN_S or (since is not None and now - max(since, stop_at) >= grace):
+                    self._shutdown_sinks(deadline)  # the worker's delivery fails at once; its cycle ends
+                    ended = True
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if not self._paused and self._cycle_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            alarm = _Alarm(max(0.0, deadline - _STOP_MARGIN_S - time.monotonic()), lambda: self._shutdown_sinks(deadline))
             try:
-                self._flush(deadline)
+                self._flush(deadline, deliver=not ended)
             finally:
+                alarm.cancel()
                 self._cycle_lock.release()
+        self._shutdown_sinks(deadline)
+        self._sinks.clear()
+
+    def _shutdown_sinks(self, deadline: float) -> None:
         for name, sink in list(self._sinks.items()):
             try:
                 sink.shutdown(timeout_s=max(0.1, deadline - time.monotonic()))
             except Exception:
                 _logger.warning("otel_segments: the %s sink did not shut down cleanly", name, exc_info=True)
-        self._sinks.clear()
 
-    def _flush(self, deadline: float) -> None:
+    def _flush(self, deadline: float, *, deliver: bool = True) -> None:
+        """Deliver what is pending (unless a stuck delivery was just ended: its peer is not answering) and release the lease."""
         if self._state is None or self._lease is None or self._cycles == 0 or not self._holder:
             return  # only the last lease holder has anything to deliver: a fleet stopping together connects once
         try:
             if not self._lease.acquire(self.lease_ttl):
                 return
-            for name in list(self._sink_factories):
+            for name in list(self._sink_factories) if deliver else ():
                 try:
                     self._deliver(name, self._state, self._lease, deadline)
                 except SinkUnsupportedError as error:
@@ -419,6 +504,27 @@ class RefreshJob:
         wait = error.retry_after_s if isinstance(error, RateLimitedError) else None
         retry = f" (retry after {wait:.0f}s)" if wait else ""
         _logger.warning("otel_segments: %s delivery failed, updates stay pending%s: %s", name, retry, error)
+
+
+#: What the flush at shutdown leaves of its bound for ending the sinks' requests and releasing the lease.
+_STOP_MARGIN_S = 0.5
+
+
+class _Alarm:
+    """Calls ``action`` once after ``seconds`` on an OS thread of its own, unless cancelled first."""
+
+    def __init__(self, seconds: float, action: Callable[[], None]) -> None:
+        self._cancelled = native.Event()
+        self._seconds = seconds
+        self._action = action
+        native.Thread(self._run).start()
+
+    def _run(self) -> None:
+        if not self._cancelled.wait(self._seconds):
+            self._action()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
 
 
 def _count(segments: Iterable[UserSegment]) -> dict[tuple[str, str | bool], int]:

@@ -17,10 +17,13 @@ DRIP = "drip"
 
 
 class SlowPeer:
-    def __init__(self, mode: str, interval_s: float = 2.0) -> None:
+    def __init__(self, mode: str, interval_s: float = 2.0, *, closing: bool = False) -> None:
+        """``closing``: drip an HTTP/1.0 answer that closes the connection (the client's connection object then
+        lets go of its socket while the body is read from it), instead of a keep-alive HTTP/1.1 one."""
         if mode not in (HANG, DRIP):
             raise ValueError(mode)
         self.mode = mode
+        self.closing = closing
         self.interval_s = interval_s
         self.accepted: list[float] = []  # time.monotonic() of each connection
         self.first_bytes: list[bytes] = []  # the first chunk each connection sent (the request line and headers)
@@ -64,7 +67,8 @@ class SlowPeer:
                 self.first_bytes.append(first)
             client.settimeout(None)
             if self.mode == DRIP:
-                client.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+                version = b"HTTP/1.0 200 OK\r\nConnection: close" if self.closing else b"HTTP/1.1 200 OK"
+                client.sendall(version + b"\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
             while not self._closed.wait(self.interval_s):
                 if self.mode == DRIP:
                     client.sendall(b" ")

@@ -23,8 +23,8 @@ and urllib3's connection classes.
 
 from __future__ import annotations
 
+import os
 import socket
-import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,10 +78,14 @@ class DeadlineExceededError(requests.Timeout):
 
 @dataclass(eq=False)
 class _Request:
-    """One request in flight: its connections, and a watchdog that shuts their sockets when time is up."""
+    """One request in flight: its sockets, and a watchdog that shuts them down when time is up.
+
+    Sockets, not connections: once a response says it closes the connection, http.client
+    drops the connection's socket while the response goes on reading the body from it.
+    """
 
     seconds: float
-    connections: list[HTTPConnection] = field(default_factory=list)
+    sockets: list[Any] = field(default_factory=list)
     ended: str | None = None  # "deadline" or "aborted" once the watchdog or abort() ended it
     _done: bool = False
     _lock: Any = field(default_factory=native.Lock)
@@ -104,34 +108,41 @@ class _Request:
             if self._done or self.ended:
                 return
             self.ended = why
-            for connection in self.connections:
-                _shut(connection.sock)
+            for sock in self.sockets:
+                _shut(sock)
         self._wake.set()
 
-    def track(self, connection: HTTPConnection) -> None:
+    def track(self, sock: Any) -> None:
         with self._lock:
-            if connection not in self.connections:
-                self.connections.append(connection)
+            if not any(known is sock for known in self.sockets):
+                self.sockets.append(sock)
             if self.ended:
-                _shut(connection.sock)
+                _shut(sock)
 
 
 def _shut(sock: Any) -> None:
-    """Shut a socket down from another thread: a blocked read returns at once (closing it there would not be safe)."""
+    """Shut a socket down from another thread: a blocked read returns at once (closing it there would not be safe).
+
+    Through a duplicate of its descriptor (a shutdown acts on the socket, whichever descriptor names it), so no
+    wrapper's state is touched from this thread: not an ``SSLSocket``'s TLS state, nor a gevent or eventlet
+    socket's hub, which belongs to the thread that reads.
+    """
     if sock is None:
         return
-    # Past SSLSocket.shutdown, which also drops its TLS state under the reading thread's feet.
-    shutdown = socket.socket.shutdown if isinstance(sock, ssl.SSLSocket) else type(sock).shutdown
     try:
-        shutdown(sock, socket.SHUT_RDWR)
+        fd = sock.fileno()  # -1 once closed: a closed socket's number, maybe reused since, is never touched
+        if fd < 0:
+            return
+        with socket.socket(fileno=os.dup(fd)) as duplicate:
+            duplicate.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
 
 
 def _track(connection: HTTPConnection) -> None:
     request = getattr(_local, "request", None)
-    if request is not None:
-        request.track(connection)
+    if request is not None and connection.sock is not None:
+        request.track(connection.sock)
 
 
 class _Connection(HTTPConnection):

@@ -255,6 +255,7 @@ class HostApp:
         self.env.pop("PYTHONPATH", None)  # the app sees the installed package only, as a user's app would
         self.workdir = workdir
         self.lines: list[LogLine] = []
+        self.out: list[LogLine] = []  # stdout, line by line ("listening <port>", then "stopped" as main returns)
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
 
@@ -278,6 +279,7 @@ class HostApp:
     def _read_stdout(self, ready: threading.Event) -> None:
         assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
+            self.out.append(LogLine(time.monotonic(), line.rstrip("\n")))
             if line.startswith("listening "):
                 self.port = int(line.split()[1])
                 ready.set()

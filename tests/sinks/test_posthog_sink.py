@@ -16,7 +16,7 @@ from otel_segments.sinks import DeliveryError, Refusal
 from otel_segments.sinks.posthog import PostHogSink, RateLimitedError
 from tests.delivery import wait_until
 from tests.sinks.conftest import Bystander, Capture
-from tests.slow_peer import SlowPeer
+from tests.slow_peer import DRIP, SlowPeer
 
 API_KEY = "phc_test_secret_key_0123456789"
 SUPER = {"deployment.environment.name": "test", "app.deployment.method": "native"}
@@ -217,15 +217,20 @@ def test_a_redirect_is_never_followed(capture: Capture, bystander: Bystander, st
     assert len(capture.requests) == 1
 
 
-def test_a_dripping_answer_fails_the_batch_within_the_timeout(drip_peer: SlowPeer) -> None:
+@pytest.mark.parametrize("closing", [False, True], ids=["keep-alive", "connection-close"])
+def test_a_dripping_answer_fails_the_batch_within_the_timeout(closing: bool) -> None:
     """200 headers at once, then a byte every 2 s: each read gets a byte in time; the total deadline ends it."""
-    posthog_sink = PostHogSink(API_KEY, drip_peer.url, super_properties={}, timeout_s=3)
-    started = time.monotonic()
-    with pytest.raises(DeliveryError, match=r"did not answer within 3s"):
-        posthog_sink.deliver(users(3))
-    # The bound is the sink's 3 s timeout; 2 s of margin for a loaded machine (the drip alone would last 200,000 s).
-    assert time.monotonic() - started < 3 + 2
-    assert len(drip_peer.accepted) == 1  # no second attempt after the deadline
+    drip_peer = SlowPeer(DRIP, interval_s=2.0, closing=closing)
+    try:
+        posthog_sink = PostHogSink(API_KEY, drip_peer.url, super_properties={}, timeout_s=3)
+        started = time.monotonic()
+        with pytest.raises(DeliveryError, match=r"did not answer within 3s"):
+            posthog_sink.deliver(users(3))
+        # The bound is the sink's 3 s timeout; 2 s of margin for a loaded machine (the drip alone would last 200,000 s).
+        assert time.monotonic() - started < 3 + 2
+        assert len(drip_peer.accepted) == 1  # no second attempt after the deadline
+    finally:
+        drip_peer.close()
 
 
 def test_shutdown_ends_a_delivery_stuck_on_a_peer_that_never_answers(hang_peer: SlowPeer) -> None:
