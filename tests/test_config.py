@@ -387,3 +387,264 @@ def test_cli_errors_never_quote_the_part_of_a_password_after_an_unencoded_at(tmp
         assert result.returncode == 2, result.stderr
         assert "cannot connect to the database" in result.stderr and "127.0.0.1" in result.stderr
         assert "ss-secret-8" not in result.stderr + result.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Each reading at its edges (issue 15, item 5: tests that would notice a change)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_zones(monkeypatch):
+    monkeypatch.setattr(config, "_warned_zones", set())
+
+
+@pytest.mark.parametrize("raw", ["", "  ", "UTC", "utc", " Utc "])
+def test_database_timezone_utc(raw, fresh_zones, caplog):
+    from datetime import timezone
+
+    assert config.database_timezone({"OTEL_SEGMENTS_DATABASE_TIMEZONE": raw}) is timezone.utc
+    assert caplog.records == []
+
+
+def test_database_timezone_iana_name_and_the_process_environment(fresh_zones, monkeypatch):
+    from zoneinfo import ZoneInfo
+
+    assert config.database_timezone({"OTEL_SEGMENTS_DATABASE_TIMEZONE": " Asia/Kolkata "}) == ZoneInfo("Asia/Kolkata")
+    monkeypatch.setenv("OTEL_SEGMENTS_DATABASE_TIMEZONE", "America/Lima")
+    assert config.database_timezone() == ZoneInfo("America/Lima")
+
+
+@pytest.mark.parametrize("raw", ["Mars/Olympus_Mons", "../../etc/passwd", "Europe/" + "x" * 100])
+def test_an_unknown_zone_is_utc_with_one_warning_per_value(raw, fresh_zones, caplog):
+    from datetime import timezone
+
+    caplog.set_level(logging.WARNING)
+    for _ in range(3):
+        assert config.database_timezone({"OTEL_SEGMENTS_DATABASE_TIMEZONE": raw}) is timezone.utc
+    assert [r.getMessage() for r in caplog.records] == [
+        f"OTEL_SEGMENTS_DATABASE_TIMEZONE={raw[:64]!r} is not an IANA time zone name (e.g. Europe/Berlin); using UTC"
+    ]
+    config.database_timezone({"OTEL_SEGMENTS_DATABASE_TIMEZONE": "Other/Unknown"})
+    assert len(caplog.records) == 2
+
+
+@pytest.mark.parametrize(("raw", "disabled"), [("true", True), (" TRUE ", True), ("True", True), ("false", False), ("", False)])
+def test_sdk_disabled_only_true_is_true(raw, disabled, caplog):
+    caplog.set_level(logging.WARNING)
+    assert Settings.from_env({"OTEL_SDK_DISABLED": raw}).sdk_disabled is disabled
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize("raw", ["1", "yes", "on", "Y" * 100])
+def test_sdk_disabled_other_values_are_false_with_a_warning(raw, caplog):
+    caplog.set_level(logging.WARNING)
+    assert Settings.from_env({"OTEL_SDK_DISABLED": raw}).sdk_disabled is False
+    assert [r.getMessage() for r in caplog.records] == [
+        f"OTEL_SDK_DISABLED={raw.lower()[:64]!r} is not true or false; using false"
+    ]
+
+
+def test_every_setting_is_read_from_its_own_variable(caplog):
+    caplog.set_level(logging.WARNING)
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector.example:4318",
+        "OTEL_EXPORTER_OTLP_TOKEN": TOKEN,
+        "OTEL_SEGMENTS_DATABASE_URL": "sqlite:///app.db",
+        "OTEL_SEGMENTS_STATE_URL": "sqlite:///state.db",
+        "OTEL_SEGMENTS_SCHEMA": " crm.mapping:MAPPING ",
+        "OTEL_SEGMENTS_REFRESH_INTERVAL": "1",
+        "OTEL_SEGMENTS_MAX_SEGMENT_AGE": "2",
+        "OTEL_SEGMENTS_CACHE_SIZE": "3",
+        "OTEL_SEGMENTS_SPAN_PROPERTIES": "all",
+        "OTEL_SEGMENTS_TRUST_BAGGAGE": "yes",
+        "OTEL_SEGMENTS_USER_ID_HASH_KEY": "hash-key",
+        "POSTHOG_API_KEY": "phc_key",
+        "POSTHOG_HOST": "https://eu.i.posthog.com",
+    }
+    settings = Settings.from_env(env)
+    assert settings == Settings(
+        endpoint="https://collector.example:4318",
+        token=config.Secret(TOKEN),
+        database_url=config.Secret("sqlite:///app.db"),
+        state_url=config.Secret("sqlite:///state.db"),
+        schema="crm.mapping:MAPPING",
+        refresh_interval_ms=1,
+        max_segment_age_ms=2,
+        cache_size=3,
+        span_properties="all",
+        trust_baggage=True,
+        user_id_hash_key=config.Secret("hash-key"),
+        posthog_api_key=config.Secret("phc_key"),
+        posthog_host="https://eu.i.posthog.com",
+    )
+    assert settings.enabled and caplog.records == []
+
+
+def test_defaults_of_every_setting():
+    assert Settings.from_env({}) == Settings()
+    assert Settings() == Settings(
+        endpoint=None,
+        token=None,
+        sdk_disabled=False,
+        database_url=None,
+        state_url=None,
+        schema="timetracker",
+        refresh_interval_ms=60_000,
+        max_segment_age_ms=86_400_000,
+        cache_size=10_000,
+        trust_baggage=False,
+        user_id_hash_key=None,
+        posthog_api_key=None,
+        posthog_host="https://us.i.posthog.com",
+        refused=(),
+    )
+
+
+def test_from_env_reads_the_process_environment_by_default(monkeypatch):
+    monkeypatch.setenv("OTEL_SEGMENTS_CACHE_SIZE", "77")
+    assert Settings.from_env().cache_size == 77
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://collector.example:4318", None),
+        ("https://collector.example", None),
+        ("http://collector example", "has spaces or control characters"),
+        ("http://collector\texample", "has spaces or control characters"),
+        ("http://collector.example\x00", "has spaces or control characters"),
+        ("http://collector.example\u2003", "has spaces or control characters"),
+        ("http://collector.example:99999", "is not a URL"),
+        ("http://[::1", "is not a URL"),
+        ("ftp://collector.example", "has an unsupported scheme (use http or https)"),
+        ("grpc://collector.example", "has an unsupported scheme (use http or https)"),
+        ("http://", "has no host"),
+        ("http://:4318/x", "has no host"),
+    ],
+)
+def test_url_problems(url, problem):
+    from otel_segments.otlp_variables import url_problem
+
+    assert url_problem(url) == problem
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("localhost:4318", "OTEL_EXPORTER_OTLP_ENDPOINT='localhost:4318' has no scheme; using 'http://localhost:4318'"),
+        (
+            "collector.example:4318/otlp?k=v",
+            "OTEL_EXPORTER_OTLP_ENDPOINT='collector.example:4318/otlp' has no scheme; using "
+            "'http://collector.example:4318/otlp', which points at collector.example over plain http: the bearer token "
+            "travels unencrypted; use https",
+        ),
+        (
+            "collector example",
+            "OTEL_EXPORTER_OTLP_ENDPOINT='collector example' has spaces or control characters; the plugin stays off",
+        ),
+    ],
+)
+def test_endpoint_messages(raw, message, caplog):
+    caplog.set_level(logging.WARNING)
+    Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": raw})
+    assert warnings_of(caplog) == [message]
+
+
+@pytest.mark.parametrize(
+    ("env", "signal", "expected"),
+    [
+        # the general endpoint as given: the SDK reads it itself
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c.example:4318"}, "traces", None),
+        # repaired: passed explicitly, with the signal's path for OTLP/HTTP (one slash)
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "c.example:4318/", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+            "logs",
+            "http://c.example:4318/v1/logs",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "c.example:4318", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf"},
+            "metrics",
+            "http://c.example:4318/v1/metrics",
+        ),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "c.example:4317"}, "traces", "http://c.example:4317"),
+        # a per-signal endpoint wins: the SDK reads it
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "c.example:4317", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://t.example"},
+            "traces",
+            None,
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "c.example:4317", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://t.example"},
+            "logs",
+            "http://c.example:4317",
+        ),
+        ({}, "traces", None),
+    ],
+)
+def test_otlp_endpoint_per_signal(env, signal, expected, caplog):
+    settings = Settings.from_env(env)
+    assert otlp_endpoint(signal, settings, env) == expected
+
+
+def test_otlp_endpoint_and_headers_read_the_process_environment_by_default(monkeypatch):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "c.example:4317")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-a=1")
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_PROTOCOL", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", raising=False)
+    assert otlp_endpoint("traces", Settings.from_env()) == "http://c.example:4317"
+    assert otlp_headers("traces", None) == {"x-a": "1"}
+    assert config.protocol("traces") == "grpc"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected", "warned"),
+    [
+        ({}, "grpc", None),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, "http/protobuf", None),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": " http/protobuf "}, "http/protobuf", None),
+        ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, "grpc", None),
+        (
+            {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+            "grpc",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL='http/json'",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "http/json", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+            "http/protobuf",
+            None,
+        ),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "x" * 100}, "grpc", "OTEL_EXPORTER_OTLP_PROTOCOL=" + repr("x" * 64)),
+    ],
+)
+def test_protocol_per_signal_then_general(env, expected, warned, caplog):
+    caplog.set_level(logging.WARNING)
+    assert config.protocol("traces", env) == expected
+    if warned is None:
+        assert caplog.records == []
+    else:
+        assert warnings_of(caplog) == [f"{warned} is not one of grpc, http/protobuf; using grpc"]
+
+
+@pytest.mark.parametrize("raw", ["tok en", "tok\x7f", "tök", "tok\n"])
+def test_token_characters_a_header_cannot_carry_are_refused(raw, caplog):
+    caplog.set_level(logging.WARNING)
+    assert config.token({"OTEL_EXPORTER_OTLP_TOKEN": f"a{raw}b"}) is None
+    assert warnings_of(caplog) == [
+        "OTEL_EXPORTER_OTLP_TOKEN has characters a bearer token cannot have (spaces, control or non-ASCII characters); "
+        "ignoring it"
+    ]
+
+
+def test_token_with_every_printable_ascii_character_is_kept(caplog):
+    raw = "".join(chr(c) for c in range(33, 127))
+    assert config.token({"OTEL_EXPORTER_OTLP_TOKEN": f"  {raw} "}) == config.Secret(raw)
+    assert config.token({}) is None and config.token({"OTEL_EXPORTER_OTLP_TOKEN": " "}) is None
+    assert caplog.records == []
+
+
+def test_per_signal_headers_variable_that_is_blank_falls_back_to_the_general_one():
+    env = {"OTEL_EXPORTER_OTLP_HEADERS": "a=1", "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "  "}
+    assert otlp_headers("traces", config.Secret("t"), env) == {"a": "1", "authorization": "Bearer t"}
