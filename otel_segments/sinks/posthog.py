@@ -316,7 +316,8 @@ class PostHogSink:
         attempt = 0
         while True:
             attempt += 1
-            if self._shut or self._session is None:
+            session = self._session  # read once: with None, batch_post would use the SDK's own session
+            if self._shut or session is None:
                 raise failed(f"the PostHog sink was shut down mid-delivery; {done}")
             try:
                 with watch_answers() as answer:
@@ -325,7 +326,7 @@ class PostHogSink:
                         self._host,
                         gzip=self.gzip,
                         timeout=max(deadline - time.monotonic(), 0.001),
-                        session=self._session,
+                        session=session,
                         batch=[event for _, event, _ in chunk],
                         historical_migration=False,
                     )
