@@ -37,6 +37,7 @@ from otel_segments.segments.cohorts import COHORTS, Cohort
 from otel_segments.segments.queries import compute_segments
 from otel_segments.segments.schema import TIMETRACKER
 from tests.conftest import ROOT, VENV_BIN, _free_port, clean_env
+from tests.serving import serving
 
 PHOENIX = ROOT / ".venv-phoenix" / "bin" / "phoenix"
 APP = ROOT / "examples" / "timetracker" / "app.py"
@@ -91,30 +92,13 @@ def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
         "PHOENIX_SECRET": _secret(),
         "PHOENIX_ADMIN_SECRET": admin,
     }
-    log = (work / "phoenix.log").open("w+")
-    proc = subprocess.Popen([str(PHOENIX), "serve"], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"Phoenix did not start:\n{log.read()[-3000:]}")
-            time.sleep(0.3)
+    argv = [str(PHOENIX), "serve"]
+    log = work / "phoenix.log"
+    with serving(
+        argv, cwd=work, env=env, log=log, health_url=base + "/healthz", what="Phoenix", stop=signal.SIGTERM, start_timeout_s=90
+    ):
         yield Phoenix(base, grpc_port, admin)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
 
 
 def _endpoint(phoenix: Phoenix, protocol: str) -> str:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import signal
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import pytest
 
 from tests.conftest import ROOT, VENV_BIN, clean_env
 from tests.receivers import ReceivedSpan, Receiver
+from tests.serving import serving
 
 APP = ROOT / "examples" / "timetracker" / "app.py"
 ALICE = {"user.id": "1", "app.user.role": "admin", "app.user.is_admin": True, "app.user.auth_method": "oidc"}
@@ -40,39 +38,13 @@ def example_app(http_receiver: Receiver, tmp_path: Path) -> Iterator[str]:
         OTEL_BSP_SCHEDULE_DELAY="100",
         TIMETRACKER_DATABASE_URL=f"sqlite:///{tmp_path / 'tt.db'}",
     )
-    log = (tmp_path / "app.log").open("w+")
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "opentelemetry-instrument"), str(VENV_BIN / "python"), str(APP), "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    argv = [str(VENV_BIN / "opentelemetry-instrument"), str(VENV_BIN / "python"), str(APP), "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"example app did not start:\n{log.read()[-3000:]}")
-            time.sleep(0.1)
+    with serving(
+        argv, cwd=tmp_path, env=env, log=tmp_path / "app.log", health_url=base + "/health", what="example app"
+    ) as served:
         yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.seek(0)
-        output = log.read()
-        log.close()
-        assert "Traceback" not in output, output[-3000:]
+    assert "Traceback" not in served.output, served.output[-3000:]
 
 
 def _user_part(span: ReceivedSpan) -> dict[str, object]:

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -28,6 +26,7 @@ import pytest
 
 from tests.conftest import VENV_BIN, clean_env
 from tests.receivers import ReceivedSpan, Receiver
+from tests.serving import serving as shared_serving
 
 APPS = Path(__file__).resolve().parent.parent / "apps"
 USER_KEYS = ("user.id", "user.roles", "app.user.role", "app.user.is_admin", "app.user.auth_method")
@@ -83,33 +82,12 @@ def serving(folder: Path, command: list[str], env: dict[str, str]) -> Iterator[s
     """``opentelemetry-instrument <command>`` in ``folder`` until the block ends; the server's base URL."""
     port = _free_port()
     argv = [str(VENV_BIN / "opentelemetry-instrument"), str(VENV_BIN / command[0])] + [a.format(port=port) for a in command[1:]]
-    log = (folder / "server.log").open("w+")
-    proc = subprocess.Popen(argv, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"{' '.join(command)} did not start:\n{log.read()[-3000:]}")
-            time.sleep(0.05)
+    with shared_serving(
+        argv, cwd=folder, env=env, log=folder / "server.log", health_url=base + "/health", what=" ".join(command)
+    ) as served:
         yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.seek(0)
-        output = log.read()
-        log.close()
-    assert "Traceback" not in output and "otel_segments:" not in output, output[-3000:]
+    assert "Traceback" not in served.output and "otel_segments:" not in served.output, served.output[-3000:]
 
 
 def _client(base: str, name: str) -> httpx.Client:
