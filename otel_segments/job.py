@@ -55,11 +55,11 @@ DEFAULT_DELIVERY_BATCH = 1000
 #: After each delivery batch the worker rests this many times the CPU time the batch took: building events is
 #: Python work that holds the GIL, and the app's requests in this process wait for it (and for a core).
 DELIVERY_PACE = 1.0
-#: At shutdown, how long a sink's delivery in flight gets to finish (at most half the bound) before the sinks end
-#: it: a healthy peer answers a batch well within it; one that took the connection and never answers (or drips its
-#: answer) must not hold the process's exit, which the SDK's own shutdown still follows. A running refresh is
-#: not cut short by it (only by the bound).
-STOP_GRACE_S = 1.0
+#: At shutdown, the share of its bound that a sink's delivery in flight gets to finish before the sinks end it
+#: (2 s of the 5 s at exit): a slow but healthy peer answers within it; one that took the connection and never
+#: answers (or drips its answer) must not hold the process's exit, which the SDK's own shutdown still follows.
+#: A running refresh is not cut short by it (only by the bound).
+STOP_GRACE = 0.4
 _T = TypeVar("_T")
 #: The (property, value) pairs counted for the gauge: every value a cohort names, zeros included.
 SEGMENT_VALUES: tuple[tuple[str, str | bool], ...] = tuple(dict.fromkeys((c.property, c.value) for c in COHORTS))
@@ -374,7 +374,7 @@ class RefreshJob:
             self._stop(timeout_s)
 
     def _stop(self, timeout_s: float) -> None:
-        """Within ``timeout_s`` whatever the peers do: a delivery in flight gets :data:`STOP_GRACE_S` to finish, then
+        """Within ``timeout_s`` whatever the peers do: a delivery in flight gets :data:`STOP_GRACE` of it to finish, then
         the sinks end it (they abort their requests); the flush is ended the same way just before the bound."""
         stop_at = time.monotonic()
         deadline = stop_at + timeout_s
@@ -383,7 +383,7 @@ class RefreshJob:
         thread = self._thread
         ended = False
         if thread is not None and not thread.is_current():
-            grace = min(STOP_GRACE_S, timeout_s / 2)
+            grace = timeout_s * STOP_GRACE
             # A running refresh may finish (the flush then delivers what it found); a delivery stuck on its peer
             # is ended after the grace; whatever it is, the worker gets no more than the bound.
             while not thread.join(timeout=0.05) and not ended:

@@ -11,10 +11,10 @@ healthy OTLP collector and a PostHog that is a :class:`~tests.slow_peer.SlowPeer
 - *hang*: takes the connection and the request, never answers.
 
 Exit is timed from the app's last line (``stopped``, printed as its ``main`` returns)
-to the process's end: the bound is README's 5 s. By design it is about 2 s: a
-delivery in flight gets 1 s (``otel_segments.job.STOP_GRACE_S``) before the sinks
-end it, then the SDK's own providers shut down (measured 3-4 s with the grace at
-2.5 s on this 2-core machine under a load average of 13-20).
+to the process's end: the bound is README's 5 s. By design it is about 3 s: a
+delivery in flight gets 2 s of the job's 5 s (``otel_segments.job.STOP_GRACE``)
+before the sinks end it, then the SDK's own providers shut down (measured 2.5-4 s
+on this 2-core machine under a load average of 4-20).
 """
 
 from __future__ import annotations
