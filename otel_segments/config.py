@@ -180,7 +180,9 @@ def _posthog(env: Mapping[str, object]) -> tuple[Secret | None, str | None]:
     raw = read(env, POSTHOG_HOST)
     if not raw:
         return secret(env, POSTHOG_API_KEY), DEFAULT_POSTHOG_HOST
-    host = with_scheme(POSTHOG_HOST, raw, consequence="the PostHog sink is off (person data goes only to a host you chose)")
+    host = with_scheme(
+        POSTHOG_HOST, raw, consequence="the PostHog sink is off (person data goes only to a host you chose)", bearer_token=False
+    )
     if host is None:
         return None, None
     return secret(env, POSTHOG_API_KEY), host

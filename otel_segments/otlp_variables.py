@@ -46,7 +46,7 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-def with_scheme(name: str, raw: str, *, consequence: str = "ignoring it", bearer_token: bool = False) -> str | None:
+def with_scheme(name: str, raw: str, *, consequence: str, bearer_token: bool) -> str | None:
     """``raw`` as a usable http(s) URL, adding ``http://`` when the scheme is missing; None when unusable.
 
     One warning at most: an unusable value (ending in ``consequence``), or a missing scheme and, for a URL

@@ -93,3 +93,19 @@ def test_the_cache_keeps_maxsize_users_and_bounds_its_memory_of_misses_and_hits(
     wanted = cache.wanted()
     # hits and misses are remembered up to maxsize each: hits c and b (d's came third), misses a and c (not the m's)
     assert wanted[:2] == ["d", "b"] and sorted(wanted[2:]) == ["a", "c"]
+
+
+def test_the_cache_keeps_only_the_selected_properties_and_names_an_unsupported_one(caplog) -> None:
+    import logging
+
+    from otel_segments import context
+
+    caplog.set_level(logging.WARNING)
+    context._warned_keys.discard("weird")
+    cache = SegmentCache(maxsize=5, span_properties={"engagement_level", "weird"})
+    cache.put("u", {"engagement_level": "high", "total_hours": 12.5, "weird": {"a": 1}})
+    assert cache.get("u") == {"app.user.engagement_level": "high"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "otel_segments: user property 'weird' has an unsupported type dict; it is left out"
+    ]
+    assert SegmentCache(maxsize=5).span_properties is None

@@ -251,6 +251,13 @@ def test_a_repaired_url_is_quoted_without_its_user_or_password(caplog):
         ("http://[::1]:4318", "http://[::1]:4318"),
         ("user:pw@host:4318", "host:4318"),
         ("http://host/x?password=pw", "http://host/x"),
+        ("https://u:p@ss@host:99999/x?token=1#f", "https://host:99999/x"),  # malformed: after the last @, before ? and #
+        ("https://u:p@host:99999#f", "https://host:99999"),
+        ("https://host:443/v1", "https://host:443/v1"),
+        ("http://Host.Example:0/", "http://host.example:0/"),
+        ("https://u:p@host:99999/a://b", "https://host:99999/a://b"),  # the scheme is the first ://, not the last
+        ("https://host:99999", "https://host:99999"),
+        ("file:///etc/app.conf", "file:///etc/app.conf"),
         ("http://" + "h" * 500, "http://" + "h" * 193),
     ],
 )
@@ -648,3 +655,69 @@ def test_token_with_every_printable_ascii_character_is_kept(caplog):
 def test_per_signal_headers_variable_that_is_blank_falls_back_to_the_general_one():
     env = {"OTEL_EXPORTER_OTLP_HEADERS": "a=1", "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "  "}
     assert otlp_headers("traces", config.Secret("t"), env) == {"a": "1", "authorization": "Bearer t"}
+
+
+@pytest.mark.parametrize(
+    ("env", "host"),
+    [
+        (
+            {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c.example/v1/traces", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+            "c.example",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "HTTP://c.example/v1/logs", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "http/protobuf"},
+            "c.example",
+        ),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c.example/x?next=https://y.example"}, "c.example"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://" + "h" * 300 + ".example"}, "h" * 200),
+    ],
+)
+def test_plain_http_per_signal_endpoint_for_otlp_http_and_the_host_as_shown(env, host, caplog):
+    caplog.set_level(logging.WARNING)
+    Settings.from_env({**GATE, **env})
+    [message] = warnings_of(caplog)
+    assert message.split(" ")[3] == host and "over plain http" in message
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://c.example/v1/traces", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "c.example:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+    ],
+)
+def test_otlp_http_per_signal_endpoint_not_over_plain_http_does_not_warn(env, caplog):
+    caplog.set_level(logging.WARNING)
+    Settings.from_env({**GATE, **env})
+    assert warnings_of(caplog) == []
+
+
+def test_a_long_general_endpoint_host_is_shown_cut(caplog):
+    caplog.set_level(logging.WARNING)
+    Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + "h" * 300 + ".example", "OTEL_EXPORTER_OTLP_TOKEN": TOKEN})
+    [message] = warnings_of(caplog)
+    assert message.startswith(f"OTEL_EXPORTER_OTLP_ENDPOINT points at {'h' * 200} over plain http")
+
+
+def test_an_endpoint_without_scheme_is_not_refused():
+    settings = Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector.example:4318"})
+    assert settings.refused == () and settings.disabled_reason == "OTEL_EXPORTER_OTLP_TOKEN is not set"
+
+
+@pytest.mark.parametrize(
+    ("raw", "password", "host"),
+    [
+        ("postgresql+psycopg://app:p@s@s@db/app", "p@s@s", "db"),
+        ("postgresql+psycopg://app:@x@db/app", "@x", "db"),
+    ],
+)
+def test_several_unencoded_at_signs_in_a_database_password(raw, password, host):
+    from sqlalchemy import make_url
+
+    url = make_url(Settings.from_env({"OTEL_SEGMENTS_DATABASE_URL": raw}).database_url.reveal())
+    assert (url.password, url.host) == (password, host)
+
+
+def test_an_unparsable_database_url_is_kept_for_the_engine_to_report():
+    raw = "postgresql://a@b@c:notaport/x"
+    assert Settings.from_env({"OTEL_SEGMENTS_DATABASE_URL": raw}).database_url.reveal() == raw

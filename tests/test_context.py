@@ -273,3 +273,16 @@ def test_decorator_sync_and_async() -> None:
 
 def test_repr_shows_the_id_only() -> None:
     assert repr(UserProperties("u", plan="pro")) == "UserProperties(user_id='u')"
+
+
+def test_warnings_about_values_carry_no_traceback_and_a_broken_id_does(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    caplog.set_level(logging.WARNING)
+    UserProperties("u", nested={"a": 1})
+    set_user(Broken())
+    unsupported, unreadable = caplog.records
+    assert not unsupported.exc_info
+    assert unreadable.exc_info is not None and unreadable.exc_info[0] is RuntimeError

@@ -15,6 +15,7 @@ def test_secrets_equal_only_when_their_values_are() -> None:
     assert Secret("a") != Secret("b")
     assert Secret("a") != "a"  # a secret is not its text: comparing with a plain string never matches
     assert len({Secret("a"), Secret("a"), Secret("b")}) == 2
+    assert hash(Secret("a")) != hash(Secret("b"))
     assert repr(Secret("s3cr3t")) == str(Secret("s3cr3t")) == "Secret('<redacted>')"
 
 
@@ -23,8 +24,9 @@ def test_read_strips_decodes_and_never_raises() -> None:
         def __str__(self) -> str:
             raise RuntimeError("no text")
 
-    env = {"S": "  v \n", "B": b" caf\xc3\xa9 ", "I": 5, "X": Broken(), "N": None}
+    env = {"S": "  v \n", "B": b" caf\xc3\xa9 ", "I": 5, "X": Broken(), "N": None, "L": b"caf\xe9"}
     assert [read(env, name) for name in ("S", "B", "I", "X", "N", "missing")] == ["v", "café", "5", "", "", ""]
+    assert read(env, "L") == "caf\udce9"  # a byte that is not UTF-8 is kept, as os.environ keeps it
     assert secret(env, "S") == Secret("v") and secret(env, "missing") is None and secret({"E": "  "}, "E") is None
 
 
@@ -34,12 +36,12 @@ def test_positive_int_reads_the_whole_range(raw: str, expected: int, caplog: pyt
     assert caplog.records == []
 
 
-@pytest.mark.parametrize("raw", ["0", "-1", str(2**31), "1.0", "0x10", "1_000", "9" * 13, "٣"])
+@pytest.mark.parametrize("raw", ["0", "-1", str(2**31), "1.0", "0x10", "1_000", "9" * 13, "٣", "x" * 100])
 def test_positive_int_outside_the_range_is_the_default_with_one_warning(raw: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     assert positive_int({"N": raw}, "N", 99) == 99
     assert [r.getMessage() for r in caplog.records] == [
-        f"N={raw!r} is not an integer from 1 to {2**31 - 1}; using the default 99"
+        f"N={raw[:64]!r} is not an integer from 1 to {2**31 - 1}; using the default 99"
     ]
 
 
