@@ -126,6 +126,9 @@ class RefreshJob:
         self._counts: dict[tuple[str, str | bool], int] | None = None
         #: Per sink, user id -> digest of the update the peer refused for good (named once per update).
         self._quarantine: dict[str, dict[str, str]] = {}
+        #: (user id, table.column, cause) the refresh reported and a warning named; ``_set_aside_count`` of them skipped.
+        self._problems: set[tuple[str, str, str]] = set()
+        self._set_aside_count = 0
         self._init_process_state()
         self._paused = False
         self._shut = False
@@ -227,6 +230,7 @@ class RefreshJob:
             self._sync_cache(state)
             return CycleResult(holder=False)
         refreshed = refresh(self.app_engine, state, self._ensure_bound(), now=now, max_age=self.max_age)
+        self._name_problems(refreshed)
         if refreshed.changed or self._counts is None:
             self._counts = _count(state.segments())
         delivered: dict[str, int] = {}
@@ -241,6 +245,8 @@ class RefreshJob:
                 self._report_sink(name, error)
         self._sync_cache(state)
         quarantined = {name: len(users) for name, users in self._quarantine.items() if users}
+        if refreshed.quarantined:
+            quarantined["refresh"] = refreshed.quarantined
         return CycleResult(holder=True, refreshed=refreshed, delivered=delivered, failed=failed, quarantined=quarantined)
 
     def _ensure_state(self) -> tuple[RefreshState, Lease]:
@@ -338,6 +344,32 @@ class RefreshJob:
             len(quarantine),
             refusal.cause,
         )
+
+    def _name_problems(self, refreshed: RefreshResult) -> None:
+        """One WARNING per user, place and cause the refresh could not read as it is (once per process);
+        users it set aside are counted in the line, and retried by every refresh until they can be computed."""
+        named = self._problems
+        current = {(p.user_id, p.where, p.cause): p for p in refreshed.problems}
+        set_aside = refreshed.quarantined
+        for key, problem in current.items():
+            if key in named:
+                continue
+            if problem.skipped:
+                _logger.warning(
+                    "otel_segments: user %s set aside, retried each cycle (%d set aside now): %s: %s",
+                    pseudonymize(problem.user_id),
+                    set_aside,
+                    problem.where,
+                    problem.cause,
+                )
+            else:
+                _logger.warning("otel_segments: user %s: %s: %s", pseudonymize(problem.user_id), problem.where, problem.cause)
+        if len(named) > _NAMED_MAX:  # bounded memory; a problem still there is named again, once
+            named.clear()
+        named.update(current)
+        if not set_aside and self._set_aside_count:
+            _logger.info("otel_segments: no user is set aside any more")
+        self._set_aside_count = set_aside
 
     # -- what other parts read -------------------------------------------------------------------------------
 
@@ -506,6 +538,8 @@ class RefreshJob:
         _logger.warning("otel_segments: %s delivery failed, updates stay pending%s: %s", name, retry, error)
 
 
+#: How many (user, place, cause) the job remembers having named.
+_NAMED_MAX = 100_000
 #: What the flush at shutdown leaves of its bound for ending the sinks' requests and releasing the lease.
 _STOP_MARGIN_S = 0.5
 

@@ -43,7 +43,7 @@ from typing import Any
 from sqlalchemy import Column, func, select
 from sqlalchemy.engine import Connection, Engine
 
-from .queries import _ID_CHUNK, _datetime, _Queries, column_time
+from .queries import _ID_CHUNK, _datetime, _decode, _Queries, column_time
 from .schema import BoundSchema
 from .state import RefreshState
 
@@ -163,7 +163,7 @@ def _scan(
     scans: list[list[Any]] = cursor.get("scans", [])
     columns = [source.ident if source.ident is not None else source.owner, source.owner]
     columns += [queries._readable_time(c) for c in source.stamps]
-    columns += [queries._readable_time(c) if _is_time(c) else c for c in source.inputs]
+    columns += [queries._readable_time(c) if _is_time(c) else queries._readable_text(c) for c in source.inputs]
     rows: list[Any] = []
     new_scans: list[list[Any]] = []
     if source.key is not None:
@@ -212,7 +212,7 @@ def _is_time(column: Column) -> bool:
 
 
 def _hash(values: Iterable[Any]) -> str:
-    return hashlib.sha256(json.dumps([None if v is None else str(v) for v in values]).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([None if v is None else str(_decode(v)[0]) for v in values]).encode()).hexdigest()[:16]
 
 
 def _project_users(conn: Connection, bound: BoundSchema, projects: set[Any]) -> set[str]:

@@ -13,6 +13,12 @@ exact whatever zone the app writes in.
 :func:`input_fingerprints` is the sweep's cheaper pass over a slice of users: the
 rule inputs that no change column shows (the users row, admin roles, task counts,
 entry count and key sum), hashed per user.
+
+A bad row never stops the others (docs/segments.md, "Bad rows"): the SQL reads what the driver could not
+hand over as something it can (PostgreSQL dates outside Python's years 1-9999 as NULL, SQLite text that
+is not UTF-8 as bytes, decoded here with replacement; SQLite sums as floats, which cannot overflow), and
+each such value is reported as a :class:`Problem` naming the user. A batch that still fails is bisected
+down to the users it fails for, who are set aside (reported, not computed) while the rest go on.
 """
 
 from __future__ import annotations
@@ -23,8 +29,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, and_, case, exists, false, func, literal, select, type_coerce
+from sqlalchemy import (
+    ColumnElement,
+    LargeBinary,
+    and_,
+    case,
+    cast,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    select,
+    type_coerce,
+)
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.types import NullType
 
 from . import UserSegment
 from .rules import WINDOWS, UserActivity, next_change, person_properties, utc
@@ -32,6 +53,23 @@ from .schema import BoundSchema, SchemaMapping, bind
 
 DEFAULT_BATCH_SIZE = 10_000
 _ID_CHUNK = 5_000  # ids per IN (...) list: well under SQLite's and PostgreSQL's parameter limits
+# Dates PostgreSQL may hold that its driver can hand over as a Python datetime (years 1-9999); outside them a value
+# reads as NULL, like ``infinity``. A timezone-aware value is converted to the session's zone first: a day of margin.
+_NAIVE_RANGE = (datetime(1, 1, 1), datetime(9999, 12, 31, 23, 59, 59, 999999))
+_AWARE_RANGE = (datetime(1, 1, 2, tzinfo=timezone.utc), datetime(9999, 12, 30, tzinfo=timezone.utc))
+#: What a poisoned row raises while it is read or computed: the batch is bisected to set its users aside.
+ROW_ERRORS = (SQLAlchemyError, ValueError, OverflowError, TypeError, ArithmeticError)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A user whose row could not be read as it is: ``skipped`` users were set aside (not computed this cycle);
+    the others were computed with the value read as ``cause`` says (NULL, replacement characters)."""
+
+    user_id: str
+    where: str  # table.column, or the table when the column is unknown
+    cause: str
+    skipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,27 +107,65 @@ def aggregate_users(
     now: datetime,
     user_ids: Iterable[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    problems: list[Problem] | None = None,
 ) -> Iterator[AggregatedUser]:
+    """Every user's (or only ``user_ids``') aggregates; users whose rows cannot be read are appended to ``problems``."""
     bound = schema if isinstance(schema, BoundSchema) else bind(schema, engine)
     queries = _Queries(bound, utc(now), engine.dialect.name)
+    found = problems if problems is not None else []
     with engine.connect() as conn:
         if user_ids is None:
             last: Any = None
             while True:
-                users = conn.execute(queries.users(after=last, limit=batch_size)).all()
+                try:
+                    users = queries.fetch_users(conn, after=last, limit=batch_size, problems=found)
+                except ROW_ERRORS as error:
+                    _recover(conn, error)
+                    ids = [row[0] for row in conn.execute(queries.ids(after=last, limit=batch_size))]
+                    if not ids:
+                        raise
+                    last = ids[-1]
+                    yield from queries.bisect(conn, ids, found, error)
+                    if len(ids) < batch_size:
+                        return
+                    continue
                 if not users:
                     return
                 last = users[-1][0]
-                yield from queries.batch(conn, users, ids=None)
+                yield from queries.safe_batch(conn, users, found)
                 if len(users) < batch_size:
                     return
         else:
             ids = queries.coerce_ids(user_ids)
             for start in range(0, len(ids), _ID_CHUNK):
                 chunk = ids[start : start + _ID_CHUNK]
-                users = conn.execute(queries.users(ids=chunk)).all()
+                try:
+                    users = queries.fetch_users(conn, ids=chunk, problems=found)
+                except ROW_ERRORS as error:
+                    _recover(conn, error)
+                    yield from queries.bisect(conn, chunk, found, error)
+                    continue
                 if users:
-                    yield from queries.batch(conn, users, ids=chunk)
+                    yield from queries.safe_batch(conn, users, found, ids=chunk)
+
+
+def _recover(conn: Connection, error: BaseException) -> None:
+    """After a failed statement: roll back (PostgreSQL refuses anything else in an aborted transaction).
+
+    A lost connection is not a bad row: it is raised, and the cycle retries later.
+    """
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        raise error
+    conn.rollback()
+
+
+class _StageError(Exception):
+    """Which table's query failed, for the warning that names it."""
+
+    def __init__(self, table: str, error: BaseException) -> None:
+        super().__init__(table)
+        self.table = table
+        self.error = error
 
 
 class _Queries:
@@ -134,8 +210,9 @@ class _Queries:
         for name in (u.created_at, u.last_login):
             columns.append(self._readable_time(t.c[name]) if name else literal(None))
         for name in (u.role, u.auth_method):
-            columns.append(t.c[name] if name else literal(None))
+            columns.append(self._readable_text(t.c[name]) if name else literal(None))
         columns.append(self._is_admin())
+        columns.append(self._out_of_range(t, (u.created_at, u.last_login)))
         query = select(*columns).where(uid.is_not(None))  # a NULL id names no one (possible in views and legacy tables)
         if ids is not None:
             query = query.where(uid.in_(ids))
@@ -143,6 +220,108 @@ class _Queries:
             query = query.where(uid > after)
         query = query.order_by(uid)
         return query.limit(limit) if limit else query
+
+    def ids(self, *, after: Any, limit: int) -> Any:
+        """The next ``limit`` user ids alone: what a batch whose users row cannot be read is bisected over."""
+        uid = self.bound.users.c[self.mapping.users.id]
+        query = select(uid).where(uid.is_not(None))
+        if after is not None:
+            query = query.where(uid > after)
+        return query.order_by(uid).limit(limit)
+
+    def fetch_users(self, conn: Connection, *, problems: list[Problem], **where: Any) -> list[tuple[Any, ...]]:
+        """:meth:`users` rows as Python values: text decoded (with replacement when it is not UTF-8), each
+        value that was not readable as it is reported in ``problems``. The last column (what PostgreSQL
+        read as NULL) is dropped."""
+        u = self.mapping.users
+        table = self.bound.users.name
+        out = []
+        for uid, created_at, last_login, role, auth, admin, out_of_range in conn.execute(self.users(**where)):
+            created_at, last_login = _decode(created_at)[0], _decode(last_login)[0]
+            texts = []
+            for name, value in ((u.role, role), (u.auth_method, auth)):
+                text, bad = _decode(value)
+                if bad:
+                    problems.append(Problem(str(uid), f"{table}.{name}", "not valid UTF-8, read with replacement characters"))
+                texts.append(text)
+            if out_of_range:
+                for name in str(out_of_range).split(","):
+                    problems.append(Problem(str(uid), f"{table}.{name}", "date outside years 1-9999, read as NULL"))
+            out.append((uid, created_at, last_login, texts[0], texts[1], admin))
+        return out
+
+    def safe_batch(
+        self, conn: Connection, users: Sequence[Any], problems: list[Problem], *, ids: Sequence[Any] | None = None
+    ) -> Iterator[AggregatedUser]:
+        """:meth:`batch`, or when it fails, :meth:`bisect` over its users: one poisoned user never stops the others."""
+        mark = len(problems)
+        try:
+            done = list(self.batch(conn, users, ids=ids, problems=problems))
+        except (*ROW_ERRORS, _StageError) as error:
+            del problems[mark:]  # the bisection reports them again, for the users it computes
+            _recover(conn, error.error if isinstance(error, _StageError) else error)
+            yield from self.bisect(conn, [row[0] for row in users], problems, error)
+            return
+        yield from done
+
+    def bisect(
+        self, conn: Connection, ids: Sequence[Any], problems: list[Problem], error: BaseException
+    ) -> Iterator[AggregatedUser]:
+        """The users of ``ids`` computed in halves down to one; the users that still fail alone are set aside.
+
+        When every user fails alone, nothing is wrong with a row: the error is the database's, and is raised.
+        """
+        done: list[AggregatedUser] = []
+        skipped: list[Problem] = []
+        stack = [list(ids)]
+        while stack:
+            part = stack.pop()
+            mark = len(problems)
+            try:
+                users = self.fetch_users(conn, ids=part, problems=problems)
+                done.extend(self.batch(conn, users, ids=part, problems=problems))
+            except (*ROW_ERRORS, _StageError) as failure:
+                del problems[mark:]
+                cause = failure.error if isinstance(failure, _StageError) else failure
+                _recover(conn, cause)
+                if len(part) > 1:
+                    half = len(part) // 2
+                    stack += [part[half:], part[:half]]
+                    continue
+                where = failure.table if isinstance(failure, _StageError) else self.bound.users.name
+                skipped.append(Problem(str(part[0]), self._locate(conn, part[0], where), _cause(cause), skipped=True))
+        if skipped and not done:
+            raise error
+        problems.extend(skipped)
+        yield from done
+
+    def _locate(self, conn: Connection, user_id: Any, table: str) -> str:
+        """``table.column``: the first of the table's mapped columns that fails to read alone for the user."""
+        m = self.mapping
+        if table == self.bound.users.name:
+            t, owner, names = (
+                self.bound.users,
+                m.users.id,
+                (m.users.created_at, m.users.last_login, m.users.role, m.users.auth_method),
+            )
+        elif table == self.bound.activity.name:
+            a = m.activity
+            t, owner, names = self.bound.activity, a.user_id, (a.timestamp, a.source, a.duration_seconds, a.project_id)
+        elif self.bound.tasks is not None and table == self.bound.tasks.name and m.tasks is not None:
+            t, owner, names = self.bound.tasks, m.tasks.assignee, (m.tasks.status,)
+        else:
+            return table
+        for name in names:
+            if not name:
+                continue
+            try:
+                conn.execute(select(t.c[name]).where(t.c[owner] == user_id)).all()
+                if name == getattr(m.activity, "duration_seconds", None) and t is self.bound.activity:
+                    conn.execute(select(func.sum(t.c[name])).where(t.c[owner] == user_id)).all()
+            except ROW_ERRORS as error:
+                _recover(conn, error)
+                return f"{table}.{name}"
+        return table
 
     def _is_admin(self) -> Any:
         u = self.mapping.users
@@ -164,12 +343,31 @@ class _Queries:
             return literal(None)
         return case(*[(c, 1) for c in conditions], else_=0)
 
-    def batch(self, conn: Connection, users: Sequence[Any], *, ids: Sequence[Any] | None) -> Iterator[AggregatedUser]:
+    def batch(
+        self, conn: Connection, users: Sequence[Any], *, ids: Sequence[Any] | None, problems: list[Problem] | None = None
+    ) -> Iterator[AggregatedUser]:
+        """The users' aggregates (rows of :meth:`fetch_users`); a failing query raises :class:`_StageError` naming its table."""
         lo, hi = users[0][0], users[-1][0]
-        activity = {row[0]: row for row in conn.execute(self._activity(lo, hi, ids))}
-        projects = {row[0]: row for row in conn.execute(self._projects(lo, hi, ids))} if self.bound.projects is not None else None
-        tasks = {row[0]: row for row in conn.execute(self._tasks(lo, hi, ids))} if self.bound.tasks is not None else None
+        problems = problems if problems is not None else []
+
+        def rows(table: Any, query: Any) -> dict[Any, Any]:
+            try:
+                return {row[0]: row for row in conn.execute(query)}
+            except ROW_ERRORS as error:
+                raise _StageError(table.name, error) from error
+
+        activity = rows(self.bound.activity, self._activity(lo, hi, ids))
+        projects = rows(self.bound.activity, self._projects(lo, hi, ids)) if self.bound.projects is not None else None
+        tasks = rows(self.bound.tasks, self._tasks(lo, hi, ids)) if self.bound.tasks is not None else None
         a, u = self.mapping.activity, self.mapping.users
+        users_name, activity_name = self.bound.users.name, self.bound.activity.name
+
+        def when(value: Any, zone: tzinfo | None, uid: Any, where: str) -> datetime | None:
+            read = _datetime(value, zone)
+            if read is None and value is not None:
+                problems.append(Problem(str(uid), where, f"not a date in years 1-9999 ({_short(value)}), read as NULL"))
+            return read
+
         created_zone, login_zone = self._zone(u.created_at, self.bound.users), self._zone(u.last_login, self.bound.users)
         entry_zone = self._zone(a.timestamp, self.bound.activity)
         for uid, created_at, last_login, role, auth, admin in users:
@@ -185,6 +383,12 @@ class _Queries:
                 counts["manual_entries"] = int(act[6] or 0) if act else 0
             if a.duration_seconds:
                 counts["total_seconds"] = float(act[7] or 0) if act else 0.0
+                if abs(counts["total_seconds"]) >= _INT64:
+                    problems.append(
+                        Problem(
+                            str(uid), f"{activity_name}.{a.duration_seconds}", "sum beyond a 64-bit integer, summed as a float"
+                        )
+                    )
             if projects is not None:
                 p = projects.get(uid)
                 counts["total_projects"] = p[1] if p else 0
@@ -195,14 +399,23 @@ class _Queries:
                 counts["completed_tasks"] = int(t[2] or 0) if t else 0
             row = UserActivity(
                 user_id=str(uid),
-                created_at=_datetime(created_at, created_zone),
-                last_login=_datetime(last_login, login_zone),
+                created_at=when(created_at, created_zone, uid, f"{users_name}.{u.created_at}"),
+                last_login=when(last_login, login_zone, uid, f"{users_name}.{u.last_login}"),
                 role=None if role is None else str(role),
                 is_admin=None if admin is None else bool(admin),
                 auth_method=None if auth is None else str(auth),
                 **counts,
             )
-            oldest = {w: _datetime(act[8 + i], entry_zone) if act else None for i, w in enumerate(WINDOWS)}
+            where = f"{activity_name}.{a.timestamp}"
+            if act and self.dialect == "postgresql" and act[9 + len(WINDOWS)]:
+                problems.append(
+                    Problem(
+                        str(uid),
+                        where,
+                        f"{act[9 + len(WINDOWS)]} entries dated outside years 1-9999: counted, dates read as NULL",
+                    )
+                )
+            oldest = {w: when(act[8 + i], entry_zone, uid, where) if act else None for i, w in enumerate(WINDOWS)}
             t = tasks.get(uid) if tasks is not None else None
             inputs = fingerprint(
                 (created_at, last_login, role, auth, admin),
@@ -215,12 +428,34 @@ class _Queries:
         """A timestamp as the driver can hand it over, whatever the row holds; :func:`_datetime` finishes the job.
 
         SQLite keeps any text in a date column, which SQLAlchemy's own parser rejects with an exception: we
-        take the text. PostgreSQL's ``infinity`` has no Python datetime (psycopg raises): we read it as NULL.
+        take the text, as bytes (it may not be UTF-8, see :meth:`_readable_text`). PostgreSQL's ``infinity``
+        and years outside 1-9999 have no Python datetime (psycopg raises): we read them as NULL.
         """
         if self.dialect == "sqlite":
-            return type_coerce(column, String)
+            return self._readable_text(column)
         if self.dialect == "postgresql":
-            return case((func.isfinite(column), column), else_=None)
+            return case((self._in_range(column), column), else_=None)  # infinity and years beyond 1-9999
+        return column
+
+    def _in_range(self, column: Any) -> ColumnElement[bool]:
+        first, last = _AWARE_RANGE if getattr(column.type, "timezone", False) else _NAIVE_RANGE
+        return and_(column >= literal(first, column.type), column <= literal(last, column.type))
+
+    def _out_of_range(self, table: Any, names: Sequence[str | None]) -> Any:
+        """PostgreSQL: the names of the date columns (comma-separated) that :meth:`_readable_time` reads as NULL
+        though they hold a finite date, for the warning; elsewhere NULL (Python finds those itself)."""
+        names = [n for n in names if n]
+        if self.dialect != "postgresql" or not names:
+            return literal(None)
+        parts = [case((and_(func.isfinite(table.c[n]), not_(self._in_range(table.c[n]))), literal(n)), else_=None) for n in names]
+        return func.concat_ws(",", *parts)
+
+    def _readable_text(self, column: Any) -> Any:
+        """A text column as the driver can hand it over: SQLite keeps any bytes in a text column and Python's
+        driver raises on one that is not UTF-8 (for the whole query), so SQLite text is read as bytes and
+        decoded here (:func:`_decode`)."""
+        if self.dialect == "sqlite":
+            return type_coerce(case((func.typeof(column) == "text", cast(column, LargeBinary)), else_=column), NullType())
         return column
 
     def _range(self, column: Any, lo: Any, hi: Any, ids: Sequence[Any] | None) -> ColumnElement[bool]:
@@ -242,11 +477,15 @@ class _Queries:
             columns += [literal(None), literal(None)]
         if a.duration_seconds:
             duration = t.c[a.duration_seconds]
-            columns.append(func.sum(case((duration > 0, duration), else_=0)))  # a negative duration is a bad row: 0
+            positive = case((duration > 0, duration), else_=0)  # a negative duration is a bad row: 0
+            # SQLite's integer sum raises on overflow, for the whole query; total() sums as a float
+            columns.append(func.total(positive) if self.dialect == "sqlite" else func.sum(positive))
         else:
             columns.append(literal(None))
         columns += [self._readable_time(func.min(case((cond, ts), else_=None))) for cond in in_window]
         columns.append(self._key_sum())
+        if self.dialect == "postgresql":  # entries whose date reads as NULL though finite, for the warning
+            columns.append(func.sum(case((and_(func.isfinite(ts), not_(self._in_range(ts))), 1), else_=0)))
         return select(*columns).where(self._range(uid, lo, hi, ids)).group_by(uid)
 
     def _key_sum(self) -> Any:
@@ -256,7 +495,7 @@ class _Queries:
 
     def input_fingerprints(self, conn: Connection, *, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any]:
         """(user id, fingerprint) for up to ``limit`` users after ``after`` in id order, and the last id (None at the end)."""
-        users = conn.execute(self.users(after=after, limit=limit)).all()
+        users = self.fetch_users(conn, after=after, limit=limit, problems=[])
         if not users:
             return [], None
         lo, hi = users[0][0], users[-1][0]
@@ -346,14 +585,45 @@ def _datetime(value: Any, zone: tzinfo | None = None) -> datetime | None:
     """
     if value is None:
         return None
+    value = _decode(value)[0]
     if not isinstance(value, datetime):
         try:
             value = datetime.fromisoformat(str(value))
         except ValueError:
             return None
     if value.tzinfo is not None:
+        try:
+            value.astimezone(timezone.utc)  # 9999-12-31T23:00-05:00 or 0001-01-01T00:00+01:00: no such UTC instant
+        except (OverflowError, ValueError):
+            return None
         return value
     try:
         return value.replace(tzinfo=zone or timezone.utc).astimezone(timezone.utc)
     except (OverflowError, ValueError):
         return value.replace(tzinfo=timezone.utc)  # 9999-12-31 east of UTC: past the last date, keep it as it is
+
+
+_INT64 = 2**63
+
+
+def _decode(value: Any) -> tuple[Any, bool]:
+    """Text as :meth:`_Queries._readable_text` hands it over, as str; True when it was not valid UTF-8."""
+    if not isinstance(value, bytes | bytearray | memoryview):
+        return value, False
+    raw = bytes(value)
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace"), True
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _cause(error: BaseException) -> str:
+    """The error's class and first line, from the driver's own error when SQLAlchemy wraps one (no SQL, no parameters)."""
+    inner = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+    text = str(inner).strip().splitlines()[0][:200] if str(inner).strip() else ""
+    return f"{type(inner).__name__}: {text}" if text else type(inner).__name__

@@ -19,21 +19,26 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 
 from . import UserSegment, changes
-from .queries import DEFAULT_BATCH_SIZE, AggregatedUser, aggregate_users
+from .queries import DEFAULT_BATCH_SIZE, ROW_ERRORS, AggregatedUser, Problem, _cause, aggregate_users
 from .rules import utc
 from .schema import BoundSchema, SchemaMapping, bind
 from .state import RefreshState
 
 _logger = logging.getLogger(__name__)
+_Row = TypeVar("_Row", bound=tuple[Any, ...])
 
 DEFAULT_MAX_AGE = timedelta(hours=24)
 # Beyond this many candidates an incremental refresh walks all users instead (bounded memory, same result).
 MAX_CANDIDATES = 200_000
 _WRITE_BATCH = 2_000
+#: Meta key of the users set aside by the last refresh: candidates again at the next one.
+QUARANTINE = "quarantine"
+_QUARANTINE_KEPT = 10_000
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,13 @@ class RefreshResult:
     changed: int
     now: datetime
     seconds: float
+    #: Users whose rows could not be read as they are (named once each by the job): ``skipped`` ones were set
+    #: aside and are retried at the next refresh; the others were computed with the value read as NULL.
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def quarantined(self) -> int:
+        return len({p.user_id for p in self.problems if p.skipped})
 
 
 def refresh(
@@ -72,11 +84,15 @@ def refresh(
     bound = schema if isinstance(schema, BoundSchema) else bind(schema, app_engine)
     now = utc(now or datetime.now(timezone.utc))
     found = changes.find(app_engine, bound, state, now=now, limit=MAX_CANDIDATES)
+    retry = state.meta_values(QUARANTINE).get(QUARANTINE) or []
+    if found.user_ids is not None:
+        found.user_ids.update(str(uid) for uid in retry)
     user_ids: list[str] | None = None
     if not (full or migrated or not found.complete or found.user_ids is None or state.watermark() is None):
         user_ids = sorted(found.user_ids)
     is_full = user_ids is None
-    users = aggregate_users(app_engine, bound, now=now, user_ids=user_ids, batch_size=batch_size)
+    problems: list[Problem] = []
+    users = aggregate_users(app_engine, bound, now=now, user_ids=user_ids, batch_size=batch_size, problems=problems)
     computed = changed = 0
     returned: set[str] = set()
     for chunk in _chunks(users, _WRITE_BATCH):
@@ -84,30 +100,60 @@ def refresh(
         to_save: list[tuple[UserSegment, str, datetime, datetime, str]] = []
         to_touch: list[tuple[str, datetime, datetime, str]] = []
         for user in chunk:
-            segment = user.segment(now)
-            digest = segment.digest()
-            due = _due(user, now, max_age)
+            try:
+                segment = user.segment(now)
+                digest = segment.digest()
+                due = _due(user, now, max_age)
+            except ROW_ERRORS as error:  # a value the rules cannot take: this user waits, the others go on
+                problems.append(Problem(user.activity.user_id, "rules", _cause(error), skipped=True))
+                continue
             if known.get(segment.distinct_id) == digest:
                 to_touch.append((segment.distinct_id, now, due, user.inputs))
             else:
                 to_save.append((segment, digest, now, due, user.inputs))
             returned.add(segment.distinct_id)
-        state.save(to_save)
-        state.touch(to_touch)
+        to_save = _stored(state.save, to_save, lambda row: row[0].distinct_id, state.users.name, problems)
+        _stored(state.touch, to_touch, lambda row: row[0], state.users.name, problems)
         computed += len(chunk)
         changed += len(to_save)
         if on_change is not None:
             for segment, *_ in to_save:
                 on_change(segment)
+    set_aside = sorted({p.user_id for p in problems if p.skipped})
+    returned.update(set_aside)  # they still exist: their state stays until they can be computed
     gone = found.removed | (set(user_ids or ()) - returned)  # candidates the users table no longer has
     if is_full:
         gone = state.user_ids() - returned
     if gone:
         state.remove(sorted(gone))
-    state.set_watermark(now, **found.cursors)
-    result = RefreshResult(full=is_full, computed=computed, changed=changed, now=now, seconds=time.perf_counter() - started)
+    state.set_watermark(now, **found.cursors, **{QUARANTINE: set_aside[:_QUARANTINE_KEPT]})
+    result = RefreshResult(
+        full=is_full,
+        computed=computed,
+        changed=changed,
+        now=now,
+        seconds=time.perf_counter() - started,
+        problems=tuple(problems),
+    )
     _logger.debug("otel_segments: refresh %s", result)
     return result
+
+
+def _stored(
+    write: Callable[[list[_Row]], None], rows: list[_Row], user: Callable[[_Row], str], table: str, problems: list[Problem]
+) -> list[_Row]:
+    """``write(rows)``, bisected when it fails so that a row the state database refuses sets aside only its user;
+    the rows written."""
+    try:
+        write(rows)
+        return rows
+    except ROW_ERRORS as error:
+        if len(rows) <= 1:
+            if rows:
+                problems.append(Problem(user(rows[0]), table, _cause(error), skipped=True))
+            return []
+        half = len(rows) // 2
+        return _stored(write, rows[:half], user, table, problems) + _stored(write, rows[half:], user, table, problems)
 
 
 def _due(user: AggregatedUser, now: datetime, max_age: timedelta) -> datetime:

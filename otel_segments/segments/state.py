@@ -16,10 +16,16 @@ the sweep compares. A process migrates an older state in place at its first
 refresh, which runs under the lease, so once per fleet (:meth:`RefreshState.migrate`);
 stored digests stay, so nothing is resent. A process that finds a newer version
 than it knows raises :class:`StateVersionError` and runs no refresh.
+
+User ids are stored as they are when the ``user_id`` columns can hold them (at most 255 characters, no NUL,
+valid UTF-8); any other id is stored as a fixed-length key (:func:`state_key`, a hash) and the app's id is
+kept in the ``properties`` JSON (as ``distinct_id``), where delivery reads it. No migration: ids that fit
+keep the key they always had.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -50,6 +56,19 @@ from .rules import utc
 
 _ID_CHUNK = 5_000
 SCHEMA_VERSION = 2  # what this release writes; see the module docstring for each version
+_ID_LENGTH = 255  # of the user_id columns
+_HASHED = "~sha256:"  # a stored key that is the hash of an app's id; an app's id that starts with it is hashed too
+
+
+def state_key(user_id: str) -> str:
+    """The key a user id is stored under: the id itself when the state's columns can hold it, else its hash."""
+    if len(user_id) <= _ID_LENGTH and "\x00" not in user_id and not user_id.startswith(_HASHED):
+        try:
+            user_id.encode("utf-8")
+            return user_id
+        except UnicodeEncodeError:
+            pass
+    return _HASHED + hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class StateVersionError(Exception):
@@ -61,7 +80,7 @@ def _tables(prefix: str) -> tuple[MetaData, Table, Table, Table]:
     users = Table(
         f"{prefix}user_state",
         metadata,
-        Column("user_id", String(255), primary_key=True),
+        Column("user_id", String(_ID_LENGTH), primary_key=True),
         Column("digest", String(64), nullable=False),
         Column("computed_at", DateTime(timezone=True), nullable=False),
         Column("due_at", DateTime(timezone=True), nullable=False),
@@ -73,7 +92,7 @@ def _tables(prefix: str) -> tuple[MetaData, Table, Table, Table]:
         f"{prefix}delivery",
         metadata,
         Column("sink", String(100), primary_key=True),
-        Column("user_id", String(255), primary_key=True),
+        Column("user_id", String(_ID_LENGTH), primary_key=True),
         Column("digest", String(64), nullable=False),
         Column("delivered_at", DateTime(timezone=True), nullable=False),
     )
@@ -148,39 +167,56 @@ class RefreshState:
 
     def inputs(self, user_ids: Sequence[str]) -> dict[str, str | None]:
         """The stored input fingerprint of each of ``user_ids`` that has a state row (None: not recorded yet)."""
-        out: dict[str, str | None] = {}
+        return self._by_user(self.users.c.inputs, user_ids)
+
+    def _by_user(self, column: Any, user_ids: Sequence[str]) -> dict[str, Any]:
+        """``column`` of each of ``user_ids`` that has a state row, by the app's id."""
+        keys = {state_key(uid): uid for uid in user_ids}
+        ordered = list(keys)
+        out: dict[str, Any] = {}
         with self.engine.connect() as conn:
-            for start in range(0, len(user_ids), _ID_CHUNK):
-                chunk = user_ids[start : start + _ID_CHUNK]
-                query = select(self.users.c.user_id, self.users.c.inputs).where(self.users.c.user_id.in_(chunk))
-                out.update((row[0], row[1]) for row in conn.execute(query))
+            for start in range(0, len(ordered), _ID_CHUNK):
+                chunk = ordered[start : start + _ID_CHUNK]
+                query = select(self.users.c.user_id, column).where(self.users.c.user_id.in_(chunk))
+                out.update((keys[row[0]], row[1]) for row in conn.execute(query))
         return out
+
+    def _app_ids(self, conn: Connection, keys: Iterable[str]) -> Iterator[str]:
+        """The app's ids of stored keys: a hashed key's id is read from its properties."""
+        hashed = []
+        for key in keys:
+            if key.startswith(_HASHED):
+                hashed.append(key)
+            else:
+                yield key
+        for start in range(0, len(hashed), _ID_CHUNK):
+            query = select(self.users.c.user_id, self.users.c.properties).where(
+                self.users.c.user_id.in_(hashed[start : start + _ID_CHUNK])
+            )
+            for row in conn.execute(query):
+                yield _segment(row[0], row[1]).distinct_id
 
     def user_ids(self) -> set[str]:
         with self.engine.connect() as conn:
-            return {row[0] for row in conn.execution_options(yield_per=_ID_CHUNK).execute(select(self.users.c.user_id))}
+            keys = [row[0] for row in conn.execution_options(yield_per=_ID_CHUNK).execute(select(self.users.c.user_id))]
+            return set(self._app_ids(conn, keys))
 
     def remove(self, user_ids: Sequence[str]) -> None:
         """Forget users that no longer exist in the app (their delivery rows stay, unused)."""
+        keys = [state_key(uid) for uid in user_ids]
         with self.engine.begin() as conn:
-            for start in range(0, len(user_ids), _ID_CHUNK):
-                conn.execute(delete(self.users).where(self.users.c.user_id.in_(user_ids[start : start + _ID_CHUNK])))
+            for start in range(0, len(keys), _ID_CHUNK):
+                conn.execute(delete(self.users).where(self.users.c.user_id.in_(keys[start : start + _ID_CHUNK])))
 
     def digests(self, user_ids: Sequence[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        with self.engine.connect() as conn:
-            for start in range(0, len(user_ids), _ID_CHUNK):
-                chunk = user_ids[start : start + _ID_CHUNK]
-                query = select(self.users.c.user_id, self.users.c.digest).where(self.users.c.user_id.in_(chunk))
-                out.update((row[0], row[1]) for row in conn.execute(query))
-        return out
+        return self._by_user(self.users.c.digest, user_ids)
 
     def due(self, now: datetime) -> Iterator[str]:
         """Users whose segment can have changed with the clock alone, or is older than the maximum age."""
         with self.engine.connect() as conn:
             query = select(self.users.c.user_id).where(self.users.c.due_at <= utc(now))
-            for row in conn.execution_options(yield_per=_ID_CHUNK).execute(query):
-                yield row[0]
+            keys = [row[0] for row in conn.execution_options(yield_per=_ID_CHUNK).execute(query)]
+            yield from self._app_ids(conn, keys)
 
     def save(self, rows: Sequence[tuple[UserSegment, str, datetime, datetime, str | None]]) -> None:
         """Store (segment, digest, computed_at, due_at, inputs) for users whose digest changed."""
@@ -188,11 +224,11 @@ class RefreshState:
             return
         values = [
             {
-                "user_id": segment.distinct_id,
+                "user_id": state_key(segment.distinct_id),
                 "digest": digest,
                 "computed_at": utc(computed_at),
                 "due_at": utc(due_at),
-                "properties": json.dumps({"$set": segment.set, "$set_once": segment.set_once}, sort_keys=True),
+                "properties": _properties(segment),
                 "inputs": inputs,
             }
             for segment, digest, computed_at, due_at, inputs in rows
@@ -210,7 +246,7 @@ class RefreshState:
             .values(computed_at=bindparam("computed"), due_at=bindparam("due"), inputs=bindparam("fp"))
         )
         with self.engine.begin() as conn:
-            conn.execute(statement, [{"uid": u, "computed": utc(c), "due": utc(d), "fp": f} for u, c, d, f in rows])
+            conn.execute(statement, [{"uid": state_key(u), "computed": utc(c), "due": utc(d), "fp": f} for u, c, d, f in rows])
 
     # -- read side ------------------------------------------------------------------------------
 
@@ -222,8 +258,9 @@ class RefreshState:
                 for row in conn.execution_options(yield_per=_ID_CHUNK).execute(query):
                     yield _segment(row[0], row[1])
                 return
-            for start in range(0, len(user_ids), _ID_CHUNK):
-                chunk = list(user_ids[start : start + _ID_CHUNK])
+            keys = [state_key(uid) for uid in user_ids]
+            for start in range(0, len(keys), _ID_CHUNK):
+                chunk = keys[start : start + _ID_CHUNK]
                 query = select(self.users.c.user_id, self.users.c.properties).where(self.users.c.user_id.in_(chunk))
                 for row in conn.execute(query):
                     yield _segment(row[0], row[1])
@@ -251,22 +288,30 @@ class RefreshState:
             .limit(limit)
         )
         if after is not None:
-            query = query.where(u.c.user_id > after)
+            query = query.where(u.c.user_id > state_key(after))
         with self.engine.connect() as conn:
             return [_segment(row[0], row[1]) for row in conn.execute(query)]
 
     def mark_delivered(self, sink: str, delivered: Iterable[tuple[str, str]], *, now: datetime | None = None) -> None:
         """Record that ``sink`` accepted these ``(user_id, digest)`` pairs."""
         when = utc(now or datetime.now(timezone.utc))
-        values = [{"sink": sink, "user_id": uid, "digest": digest, "delivered_at": when} for uid, digest in delivered]
+        values = [{"sink": sink, "user_id": state_key(uid), "digest": digest, "delivered_at": when} for uid, digest in delivered]
         if values:
             with self.engine.begin() as conn:
                 _upsert(conn, self.delivery, values, ["sink", "user_id"])
 
 
-def _segment(user_id: str, properties: str) -> UserSegment:
+def _segment(key: str, properties: str) -> UserSegment:
     data = json.loads(properties)
-    return UserSegment(distinct_id=user_id, set=data.get("$set", {}), set_once=data.get("$set_once", {}))
+    return UserSegment(distinct_id=data.get("distinct_id", key), set=data.get("$set", {}), set_once=data.get("$set_once", {}))
+
+
+def _properties(segment: UserSegment) -> str:
+    """The stored JSON; it carries the app's id when the key is not the id (JSON escapes NUL: never sent to the database)."""
+    data: dict[str, Any] = {"$set": segment.set, "$set_once": segment.set_once}
+    if state_key(segment.distinct_id) != segment.distinct_id:
+        data["distinct_id"] = segment.distinct_id
+    return json.dumps(data, sort_keys=True)
 
 
 def _upsert(conn: Connection, table: Table, values: list[dict[str, Any]], keys: list[str]) -> None:
