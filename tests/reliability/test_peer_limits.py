@@ -29,6 +29,7 @@ from otel_segments.segments.state import RefreshState
 from otel_segments.sinks.otlp import OtlpSegmentSink, log_exporter
 from otel_segments.sinks.posthog import PostHogSink
 from tests.receivers import Receiver
+from tests.segments.data import NOW
 from tests.sinks.conftest import Capture
 
 from .conftest import API_KEY, TOKEN
@@ -46,7 +47,7 @@ def test_oversized_users_are_set_aside_named_once_and_everyone_else_delivered_fi
     tmp_path: Path, capture: Capture, http_receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'app.db'}")
-    create_demo_database(engine, users_count=USERS, seed=11)
+    create_demo_database(engine, users_count=USERS, seed=11, now=NOW)
     with engine.begin() as conn:
         for user_id, size in BIG.items():
             conn.execute(update(users).where(users.c.id == int(user_id)).values(role="r" * size))
@@ -68,10 +69,10 @@ def test_oversized_users_are_set_aside_named_once_and_everyone_else_delivered_fi
     set_privacy_policy(hash_key=KEY)
     try:
         with caplog.at_level(logging.INFO, logger="otel_segments"):
-            first = job.run_cycle()
+            first = job.run_cycle(now=NOW)  # one clock for both cycles: no window edge crossed in between
             posthog_after_first = Counter(e["distinct_id"] for e in capture.events())
             otlp_after_first = Counter(log.resource["user.id"] for log in http_receiver.logs())
-            second = job.run_cycle()
+            second = job.run_cycle(now=NOW)
     finally:
         job.shutdown(timeout_s=5)
         engine.dispose()
