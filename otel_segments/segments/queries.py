@@ -269,7 +269,7 @@ class _Queries:
     ) -> Iterator[AggregatedUser]:
         """The users of ``ids`` computed in halves down to one; the users that still fail alone are set aside.
 
-        When every user fails alone, nothing is wrong with a row: the error is the database's, and is raised.
+        When every user of several fails alone, nothing is wrong with a row: the error is the database's, and is raised.
         """
         done: list[AggregatedUser] = []
         skipped: list[Problem] = []
@@ -290,8 +290,8 @@ class _Queries:
                     continue
                 where = failure.table if isinstance(failure, _StageError) else self.bound.users.name
                 skipped.append(Problem(str(part[0]), self._locate(conn, part[0], where), _cause(cause), skipped=True))
-        if skipped and not done:
-            raise error
+        if len(skipped) > 1 and not done:
+            raise error.error if isinstance(error, _StageError) else error
         problems.extend(skipped)
         yield from done
 

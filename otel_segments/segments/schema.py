@@ -6,7 +6,7 @@ that the queries use. Users and activity are required: a table or column that
 does not exist is one clear :class:`SchemaError` naming it. Projects, tasks and
 the roles association are optional tables: when missing, the properties that
 need them are left out. A mapped column inside a table that does exist must
-exist too (a typo is an error, not a silent gap).
+exist too (a typo is an error, not a silent gap). Any mapped table may be a view.
 
 Naive date columns are read in the zone the mapping declares for them (``timezone`` of
 the table, ``column_timezones`` per column): ``"UTC"``, an IANA name, or
@@ -207,7 +207,7 @@ def bind(mapping: SchemaMapping, engine: Engine, *, app_timezone: tzinfo | str |
     """
     try:
         inspector = inspect(engine)
-        existing = set(inspector.get_table_names())
+        existing = set(inspector.get_table_names()) | set(inspector.get_view_names())  # a view reads like a table
     except SQLAlchemyError as exc:
         raise SchemaError(f"cannot read the database schema: {type(exc).__name__}: {_first_line(exc)}") from None
     metadata = MetaData()
