@@ -23,7 +23,7 @@ from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
 from otel_segments.sinks.posthog import PostHogSink
 from tests.segments.data import NOW
-from tests.sinks.conftest import Capture, _no_posthog_env, capture  # noqa: F401 - fixtures shared with the sink tests
+from tests.sinks.conftest import Capture
 
 USERS = 40
 T1 = NOW + timedelta(seconds=1)
