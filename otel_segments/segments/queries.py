@@ -176,6 +176,21 @@ class _Queries:
         self.now = now
         self.mapping = bound.mapping
         self.dialect = dialect
+        u, a = self.mapping.users, self.mapping.activity
+        self._zones = (
+            self._zone(u.created_at, bound.users),
+            self._zone(u.last_login, bound.users),
+            self._zone(a.timestamp, bound.activity),
+        )
+        self._where = tuple(
+            f"{table.name}.{name}"
+            for table, name in (
+                (bound.users, u.created_at),
+                (bound.users, u.last_login),
+                (bound.activity, a.timestamp),
+                (bound.activity, a.duration_seconds),
+            )
+        )
 
     def coerce_ids(self, user_ids: Iterable[str]) -> list[Any]:
         """distinct_ids are strings; compare them as the id column's own type, sorted and unique."""
@@ -256,13 +271,13 @@ class _Queries:
         """:meth:`batch`, or when it fails, :meth:`bisect` over its users: one poisoned user never stops the others."""
         mark = len(problems)
         try:
-            done = list(self.batch(conn, users, ids=ids, problems=problems))
+            built = self.batch(conn, users, ids=ids, problems=problems)
         except (*ROW_ERRORS, _StageError) as error:
             del problems[mark:]  # the bisection reports them again, for the users it computes
             _recover(conn, error.error if isinstance(error, _StageError) else error)
             yield from self.bisect(conn, [row[0] for row in users], problems, error)
             return
-        yield from done
+        yield from built
 
     def bisect(
         self, conn: Connection, ids: Sequence[Any], problems: list[Problem], error: BaseException
@@ -346,7 +361,8 @@ class _Queries:
     def batch(
         self, conn: Connection, users: Sequence[Any], *, ids: Sequence[Any] | None, problems: list[Problem] | None = None
     ) -> Iterator[AggregatedUser]:
-        """The users' aggregates (rows of :meth:`fetch_users`); a failing query raises :class:`_StageError` naming its table."""
+        """The users' aggregates (rows of :meth:`fetch_users`), streamed: the queries run at once, and a failing
+        one raises :class:`_StageError` naming its table."""
         lo, hi = users[0][0], users[-1][0]
         problems = problems if problems is not None else []
 
@@ -359,70 +375,91 @@ class _Queries:
         activity = rows(self.bound.activity, self._activity(lo, hi, ids))
         projects = rows(self.bound.activity, self._projects(lo, hi, ids)) if self.bound.projects is not None else None
         tasks = rows(self.bound.tasks, self._tasks(lo, hi, ids)) if self.bound.tasks is not None else None
-        a, u = self.mapping.activity, self.mapping.users
-        users_name, activity_name = self.bound.users.name, self.bound.activity.name
+        return self._build(users, activity, projects, tasks, problems)
 
-        def when(value: Any, zone: tzinfo | None, uid: Any, where: str) -> datetime | None:
+    def _build(
+        self,
+        users: Sequence[Any],
+        activity: dict[Any, Any],
+        projects: dict[Any, Any] | None,
+        tasks: dict[Any, Any] | None,
+        problems: list[Problem],
+    ) -> Iterator[AggregatedUser]:
+        """The aggregates user by user, streamed; a user whose values the rules cannot take is set aside alone."""
+        for user in users:
+            try:
+                built = self._one(user, activity, projects, tasks, problems)
+            except ROW_ERRORS as error:
+                problems.append(Problem(str(user[0]), self.bound.users.name, _cause(error), skipped=True))
+                continue
+            yield built
+
+    def _one(
+        self,
+        user: Sequence[Any],
+        activity: dict[Any, Any],
+        projects: dict[Any, Any] | None,
+        tasks: dict[Any, Any] | None,
+        problems: list[Problem],
+    ) -> AggregatedUser:
+        a = self.mapping.activity
+        created_zone, login_zone, entry_zone = self._zones
+        created_where, login_where, entry_where, duration_where = self._where
+        uid, created_at, last_login, role, auth, admin = user
+
+        def when(value: Any, zone: tzinfo | None, where: str) -> datetime | None:
             read = _datetime(value, zone)
             if read is None and value is not None:
                 problems.append(Problem(str(uid), where, f"not a date in years 1-9999 ({_short(value)}), read as NULL"))
             return read
 
-        created_zone, login_zone = self._zone(u.created_at, self.bound.users), self._zone(u.last_login, self.bound.users)
-        entry_zone = self._zone(a.timestamp, self.bound.activity)
-        for uid, created_at, last_login, role, auth, admin in users:
-            act = activity.get(uid)
-            counts = dict(
-                entries_all_time=act[1] if act else 0,
-                entries_24h=int(act[2] or 0) if act else 0,
-                entries_7d=int(act[3] or 0) if act else 0,
-                entries_30d=int(act[4] or 0) if act else 0,
-            )
-            if a.source:
-                counts["timer_entries"] = int(act[5] or 0) if act else 0
-                counts["manual_entries"] = int(act[6] or 0) if act else 0
-            if a.duration_seconds:
-                counts["total_seconds"] = float(act[7] or 0) if act else 0.0
-                if abs(counts["total_seconds"]) >= _INT64:
-                    problems.append(
-                        Problem(
-                            str(uid), f"{activity_name}.{a.duration_seconds}", "sum beyond a 64-bit integer, summed as a float"
-                        )
-                    )
-            if projects is not None:
-                p = projects.get(uid)
-                counts["total_projects"] = p[1] if p else 0
-                counts["active_projects"] = p[2] if p else 0
-            if tasks is not None:
-                t = tasks.get(uid)
-                counts["assigned_tasks"] = int(t[1] or 0) if t else 0
-                counts["completed_tasks"] = int(t[2] or 0) if t else 0
-            row = UserActivity(
-                user_id=str(uid),
-                created_at=when(created_at, created_zone, uid, f"{users_name}.{u.created_at}"),
-                last_login=when(last_login, login_zone, uid, f"{users_name}.{u.last_login}"),
-                role=None if role is None else str(role),
-                is_admin=None if admin is None else bool(admin),
-                auth_method=None if auth is None else str(auth),
-                **counts,
-            )
-            where = f"{activity_name}.{a.timestamp}"
-            if act and self.dialect == "postgresql" and act[9 + len(WINDOWS)]:
-                problems.append(
-                    Problem(
-                        str(uid),
-                        where,
-                        f"{act[9 + len(WINDOWS)]} entries dated outside years 1-9999: counted, dates read as NULL",
-                    )
+        act = activity.get(uid)
+        counts = dict(
+            entries_all_time=act[1] if act else 0,
+            entries_24h=int(act[2] or 0) if act else 0,
+            entries_7d=int(act[3] or 0) if act else 0,
+            entries_30d=int(act[4] or 0) if act else 0,
+        )
+        if a.source:
+            counts["timer_entries"] = int(act[5] or 0) if act else 0
+            counts["manual_entries"] = int(act[6] or 0) if act else 0
+        if a.duration_seconds:
+            counts["total_seconds"] = float(act[7] or 0) if act else 0.0
+            if abs(counts["total_seconds"]) >= _INT64:
+                problems.append(Problem(str(uid), duration_where, "sum beyond a 64-bit integer, summed as a float"))
+        if projects is not None:
+            p = projects.get(uid)
+            counts["total_projects"] = p[1] if p else 0
+            counts["active_projects"] = p[2] if p else 0
+        if tasks is not None:
+            t = tasks.get(uid)
+            counts["assigned_tasks"] = int(t[1] or 0) if t else 0
+            counts["completed_tasks"] = int(t[2] or 0) if t else 0
+        row = UserActivity(
+            user_id=str(uid),
+            created_at=when(created_at, created_zone, created_where),
+            last_login=when(last_login, login_zone, login_where),
+            role=None if role is None else str(role),
+            is_admin=None if admin is None else bool(admin),
+            auth_method=None if auth is None else str(auth),
+            **counts,
+        )
+        if act and self.dialect == "postgresql" and act[9 + len(WINDOWS)]:
+            problems.append(
+                Problem(
+                    str(uid),
+                    entry_where,
+                    f"{act[9 + len(WINDOWS)]} entries dated outside years 1-9999: counted, dates read as NULL",
                 )
-            oldest = {w: when(act[8 + i], entry_zone, uid, where) if act else None for i, w in enumerate(WINDOWS)}
-            t = tasks.get(uid) if tasks is not None else None
-            inputs = fingerprint(
-                (created_at, last_login, role, auth, admin),
-                (act[1], act[8 + len(WINDOWS)]) if act else (0, None),
-                (t[1], t[2]) if t else None,
             )
-            yield AggregatedUser(activity=row, oldest_in_window=oldest, inputs=inputs)
+        oldest = {w: when(act[8 + i], entry_zone, entry_where) if act else None for i, w in enumerate(WINDOWS)}
+        t = tasks.get(uid) if tasks is not None else None
+        inputs = fingerprint(
+            (created_at, last_login, role, auth, admin),
+            (act[1], act[8 + len(WINDOWS)]) if act else (0, None),
+            (t[1], t[2]) if t else None,
+        )
+        return AggregatedUser(activity=row, oldest_in_window=oldest, inputs=inputs)
 
     def _readable_time(self, column: Any) -> Any:
         """A timestamp as the driver can hand it over, whatever the row holds; :func:`_datetime` finishes the job.
