@@ -15,6 +15,7 @@ from datetime import timedelta
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
+from otel_segments.context import pseudonymize, set_privacy_policy
 from otel_segments.job import RefreshJob
 from otel_segments.segments.demo import create_demo_database, time_entries
 from otel_segments.segments.queries import compute_segments
@@ -114,3 +115,22 @@ def test_a_failure_of_every_user_is_the_databases_not_a_rows(engine: Engine) -> 
     else:
         raise AssertionError("a failure of every user was taken for bad rows")
     assert state.count() == 0
+
+
+def test_with_a_hash_key_the_warning_names_the_hashed_id_only(engine: Engine, capture: Capture, caplog) -> None:
+    create_demo_database(engine, users_count=USERS, seed=4, now=NOW)
+    poisoned = _a_user_with_entries(engine)
+    fails = "abs(-9223372036854775807 - 1)" if engine.dialect.name == "sqlite" else "1 / (user_id - user_id)"
+    _views(engine, f"CASE WHEN user_id = {poisoned} THEN {fails} ELSE duration_seconds END")
+    set_privacy_policy(hash_key=b"k3y")
+    job = RefreshJob(engine, VIEWS, sinks={"posthog": lambda: PostHogSink("phc_test_key", capture.host)})
+    try:
+        with caplog.at_level(logging.WARNING, logger="otel_segments"):
+            result = job.run_cycle(now=T1)
+        assert result is not None and result.error is None
+        [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert f"user {pseudonymize(str(poisoned))} set aside" in line
+        assert f"user {poisoned} " not in line
+    finally:
+        set_privacy_policy()
+        job.shutdown(timeout_s=2)
