@@ -137,8 +137,8 @@ def parse_headers(name: str, raw: str) -> dict[str, str]:
     """Parse an ``OTEL_EXPORTER_OTLP_*HEADERS`` value, skipping malformed items with one warning for all of them.
 
     An item is malformed without ``=``, with a key that is empty or not printable ASCII without spaces,
-    or with control characters in its value: the HTTP client would refuse such a header on every export,
-    and quote it (value included) in its error.
+    or with a value that is not printable ASCII (after percent-decoding): gRPC or the HTTP client would refuse
+    such a header on every export, and quote it (value included) in its error.
     """
     headers: dict[str, str] = {}
     malformed = 0
@@ -149,7 +149,7 @@ def parse_headers(name: str, raw: str) -> dict[str, str]:
         key, sep, value = item.partition("=")
         key = unquote(key).strip().lower()
         value = unquote(value).strip()
-        if not sep or not key or not (key.isascii() and key.isprintable()) or " " in key or not value.isprintable():
+        if not sep or not key or not (key.isascii() and key.isprintable()) or " " in key or not _header_value(value):
             malformed += 1
             continue
         headers[key] = value
@@ -162,6 +162,11 @@ def parse_headers(name: str, raw: str) -> dict[str, str]:
             "it" if malformed == 1 else "them",
         )
     return headers
+
+
+def _header_value(value: str) -> bool:
+    """Printable ASCII: gRPC metadata takes nothing else, and an HTTP client may refuse or mangle the rest."""
+    return value.isascii() and value.isprintable()
 
 
 def otlp_headers(signal: str, token: Secret | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -92,7 +92,7 @@ def test_one_malformed_header_item_is_one_warning_in_the_singular(caplog: pytest
     ]
 
 
-@pytest.mark.parametrize("raw", ["a b=1", "é=1", "k=a%0Ab", "=v", "k"])
+@pytest.mark.parametrize("raw", ["a b=1", "é=1", "k=a%0Ab", "=v", "k", "k=¡", "k=%C3%A9"])
 def test_malformed_header_items(raw: str) -> None:
     assert parse_headers("H", raw) == {}
 
