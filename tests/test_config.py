@@ -721,3 +721,10 @@ def test_several_unencoded_at_signs_in_a_database_password(raw, password, host):
 def test_an_unparsable_database_url_is_kept_for_the_engine_to_report():
     raw = "postgresql://a@b@c:notaport/x"
     assert Settings.from_env({"OTEL_SEGMENTS_DATABASE_URL": raw}).database_url.reveal() == raw
+
+
+def test_a_posthog_host_without_scheme_is_repaired_with_one_warning_that_claims_no_bearer_token(caplog):
+    caplog.set_level(logging.WARNING)
+    settings = Settings.from_env({"POSTHOG_HOST": "eu.i.posthog.example", "POSTHOG_API_KEY": "k"})
+    assert settings.posthog_host == "http://eu.i.posthog.example"
+    assert warnings_of(caplog) == ["POSTHOG_HOST='eu.i.posthog.example' has no scheme; using 'http://eu.i.posthog.example'"]

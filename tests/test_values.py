@@ -65,8 +65,11 @@ def test_boolean_unset_is_the_default_and_garbage_warns(default: bool, caplog: p
     assert boolean({}, "B", default) is default and boolean({"B": " "}, "B", default) is default
     assert caplog.records == []
     assert boolean({"B": "maybe"}, "B", default) is default
+    assert boolean({"B": "M" * 100}, "B", default) is default
+    shown = str(default).lower()
     assert [r.getMessage() for r in caplog.records] == [
-        f"B='maybe' is not true or false; using the default {str(default).lower()}"
+        f"B='maybe' is not true or false; using the default {shown}",
+        f"B={'m' * 64!r} is not true or false; using the default {shown}",  # lower case, cut at 64
     ]
 
 
@@ -127,6 +130,7 @@ def test_loopback_by_address(host: str, loopback: bool) -> None:
         ("collector:4317", "collector"),
         ("http://[::1]:4318", "::1"),
         ("http://[::1", ""),
+        ("http://", ""),
     ],
 )
 def test_host_of(url: str, host: str) -> None:
