@@ -465,11 +465,11 @@ class _Queries:
         """A timestamp as the driver can hand it over, whatever the row holds; :func:`_datetime` finishes the job.
 
         SQLite keeps any text in a date column, which SQLAlchemy's own parser rejects with an exception: we
-        take the text, as bytes (it may not be UTF-8, see :meth:`_readable_text`). PostgreSQL's ``infinity``
+        take it as bytes (it may not be UTF-8, see :meth:`_readable_text`; a number becomes its text). PostgreSQL's ``infinity``
         and years outside 1-9999 have no Python datetime (psycopg raises): we read them as NULL.
         """
-        if self.dialect == "sqlite":
-            return self._readable_text(column)
+        if self.dialect == "sqlite":  # one CAST, no CASE: SQLite would compute an aggregate once per mention
+            return type_coerce(cast(column, LargeBinary), NullType())
         if self.dialect == "postgresql":
             return case((self._in_range(column), column), else_=None)  # infinity and years beyond 1-9999
         return column
