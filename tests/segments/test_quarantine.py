@@ -134,3 +134,30 @@ def test_with_a_hash_key_the_warning_names_the_hashed_id_only(engine: Engine, ca
     finally:
         set_privacy_policy()
         job.shutdown(timeout_s=2)
+
+
+def test_a_state_row_the_database_refuses_sets_aside_its_user_alone(sqlite_engine: Engine) -> None:
+    """A write of the state that fails (here a trigger refuses one user's row) is bisected like a read."""
+    create_demo_database(sqlite_engine, users_count=USERS, seed=4, now=NOW)
+    state = RefreshState(sqlite_engine)
+    with sqlite_engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON otel_segments_user_state WHEN NEW.user_id = '7' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+            )
+        )
+    first = refresh(sqlite_engine, state, TIMETRACKER, now=T1)
+    assert [(p.user_id, p.where, p.skipped) for p in first.problems] == [("7", "otel_segments_user_state", True)]
+    assert "refused by a trigger" in first.problems[0].cause
+    assert first.quarantined == 1
+    assert state.user_ids() == {str(i) for i in range(1, USERS + 1)} - {"7"}
+
+    again = refresh(sqlite_engine, state, TIMETRACKER, now=T1 + timedelta(seconds=1))
+    assert [p.user_id for p in again.problems] == ["7"]  # retried, though nothing about it changed
+
+    with sqlite_engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER refuse"))
+    fixed = refresh(sqlite_engine, state, TIMETRACKER, now=T1 + timedelta(seconds=2))
+    assert fixed.problems == () and fixed.changed == 1
+    assert state.user_ids() == {str(i) for i in range(1, USERS + 1)}
