@@ -410,7 +410,8 @@ class _Queries:
         def when(value: Any, zone: tzinfo | None, where: str) -> datetime | None:
             read = _datetime(value, zone)
             if read is None and value is not None:
-                problems.append(Problem(str(uid), where, f"not a date in years 1-9999 ({_short(value)}), read as NULL"))
+                # the value is not logged: a date column may hold any text
+                problems.append(Problem(str(uid), where, "not a date in years 1-9999, read as NULL"))
             return read
 
         act = activity.get(uid)
@@ -652,11 +653,6 @@ def _decode(value: Any) -> tuple[Any, bool]:
         return raw.decode("utf-8"), False
     except UnicodeDecodeError:
         return raw.decode("utf-8", "replace"), True
-
-
-def _short(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _cause(error: BaseException) -> str:
