@@ -145,26 +145,25 @@ def _track(connection: HTTPConnection) -> None:
         request.track(connection.sock)
 
 
-class _Connection(HTTPConnection):
+class _Tracked:
+    """Hands each socket a connection opens or reuses to the request's watchdog."""
+
     def connect(self) -> None:
-        _track(self)
-        super().connect()
-        _track(self)
+        _track(self)  # type: ignore[arg-type]
+        super().connect()  # type: ignore[misc]
+        _track(self)  # type: ignore[arg-type]
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _track(self)
-        super().request(*args, **kwargs)
+        _track(self)  # type: ignore[arg-type]
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _TLSConnection(HTTPSConnection):
-    def connect(self) -> None:
-        _track(self)
-        super().connect()
-        _track(self)
+class _Connection(_Tracked, HTTPConnection):
+    pass
 
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _track(self)
-        super().request(*args, **kwargs)
+
+class _TLSConnection(_Tracked, HTTPSConnection):
+    pass
 
 
 class _Pool(HTTPConnectionPool):
