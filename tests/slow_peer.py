@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Any
 
 HANG = "hang"
 DRIP = "drip"
@@ -86,3 +87,26 @@ class SlowPeer:
                     client.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+def shutdown_mid_delivery(sink: Any, batch: Any, peer: SlowPeer, timeout_s: float) -> tuple[float, list[BaseException], bool]:
+    """Start ``sink.deliver(batch)`` in a thread, wait until it reaches ``peer`` (which never answers), then
+    ``sink.shutdown(timeout_s)``: how long the shutdown and the delivery's end took, what the delivery raised,
+    and whether its thread is still alive."""
+    from tests.delivery import wait_until
+
+    outcome: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            sink.deliver(batch)
+        except BaseException as error:  # noqa: BLE001 - handed to the test thread
+            outcome.append(error)
+
+    worker = threading.Thread(target=deliver)
+    worker.start()
+    wait_until(lambda: peer.first_bytes, "the delivery reaching the peer", 10)
+    started = time.monotonic()
+    sink.shutdown(timeout_s=timeout_s)
+    worker.join(10)
+    return time.monotonic() - started, outcome, worker.is_alive()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import socket
-import threading
 import time
 from datetime import datetime, timezone
 
@@ -18,10 +17,9 @@ from otel_segments.context import set_privacy_policy
 from otel_segments.segments import UserSegment
 from otel_segments.sinks import DeliveryError
 from otel_segments.sinks.otlp import EVENT_NAME, OtlpSegmentSink, log_exporter
-from tests.delivery import wait_until
 from tests.receivers import GrpcReceiver, HttpReceiver, Receiver
 from tests.sinks.conftest import Bystander
-from tests.slow_peer import SlowPeer
+from tests.slow_peer import SlowPeer, shutdown_mid_delivery
 
 TOKEN = "otlp-bearer-token-xyz"
 BASE = Resource({"service.name": "timetracker", "deployment.environment.name": "test"})
@@ -228,22 +226,8 @@ def test_shutdown_ends_a_delivery_stuck_on_a_collector_that_never_answers(
     hang_peer: SlowPeer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sink = OtlpSegmentSink(exporter_for(hang_peer.url, "http/protobuf", monkeypatch, timeout=60), BASE)  # type: ignore[arg-type]
-    outcome: list[BaseException] = []
-
-    def deliver() -> None:
-        try:
-            sink.deliver(users(3))
-        except BaseException as error:  # noqa: BLE001 - handed to the test thread
-            outcome.append(error)
-
-    worker = threading.Thread(target=deliver)
-    worker.start()
-    wait_until(lambda: hang_peer.first_bytes, "the export reaching the collector", 10)
-
-    started = time.monotonic()
-    sink.shutdown(timeout_s=1.0)
-    worker.join(10)
+    took, outcome, alive = shutdown_mid_delivery(sink, users(3), hang_peer, timeout_s=1.0)
     # Bound: 1 s, with 1 s of margin for a loaded machine; the export fails at once, not after its 60 s timeout.
-    assert time.monotonic() - started < 1 + 1
-    assert not worker.is_alive()
+    assert took < 1 + 1
+    assert not alive
     assert len(outcome) == 1 and isinstance(outcome[0], DeliveryError), outcome

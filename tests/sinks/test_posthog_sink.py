@@ -14,9 +14,8 @@ from otel_segments.context import set_privacy_policy
 from otel_segments.segments import UserSegment
 from otel_segments.sinks import DeliveryError, Refusal
 from otel_segments.sinks.posthog import PostHogSink, RateLimitedError
-from tests.delivery import wait_until
 from tests.sinks.conftest import Bystander, Capture
-from tests.slow_peer import DRIP, SlowPeer
+from tests.slow_peer import DRIP, SlowPeer, shutdown_mid_delivery
 
 API_KEY = "phc_test_secret_key_0123456789"
 SUPER = {"deployment.environment.name": "test", "app.deployment.method": "native"}
@@ -235,25 +234,11 @@ def test_a_dripping_answer_fails_the_batch_within_the_timeout(closing: bool) -> 
 
 def test_shutdown_ends_a_delivery_stuck_on_a_peer_that_never_answers(hang_peer: SlowPeer) -> None:
     posthog_sink = PostHogSink(API_KEY, hang_peer.url, super_properties={}, timeout_s=60)
-    outcome: list[BaseException] = []
-
-    def deliver() -> None:
-        try:
-            posthog_sink.deliver(users(3))
-        except BaseException as error:  # noqa: BLE001 - handed to the test thread
-            outcome.append(error)
-
-    worker = threading.Thread(target=deliver)
-    worker.start()
-    wait_until(lambda: hang_peer.first_bytes, "the post reaching the peer", 10)
-
-    started = time.monotonic()
-    posthog_sink.shutdown(timeout_s=1.0)
-    worker.join(10)
+    took, outcome, alive = shutdown_mid_delivery(posthog_sink, users(3), hang_peer, timeout_s=1.0)
     # shutdown() never waits for the stuck delivery (its bound here: 1 s; 1 s of margin for a loaded machine),
     # and the delivery fails at once instead of after its 60 s timeout.
-    assert time.monotonic() - started < 1 + 1
-    assert not worker.is_alive()
+    assert took < 1 + 1
+    assert not alive
     assert len(outcome) == 1 and isinstance(outcome[0], DeliveryError), outcome
     assert "shut down mid-delivery" in str(outcome[0])
 
