@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, VENV_BIN, clean_env
+from tests.conftest import ROOT, VENV_BIN, _free_port, clean_env
 from tests.receivers import ReceivedSpan, Receiver
 from tests.serving import serving
 
@@ -17,12 +16,6 @@ APP = ROOT / "examples" / "timetracker" / "app.py"
 ALICE = {"user.id": "1", "app.user.role": "admin", "app.user.is_admin": True, "app.user.auth_method": "oidc"}
 BOB = {"user.id": "2", "app.user.role": "user", "app.user.is_admin": False, "app.user.auth_method": "local"}
 USER_KEYS = set(ALICE)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

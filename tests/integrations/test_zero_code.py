@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import VENV_BIN, clean_env
+from tests.conftest import VENV_BIN, _free_port, clean_env
 from tests.receivers import ReceivedSpan, Receiver
 from tests.serving import serving as shared_serving
 
@@ -48,12 +47,6 @@ def _flask_user(user_id: str, role: str, is_admin: bool, auth_method: str) -> di
 FLASK_USERS = {"1": _flask_user("1", "admin", True, "oidc"), "2": _flask_user("2", "user", False, "local")}
 FLASK_RUN = ["flask", "--app", "loginapp", "run", "--port", "{port}"]
 PAIRS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(receiver: Receiver | None, **extra: str) -> dict[str, str]:

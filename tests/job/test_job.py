@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from collections import Counter
 from datetime import timedelta
@@ -35,6 +34,7 @@ from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
 from otel_segments.sinks.otlp import OtlpSegmentSink
 from otel_segments.sinks.posthog import PostHogSink
+from tests.conftest import _free_port
 from tests.job.conftest import USERS
 from tests.receivers import Receiver
 from tests.segments.data import NOW, naive
@@ -184,12 +184,6 @@ def test_posthog_rate_limit_is_respected(app_engine, capture: Capture) -> None:
     assert len(capture.requests) == requests_before  # no request while PostHog asked us to wait
     assert len(RefreshState(app_engine).pending("posthog", limit=1000)) == USERS
     job.shutdown()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_posthog_unreachable_then_up(app_engine) -> None:

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -42,7 +41,7 @@ from otel_segments.job import GAUGE, SEGMENT_NAME, SEGMENT_VALUE
 from otel_segments.segments.demo import create_demo_database
 from otel_segments.segments.state import RefreshState
 from tests import delivery
-from tests.conftest import VENV_BIN, clean_env
+from tests.conftest import VENV_BIN, _free_port, clean_env
 from tests.delivery import add_entries, busy_arrived, changes, users_in
 from tests.receivers import Receiver
 from tests.sinks.conftest import Capture
@@ -87,12 +86,6 @@ def db(db_path: Path) -> Iterator[Engine]:
 
 
 # -- the server, its clients, the lease ---------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _children(pid: int) -> set[int]:

@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -44,7 +43,7 @@ from otel_segments.segments.demo import create_demo_database
 from otel_segments.segments.queries import compute_segments
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
-from tests.conftest import VENV_BIN, clean_env
+from tests.conftest import VENV_BIN, _free_port, clean_env
 from tests.delivery import changes
 from tests.receivers import HttpReceiver, Receiver
 from tests.sinks.conftest import Capture
@@ -65,12 +64,6 @@ MODELS: dict[str, list[str]] = {
     "uvicorn": [str(VENV_BIN / "uvicorn"), "--host=127.0.0.1", "--port={port}", "--no-access-log", "server_app:asgi_app"],
     "flask-run": [str(VENV_BIN / "flask"), "--app=server_app:app", "run", "--host=127.0.0.1", "--port={port}"],
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port: int, user: str) -> dict[str, Any] | None:
