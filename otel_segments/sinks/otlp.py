@@ -37,6 +37,7 @@ from .. import config
 from ..compat import LogRecordExporter, LogRecordExportResult, log_record_for_export
 from ..config import Settings
 from ..context import USER_ID, USER_PREFIX, attribute_value, is_pii_key, pii_allowed, pseudonymize
+from ..exporters import EXPORTERS
 from ..segments import UserSegment
 from ..signal_support import GrpcTooLargeError, SignalSupport
 from . import DeliveryError, Refusal, SinkUnsupportedError
@@ -50,10 +51,6 @@ DEFAULT_BATCH_SIZE = 512  # the SDK's BatchLogRecordProcessor default export bat
 #: RESOURCE_EXHAUSTED, say): the delivery fails and is retried, nobody is set aside. Real limits are megabytes.
 MIN_TOO_LARGE_BYTES = 64 * 1024
 _SCOPE = InstrumentationScope("otel_segments")
-_EXPORTERS = {
-    "grpc": ("opentelemetry.exporter.otlp.proto.grpc._log_exporter", "OTLPLogExporter"),
-    "http/protobuf": ("opentelemetry.exporter.otlp.proto.http._log_exporter", "OTLPLogExporter"),
-}
 
 
 def log_exporter(settings: Settings, environ: Mapping[str, str] | None = None, **kwargs: Any) -> LogRecordExporter:
@@ -64,7 +61,7 @@ def log_exporter(settings: Settings, environ: Mapping[str, str] | None = None, *
     unless ``session`` is given.
     """
     protocol = config.protocol("logs", environ)
-    module, name = _EXPORTERS[protocol]
+    module, name = EXPORTERS[("logs", protocol)]
     if protocol == "http/protobuf":
         kwargs.setdefault("session", PeerSession())
     exporter_class = getattr(importlib.import_module(module), name)
