@@ -29,8 +29,8 @@ from sqlalchemy import Engine, and_, create_engine, exists, func, insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.demo import metadata, projects, tasks, time_entries, users
-from otel_segments.segments.queries import compute_segments
 from otel_segments.segments.refresh import refresh
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState

@@ -142,7 +142,7 @@ def _bound(engine: Engine, schema_name: str | None) -> BoundSchema:
 
 
 def _compute(args: argparse.Namespace, err: Console) -> int:
-    from .segments.queries import compute_segments
+    from .segments.aggregate import compute_segments
 
     engine = _engine(args.database_url, OTEL_SEGMENTS_DATABASE_URL)
     bound = _bound(engine, args.schema)

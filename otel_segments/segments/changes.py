@@ -43,7 +43,9 @@ from typing import Any
 from sqlalchemy import Column, func, select
 from sqlalchemy.engine import Connection, Engine
 
-from .queries import _ID_CHUNK, _datetime, _decode, _Queries, column_time
+from .aggregate import Aggregator
+from .driver_values import decode, read_datetime
+from .queries import ID_CHUNK, column_time
 from .schema import BoundSchema
 from .state import RefreshState
 
@@ -81,12 +83,12 @@ def find(app_engine: Engine, bound: BoundSchema, state: RefreshState, *, now: da
     """Candidates since the stored cursors, and the cursors to store once the refresh that uses them succeeded."""
     out = Changes()
     stored = state.meta_values(PREFIX)
-    queries = _Queries(bound, now, app_engine.dialect.name)
+    reader = Aggregator(bound, now, app_engine.dialect.name)
     projects: set[Any] = set()
     with app_engine.connect() as conn:
         for source in _sources(bound):
             key = PREFIX + source.name
-            owners, cursor = _scan(conn, bound, queries, source, stored.get(key), now)
+            owners, cursor = _scan(conn, bound, reader, source, stored.get(key), now)
             out.cursors[key] = cursor
             if key not in stored:
                 out.complete = False
@@ -98,9 +100,7 @@ def find(app_engine: Engine, bound: BoundSchema, state: RefreshState, *, now: da
         fingerprints: list[tuple[str, str]] = []
         after = None
         if SWEEP_USERS > 0:  # 0: no sweep, the maximum age alone catches what it would
-            fingerprints, after = queries.input_fingerprints(
-                conn, after=(stored.get(SWEEP) or {}).get("after"), limit=SWEEP_USERS
-            )
+            fingerprints, after = reader.input_fingerprints(conn, after=(stored.get(SWEEP) or {}).get("after"), limit=SWEEP_USERS)
     out.cursors[SWEEP] = {"after": after}
     known = state.inputs([uid for uid, _ in fingerprints])
     out.user_ids.update(uid for uid, fp in fingerprints if known.get(uid) != fp)  # type: ignore[union-attr]
@@ -154,7 +154,7 @@ def _named(table: Any, *names: str | None) -> tuple[Column, ...]:
 
 
 def _scan(
-    conn: Connection, bound: BoundSchema, queries: _Queries, source: _Source, cursor: dict[str, Any] | None, now: datetime
+    conn: Connection, bound: BoundSchema, reader: Aggregator, source: _Source, cursor: dict[str, Any] | None, now: datetime
 ) -> tuple[set[Any], dict[str, Any]]:
     """The owners of rows that changed since ``cursor``, and the new cursor. No cursor: record one, report nothing."""
     cursor = cursor or {}
@@ -162,8 +162,8 @@ def _scan(
     highs: dict[str, str] = dict(cursor.get("high", {}))
     scans: list[list[Any]] = cursor.get("scans", [])
     columns = [source.ident if source.ident is not None else source.owner, source.owner]
-    columns += [queries._readable_time(c) for c in source.stamps]
-    columns += [queries._readable_time(c) if _is_time(c) else queries._readable_text(c) for c in source.inputs]
+    columns += [reader.queries.readable_time(c) for c in source.stamps]
+    columns += [reader.queries.readable_time(c) if _is_time(c) else reader.queries.readable_text(c) for c in source.inputs]
     rows: list[Any] = []
     new_scans: list[list[Any]] = []
     if source.key is not None:
@@ -183,7 +183,7 @@ def _scan(
         found = conn.execute(select(*columns).where(stamp >= since)).all()
         rows += found
         zone = bound.zone(stamp)
-        values = [v for v in (_datetime(row[2 + i], zone) for row in found) if v is not None]
+        values = [v for v in (read_datetime(row[2 + i], zone) for row in found) if v is not None]
         if values:
             top_stamp = max(values).astimezone(timezone.utc)
             if stamp.name not in highs or top_stamp > datetime.fromisoformat(highs[stamp.name]):
@@ -212,7 +212,7 @@ def _is_time(column: Column) -> bool:
 
 
 def _hash(values: Iterable[Any]) -> str:
-    return hashlib.sha256(json.dumps([None if v is None else str(_decode(v)[0]) for v in values]).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([None if v is None else str(decode(v)[0]) for v in values]).encode()).hexdigest()[:16]
 
 
 def _project_users(conn: Connection, bound: BoundSchema, projects: set[Any]) -> set[str]:
@@ -227,8 +227,8 @@ def _project_users(conn: Connection, bound: BoundSchema, projects: set[Any]) -> 
     except NotImplementedError:
         pass
     out: set[str] = set()
-    for start in range(0, len(ids), _ID_CHUNK):
-        query = select(act.c[a.user_id]).distinct().where(act.c[a.project_id].in_(ids[start : start + _ID_CHUNK]))
+    for start in range(0, len(ids), ID_CHUNK):
+        query = select(act.c[a.user_id]).distinct().where(act.c[a.project_id].in_(ids[start : start + ID_CHUNK]))
         out.update(str(row[0]) for row in conn.execute(query))
     return out
 
@@ -239,6 +239,6 @@ def _missing_users(conn: Connection, bound: BoundSchema, state: RefreshState) ->
     app_count = conn.execute(select(func.count()).where(uid.is_not(None))).scalar() or 0
     if app_count == state.count():
         return set(), set()
-    app_ids = {str(row[0]) for row in conn.execution_options(yield_per=_ID_CHUNK).execute(select(uid).where(uid.is_not(None)))}
+    app_ids = {str(row[0]) for row in conn.execution_options(yield_per=ID_CHUNK).execute(select(uid).where(uid.is_not(None)))}
     known = state.user_ids()
     return app_ids - known, known - app_ids

@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Engine
 
 from . import UserSegment, changes
-from .queries import DEFAULT_BATCH_SIZE, ROW_ERRORS, AggregatedUser, Problem, _cause, aggregate_users
+from .aggregate import DEFAULT_BATCH_SIZE, AggregatedUser, aggregate_users
+from .driver_values import ROW_ERRORS, Problem, cause
 from .rules import utc
 from .schema import BoundSchema, SchemaMapping, bind
 from .state import RefreshState
@@ -105,7 +106,7 @@ def refresh(
                 digest = segment.digest()
                 due = _due(user, now, max_age)
             except ROW_ERRORS as error:  # a value the rules cannot take: this user waits, the others go on
-                problems.append(Problem(user.activity.user_id, "rules", _cause(error), skipped=True))
+                problems.append(Problem(user.activity.user_id, "rules", cause(error), skipped=True))
                 continue
             if known.get(segment.distinct_id) == digest:
                 to_touch.append((segment.distinct_id, now, due, user.inputs))
@@ -150,7 +151,7 @@ def _stored(
     except ROW_ERRORS as error:
         if len(rows) <= 1:
             if rows:
-                problems.append(Problem(user(rows[0]), table, _cause(error), skipped=True))
+                problems.append(Problem(user(rows[0]), table, cause(error), skipped=True))
             return []
         half = len(rows) // 2
         return _stored(write, rows[:half], user, table, problems) + _stored(write, rows[half:], user, table, problems)

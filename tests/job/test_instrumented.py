@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
+from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.demo import create_demo_database
-from otel_segments.segments.queries import compute_segments
 from otel_segments.segments.schema import TIMETRACKER
 from tests.conftest import VENV_BIN, clean_env
 from tests.receivers import Receiver

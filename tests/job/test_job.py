@@ -28,8 +28,8 @@ from otel_segments.cache import SegmentCache
 from otel_segments.job import GAUGE, SEGMENT_NAME, SEGMENT_VALUE, RefreshJob
 from otel_segments.lease import Lease
 from otel_segments.processor import SuperPropertiesSpanProcessor
+from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.demo import time_entries
-from otel_segments.segments.queries import compute_segments
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
 from otel_segments.sinks.otlp import OtlpSegmentSink

@@ -23,8 +23,8 @@ from otel_segments.cache import (
 from otel_segments.config import Settings
 from otel_segments.job import RefreshJob
 from otel_segments.processor import SuperPropertiesSpanProcessor
+from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.cohorts import COHORTS
-from otel_segments.segments.queries import compute_segments
 from otel_segments.segments.rules import UserActivity, person_properties
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.sinks.otlp import OtlpSegmentSink

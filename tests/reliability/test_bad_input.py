@@ -28,7 +28,7 @@ from otel_segments.config import Settings
 from otel_segments.context import current_user
 from otel_segments.properties import detect_process_properties
 from otel_segments.segments import UserSegment
-from otel_segments.segments.queries import compute_segments
+from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.refresh import refresh
 from otel_segments.segments.rules import WINDOWS, UserActivity, next_change, person_properties
 from otel_segments.segments.schema import TIMETRACKER

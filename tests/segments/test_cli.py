@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine
 
-from otel_segments.segments.queries import compute_segments
+from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.schema import TIMETRACKER
 from tests.conftest import clean_env
 

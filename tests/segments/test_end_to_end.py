@@ -19,8 +19,8 @@ from pytest_httpserver import HTTPServer
 from sqlalchemy import create_engine, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 
+from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.demo import create_demo_database, projects, tasks, time_entries, user_roles, users
-from otel_segments.segments.queries import compute_segments
 from otel_segments.segments.schema import TIMETRACKER, bind
 from tests.conftest import VENV_BIN, clean_env
 from tests.receivers import Receiver

@@ -24,8 +24,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from sqlalchemy import delete, insert, update
 from sqlalchemy.engine import Engine
 
+from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.demo import metadata, projects, roles, tasks, time_entries, user_roles, users
-from otel_segments.segments.queries import compute_segments
 from otel_segments.segments.refresh import refresh
 from otel_segments.segments.schema import TIMETRACKER, bind
 from otel_segments.segments.state import RefreshState

@@ -17,8 +17,8 @@ from sqlalchemy.engine import Engine
 
 from otel_segments.context import pseudonymize, set_privacy_policy
 from otel_segments.job import RefreshJob
+from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.demo import create_demo_database, time_entries
-from otel_segments.segments.queries import compute_segments
 from otel_segments.segments.refresh import refresh
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState

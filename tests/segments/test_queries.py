@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 
-from otel_segments.segments.queries import compute_segments
+from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.schema import (
     TIMETRACKER,
     ActivityTable,

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import create_engine, insert, update
 from sqlalchemy.engine import Engine
 
+from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.demo import metadata, time_entries, users
-from otel_segments.segments.queries import compute_segments
 from otel_segments.segments.refresh import refresh
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState

@@ -12,7 +12,7 @@ from sqlalchemy import Column, DateTime, Index, MetaData, String, Table, Text, i
 from sqlalchemy.engine import Engine
 
 from otel_segments.job import RefreshJob
-from otel_segments.segments.queries import compute_segments
+from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.refresh import refresh
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import SCHEMA_VERSION, RefreshState, StateVersionError

@@ -39,8 +39,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.exc import OperationalError
 
 from otel_segments.segments import UserSegment
+from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.demo import create_demo_database
-from otel_segments.segments.queries import compute_segments
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
 from tests.conftest import VENV_BIN, _free_port, clean_env

@@ -1,0 +1,403 @@
+"""All users' aggregates, streamed in keyset batches, without letting one bad row stop the others.
+
+Each batch runs :class:`~.queries.SegmentQueries`' few aggregate queries over its slice of users, so memory
+stays bounded by the batch size at any number of users. A bad row never stops the others (docs/segments.md,
+"Bad rows"): values the driver could not hand over are read as ``driver_values.py`` says and reported as a
+:class:`~.driver_values.Problem` naming the user; a batch that still fails is bisected down to the users it
+fails for, who are set aside (reported, not computed) while the rest go on.
+
+:meth:`Aggregator.input_fingerprints` is the sweep's cheaper pass over a slice of users: the rule inputs
+that no change column shows (the users row, admin roles, task counts, entry count and key sum), hashed per user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from . import UserSegment
+from .driver_values import ROW_ERRORS, Problem, cause, decode, read_datetime
+from .queries import ID_CHUNK, SegmentQueries
+from .rules import WINDOWS, UserActivity, next_change, person_properties, utc
+from .schema import BoundSchema, SchemaMapping, bind
+
+DEFAULT_BATCH_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class AggregatedUser:
+    """One user's aggregates, plus the oldest entry inside each window (for :func:`rules.next_change`)."""
+
+    activity: UserActivity
+    oldest_in_window: dict[timedelta, datetime | None]
+    inputs: str = ""  # fingerprint of the rule inputs the sweep compares (see :func:`input_fingerprints`)
+
+    def segment(self, now: datetime) -> UserSegment:
+        return person_properties(self.activity, now=now)
+
+    def due_at(self, now: datetime) -> datetime | None:
+        return next_change(self.activity, self.oldest_in_window, now=now)
+
+
+def compute_segments(
+    engine: Engine,
+    schema: SchemaMapping | BoundSchema,
+    *,
+    now: datetime,
+    user_ids: Iterable[str] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Iterator[UserSegment]:
+    """Every user's (or only ``user_ids``') :class:`UserSegment`, in user id order, streamed."""
+    for user in aggregate_users(engine, schema, now=now, user_ids=user_ids, batch_size=batch_size):
+        yield user.segment(now)
+
+
+def aggregate_users(
+    engine: Engine,
+    schema: SchemaMapping | BoundSchema,
+    *,
+    now: datetime,
+    user_ids: Iterable[str] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    problems: list[Problem] | None = None,
+) -> Iterator[AggregatedUser]:
+    """Every user's (or only ``user_ids``') aggregates; users whose rows cannot be read are appended to ``problems``."""
+    bound = schema if isinstance(schema, BoundSchema) else bind(schema, engine)
+    reader = Aggregator(bound, utc(now), engine.dialect.name)
+    found = problems if problems is not None else []
+    with engine.connect() as conn:
+        if user_ids is None:
+            last: Any = None
+            while True:
+                try:
+                    users = reader.fetch_users(conn, after=last, limit=batch_size, problems=found)
+                except ROW_ERRORS as error:
+                    _recover(conn, error)
+                    ids = [row[0] for row in conn.execute(reader.queries.ids(after=last, limit=batch_size))]
+                    if not ids:
+                        raise
+                    last = ids[-1]
+                    yield from reader.bisect(conn, ids, found, error)
+                    if len(ids) < batch_size:
+                        return
+                    continue
+                if not users:
+                    return
+                last = users[-1][0]
+                yield from reader.safe_batch(conn, users, found)
+                if len(users) < batch_size:
+                    return
+        else:
+            ids = reader.queries.coerce_ids(user_ids)
+            for start in range(0, len(ids), ID_CHUNK):
+                chunk = ids[start : start + ID_CHUNK]
+                try:
+                    users = reader.fetch_users(conn, ids=chunk, problems=found)
+                except ROW_ERRORS as error:
+                    _recover(conn, error)
+                    yield from reader.bisect(conn, chunk, found, error)
+                    continue
+                if users:
+                    yield from reader.safe_batch(conn, users, found, ids=chunk)
+
+
+def _recover(conn: Connection, error: BaseException) -> None:
+    """After a failed statement: roll back (PostgreSQL refuses anything else in an aborted transaction).
+
+    A lost connection is not a bad row: it is raised, and the cycle retries later.
+    """
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        raise error
+    conn.rollback()
+
+
+class _StageError(Exception):
+    """Which table's query failed, for the warning that names it."""
+
+    def __init__(self, table: str, error: BaseException) -> None:
+        super().__init__(table)
+        self.table = table
+        self.error = error
+
+
+class Aggregator:
+    """Runs :class:`~.queries.SegmentQueries` for batches of users and builds their :class:`AggregatedUser`."""
+
+    def __init__(self, bound: BoundSchema, now: datetime, dialect: str = "") -> None:
+        self.bound = bound
+        self.now = now
+        self.mapping = bound.mapping
+        self.dialect = dialect
+        self.queries = SegmentQueries(bound, now, dialect)
+        q = self.queries
+        u, a = self.mapping.users, self.mapping.activity
+        self._zones = (
+            q.zone(u.created_at, bound.users),
+            q.zone(u.last_login, bound.users),
+            q.zone(a.timestamp, bound.activity),
+        )
+        self._where = tuple(
+            f"{table.name}.{name}"
+            for table, name in (
+                (bound.users, u.created_at),
+                (bound.users, u.last_login),
+                (bound.activity, a.timestamp),
+                (bound.activity, a.duration_seconds),
+            )
+        )
+
+    def fetch_users(self, conn: Connection, *, problems: list[Problem], **where: Any) -> list[tuple[Any, ...]]:
+        """:meth:`~.queries.SegmentQueries.users` rows as Python values: text decoded (with replacement when
+        it is not UTF-8), each value that was not readable as it is reported in ``problems``. The last column (what PostgreSQL
+        read as NULL) is dropped."""
+        u = self.mapping.users
+        table = self.bound.users.name
+        out = []
+        for uid, created_at, last_login, role, auth, admin, out_of_range in conn.execute(self.queries.users(**where)):
+            created_at, last_login = decode(created_at)[0], decode(last_login)[0]
+            texts = []
+            for name, value in ((u.role, role), (u.auth_method, auth)):
+                text, bad = decode(value)
+                if bad:
+                    problems.append(Problem(str(uid), f"{table}.{name}", "not valid UTF-8, read with replacement characters"))
+                texts.append(text)
+            if out_of_range:
+                for name in str(out_of_range).split(","):
+                    problems.append(Problem(str(uid), f"{table}.{name}", "date outside years 1-9999, read as NULL"))
+            out.append((uid, created_at, last_login, texts[0], texts[1], admin))
+        return out
+
+    def safe_batch(
+        self, conn: Connection, users: Sequence[Any], problems: list[Problem], *, ids: Sequence[Any] | None = None
+    ) -> Iterator[AggregatedUser]:
+        """:meth:`batch`, or when it fails, :meth:`bisect` over its users: one poisoned user never stops the others."""
+        mark = len(problems)
+        try:
+            built = self.batch(conn, users, ids=ids, problems=problems)
+        except (*ROW_ERRORS, _StageError) as error:
+            del problems[mark:]  # the bisection reports them again, for the users it computes
+            _recover(conn, error.error if isinstance(error, _StageError) else error)
+            yield from self.bisect(conn, [row[0] for row in users], problems, error)
+            return
+        yield from built
+
+    def bisect(
+        self, conn: Connection, ids: Sequence[Any], problems: list[Problem], error: BaseException
+    ) -> Iterator[AggregatedUser]:
+        """The users of ``ids`` computed in halves down to one; the users that still fail alone are set aside.
+
+        When every user of several fails alone, nothing is wrong with a row: the error is the database's, and is raised.
+        """
+        done: list[AggregatedUser] = []
+        skipped: list[Problem] = []
+        stack = [list(ids)]
+        while stack:
+            part = stack.pop()
+            mark = len(problems)
+            try:
+                users = self.fetch_users(conn, ids=part, problems=problems)
+                done.extend(self.batch(conn, users, ids=part, problems=problems))
+            except (*ROW_ERRORS, _StageError) as failure:
+                del problems[mark:]
+                err = failure.error if isinstance(failure, _StageError) else failure
+                _recover(conn, err)
+                if len(part) > 1:
+                    half = len(part) // 2
+                    stack += [part[half:], part[:half]]
+                    continue
+                where = failure.table if isinstance(failure, _StageError) else self.bound.users.name
+                skipped.append(Problem(str(part[0]), self._locate(conn, part[0], where), cause(err), skipped=True))
+        if len(skipped) > 1 and not done:
+            raise error.error if isinstance(error, _StageError) else error
+        problems.extend(skipped)
+        yield from done
+
+    def _locate(self, conn: Connection, user_id: Any, table: str) -> str:
+        """``table.column``: the first of the table's mapped columns that fails to read alone for the user."""
+        m = self.mapping
+        if table == self.bound.users.name:
+            t, owner, names = (
+                self.bound.users,
+                m.users.id,
+                (m.users.created_at, m.users.last_login, m.users.role, m.users.auth_method),
+            )
+        elif table == self.bound.activity.name:
+            a = m.activity
+            t, owner, names = self.bound.activity, a.user_id, (a.timestamp, a.source, a.duration_seconds, a.project_id)
+        elif self.bound.tasks is not None and table == self.bound.tasks.name and m.tasks is not None:
+            t, owner, names = self.bound.tasks, m.tasks.assignee, (m.tasks.status,)
+        else:
+            return table
+        for name in names:
+            if not name:
+                continue
+            try:
+                conn.execute(select(t.c[name]).where(t.c[owner] == user_id)).all()
+                if name == getattr(m.activity, "duration_seconds", None) and t is self.bound.activity:
+                    conn.execute(select(func.sum(t.c[name])).where(t.c[owner] == user_id)).all()
+            except ROW_ERRORS as error:
+                _recover(conn, error)
+                return f"{table}.{name}"
+        return table
+
+    def batch(
+        self, conn: Connection, users: Sequence[Any], *, ids: Sequence[Any] | None, problems: list[Problem] | None = None
+    ) -> Iterator[AggregatedUser]:
+        """The users' aggregates (rows of :meth:`fetch_users`), streamed: the queries run at once, and a failing
+        one raises :class:`_StageError` naming its table."""
+        lo, hi = users[0][0], users[-1][0]
+        problems = problems if problems is not None else []
+
+        def rows(table: Any, query: Any) -> dict[Any, Any]:
+            try:
+                return {row[0]: row for row in conn.execute(query)}
+            except ROW_ERRORS as error:
+                raise _StageError(table.name, error) from error
+
+        activity = rows(self.bound.activity, self.queries.activity(lo, hi, ids))
+        projects = rows(self.bound.activity, self.queries.projects(lo, hi, ids)) if self.bound.projects is not None else None
+        tasks = rows(self.bound.tasks, self.queries.tasks(lo, hi, ids)) if self.bound.tasks is not None else None
+        return self._build(users, activity, projects, tasks, problems)
+
+    def _build(
+        self,
+        users: Sequence[Any],
+        activity: dict[Any, Any],
+        projects: dict[Any, Any] | None,
+        tasks: dict[Any, Any] | None,
+        problems: list[Problem],
+    ) -> Iterator[AggregatedUser]:
+        """The aggregates user by user, streamed; a user whose values the rules cannot take is set aside alone."""
+        for user in users:
+            try:
+                built = self._one(user, activity, projects, tasks, problems)
+            except ROW_ERRORS as error:
+                problems.append(Problem(str(user[0]), self.bound.users.name, cause(error), skipped=True))
+                continue
+            yield built
+
+    def _one(
+        self,
+        user: Sequence[Any],
+        activity: dict[Any, Any],
+        projects: dict[Any, Any] | None,
+        tasks: dict[Any, Any] | None,
+        problems: list[Problem],
+    ) -> AggregatedUser:
+        a = self.mapping.activity
+        created_zone, login_zone, entry_zone = self._zones
+        created_where, login_where, entry_where, duration_where = self._where
+        uid, created_at, last_login, role, auth, admin = user
+
+        def when(value: Any, zone: tzinfo | None, where: str) -> datetime | None:
+            read = read_datetime(value, zone)
+            if read is None and value is not None:
+                # the value is not logged: a date column may hold any text
+                problems.append(Problem(str(uid), where, "not a date in years 1-9999, read as NULL"))
+            return read
+
+        act = activity.get(uid)
+        counts = dict(
+            entries_all_time=act[1] if act else 0,
+            entries_24h=int(act[2] or 0) if act else 0,
+            entries_7d=int(act[3] or 0) if act else 0,
+            entries_30d=int(act[4] or 0) if act else 0,
+        )
+        if a.source:
+            counts["timer_entries"] = int(act[5] or 0) if act else 0
+            counts["manual_entries"] = int(act[6] or 0) if act else 0
+        if a.duration_seconds:
+            counts["total_seconds"] = float(act[7] or 0) if act else 0.0
+            if abs(counts["total_seconds"]) >= _INT64:
+                problems.append(Problem(str(uid), duration_where, "sum beyond a 64-bit integer, summed as a float"))
+        if projects is not None:
+            p = projects.get(uid)
+            counts["total_projects"] = p[1] if p else 0
+            counts["active_projects"] = p[2] if p else 0
+        if tasks is not None:
+            t = tasks.get(uid)
+            counts["assigned_tasks"] = int(t[1] or 0) if t else 0
+            counts["completed_tasks"] = int(t[2] or 0) if t else 0
+        row = UserActivity(
+            user_id=str(uid),
+            created_at=when(created_at, created_zone, created_where),
+            last_login=when(last_login, login_zone, login_where),
+            role=None if role is None else str(role),
+            is_admin=None if admin is None else bool(admin),
+            auth_method=None if auth is None else str(auth),
+            **counts,
+        )
+        if act and self.dialect == "postgresql" and act[9 + len(WINDOWS)]:
+            problems.append(
+                Problem(
+                    str(uid),
+                    entry_where,
+                    f"{act[9 + len(WINDOWS)]} entries dated outside years 1-9999: counted, dates read as NULL",
+                )
+            )
+        oldest = {w: when(act[8 + i], entry_zone, entry_where) if act else None for i, w in enumerate(WINDOWS)}
+        t = tasks.get(uid) if tasks is not None else None
+        inputs = fingerprint(
+            (created_at, last_login, role, auth, admin),
+            (act[1], act[8 + len(WINDOWS)]) if act else (0, None),
+            (t[1], t[2]) if t else None,
+        )
+        return AggregatedUser(activity=row, oldest_in_window=oldest, inputs=inputs)
+
+    def input_fingerprints(self, conn: Connection, *, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any]:
+        """(user id, fingerprint) for up to ``limit`` users after ``after`` in id order, and the last id (None at the end)."""
+        users = self.fetch_users(conn, after=after, limit=limit, problems=[])
+        if not users:
+            return [], None
+        lo, hi = users[0][0], users[-1][0]
+        a = self.mapping.activity
+        t = self.bound.activity
+        uid = t.c[a.user_id]
+        light = select(uid, func.count(), self.queries.key_sum()).where(self.queries.owned_by(uid, lo, hi, None)).group_by(uid)
+        activity = {row[0]: row for row in conn.execute(light)}
+        tasks = {row[0]: row for row in conn.execute(self.queries.tasks(lo, hi, None))} if self.bound.tasks is not None else None
+        out = []
+        for user_id, created_at, last_login, role, auth, admin in users:
+            act = activity.get(user_id)
+            k = tasks.get(user_id) if tasks is not None else None
+            out.append(
+                (
+                    str(user_id),
+                    fingerprint(
+                        (created_at, last_login, role, auth, admin),
+                        (act[1], act[2]) if act else (0, None),
+                        (k[1], k[2]) if k else None,
+                    ),
+                )
+            )
+        return out, (users[-1][0] if len(users) >= limit else None)
+
+
+def fingerprint(user_row: Sequence[Any], entries: Sequence[Any], tasks: Sequence[Any] | None) -> str:
+    """A short hash of one user's rule inputs that no change column reveals, as the queries return them.
+
+    ``repr`` of the driver's values (str, int, Decimal, datetime) is stable across processes, unlike ``hash()``.
+    """
+    open_, done = (int(tasks[0] or 0), int(tasks[1] or 0)) if tasks is not None else (0, 0)
+    payload = (tuple(user_row), int(entries[0] or 0), _number(entries[1]), open_, done)
+    return hashlib.blake2b(repr(payload).encode(), digest_size=16).hexdigest()
+
+
+def _number(value: Any) -> int | str | None:
+    """A sum as PostgreSQL (Decimal) or SQLite (int) returns it, as one value."""
+    if value is None:
+        return None
+    try:
+        return int(value) if int(value) == value else str(value)
+    except (TypeError, ValueError, OverflowError):
+        return str(value)
+
+
+_INT64 = 2**63
