@@ -14,65 +14,51 @@ users from the state tables. Delivery state advances only after a sink accepted 
 batch, so a failure anywhere leaves the updates pending for the next cycle:
 at-least-once, and exactly-once while the lease holder is not killed between a
 sink's acknowledgement and the write that records it.
+
+:class:`RefreshJob` drives cycles and its own stop; the rest is lent to
+collaborators: :mod:`~otel_segments.delivery` (the sinks),
+:mod:`~otel_segments.forks` (``fork()``), :mod:`~otel_segments.reporting` (what
+it logs) and :mod:`~otel_segments.cohort_sizes` (the gauge).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol, TypeVar
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from . import native
+from .alarm import Alarm
 from .cache import SegmentCache
-from .context import pseudonymize
+from .cohort_sizes import GAUGE, SEGMENT_NAME, SEGMENT_VALUE, SEGMENT_VALUES, count, observations
+from .delivery import Delivery, Sink
 from .forks import ForkLifecycle
 from .lease import Lease
-from .segments import UserSegment
-from .segments.cohorts import COHORTS
+from .reporting import Reporter, cause_of
 from .segments.refresh import DEFAULT_MAX_AGE, RefreshResult, refresh
 from .segments.schema import BoundSchema, SchemaMapping, bind
 from .segments.state import RefreshState, StateVersionError
-from .sinks import DeliveryError, Refusal, SinkUnsupportedError
-from .sinks.posthog import RateLimitedError
+from .shared_database import create_tables, release_connections
 from .untraced import untraced
 
 _logger = logging.getLogger(__name__)
 
-GAUGE = "app.segments.users"
-SEGMENT_NAME = "app.segment.name"
-SEGMENT_VALUE = "app.segment.value"
+#: The gauge's names and the Sink protocol live in their own modules; they stay importable from here.
+__all__ = ["GAUGE", "SEGMENT_NAME", "SEGMENT_VALUE", "SEGMENT_VALUES", "CycleResult", "RefreshJob", "Sink"]
+
 DEFAULT_INTERVAL = timedelta(seconds=60)
 MIN_LEASE_TTL = timedelta(seconds=30)
 DEFAULT_DELIVERY_BATCH = 1000
-#: After each delivery batch the worker rests this many times the CPU time the batch took: building events is
-#: Python work that holds the GIL, and the app's requests in this process wait for it (and for a core).
-DELIVERY_PACE = 1.0
 #: At shutdown, the share of its bound that a sink's delivery in flight gets to finish before the sinks end it
 #: (2 s of the 5 s at exit): a slow but healthy peer answers within it; one that took the connection and never
 #: answers (or drips its answer) must not hold the process's exit, which the SDK's own shutdown still follows.
 #: A running refresh is not cut short by it (only by the bound).
 STOP_GRACE = 0.4
-_T = TypeVar("_T")
-#: The (property, value) pairs counted for the gauge: every value a cohort names, zeros included.
-SEGMENT_VALUES: tuple[tuple[str, str | bool], ...] = tuple(dict.fromkeys((c.property, c.value) for c in COHORTS))
-
-
-class Sink(Protocol):
-    """See :mod:`otel_segments.sinks`: ``deliver`` returns the users refused for good (None: nobody), or raises
-    :class:`DeliveryError` naming who was accepted before it stopped; ``shutdown`` may be called from any thread,
-    at any time, and ends a delivery in flight instead of waiting for it."""
-
-    def deliver(self, batch: list[UserSegment]) -> Sequence[Refusal] | None: ...
-
-    def shutdown(self, timeout_s: float = 5.0) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -118,21 +104,21 @@ class RefreshJob:
         # Renewed before every delivery batch; long enough that a live holder never loses it between cycles.
         self.lease_ttl = lease_ttl or max(2 * interval, MIN_LEASE_TTL)
         self.delivery_batch = delivery_batch
-        self._sink_factories = dict(sinks or {})
-        self._sinks: dict[str, Sink] = {}
         self._state: RefreshState | None = None
         self._bound: BoundSchema | None = None
         self._lease: Lease | None = None
         self._counts: dict[tuple[str, str | bool], int] | None = None
-        #: Per sink, user id -> digest of the update the peer refused for good (named once per update).
-        self._quarantine: dict[str, dict[str, str]] = {}
-        #: (user id, table.column, cause) the refresh reported and a warning named; ``_set_aside_count`` of them skipped.
-        self._problems: set[tuple[str, str, str]] = set()
-        self._set_aside_count = 0
+        self._reporter = Reporter()
         self._init_process_state()
         self._paused = False
         self._shut = False
         self._cycles = 0
+        self._delivery = Delivery(
+            sinks or {},
+            stopped=lambda: self._stopping or self._paused,
+            rest=lambda seconds: self._wake.wait(seconds),
+            on_failure=self._reporter.sink_failed,
+        )
         self._forks = ForkLifecycle(
             [self.app_engine, self.state_engine],
             cycle_lock=lambda: self._cycle_lock,
@@ -148,10 +134,7 @@ class RefreshJob:
         self._wake = native.Event()
         self._thread: native.Thread | None = None
         self._stopping = False
-        self._last_error: str | None = None
         self._cycle_started: float | None = None  # monotonic start of the running cycle
-        self._stuck_reported: float | None = None  # start of the last cycle reported as stuck
-        self._delivering_since: float | None = None  # monotonic start of the sink.deliver() call in flight
         self._holder = False  # held the lease at the last cycle: only then is there anything to flush at exit
 
     # -- driving ---------------------------------------------------------------------------------------------
@@ -161,7 +144,7 @@ class RefreshJob:
         if self._stopping or self._paused:
             return False
         if self._cycle_lock.locked():
-            self._report_if_stuck()
+            self._reporter.stuck(self._cycle_started, self.lease_ttl)
             return False
         if self._thread is None or not self._thread.is_alive():
             self._thread = native.Thread(self._work)
@@ -195,32 +178,16 @@ class RefreshJob:
             _logger.warning("otel_segments: %s", error)
             result = CycleResult(error=str(error))
         except Exception as error:  # noqa: BLE001 - the job must never take the host app down
-            result = CycleResult(error=_cause(error))
-            self._report(result.error, error)
+            result = CycleResult(error=cause_of(error))
+            self._reporter.failed(result.error, error)
         else:
-            if result.error is None and not result.failed and self._last_error is not None:
-                _logger.info("otel_segments: segment refresh works again")
-                self._last_error = None
+            if result.error is None and not result.failed:
+                self._reporter.worked()
         finally:
-            self._release_connections()
+            release_connections([self.app_engine, self.state_engine])
             self._cycle_started = None
             self._cycle_lock.release()
         return result
-
-    def _release_connections(self) -> None:
-        """Close our pooled connections to a database server: between cycles a process of ours holds none.
-
-        A fleet of processes each keeping a pooled connection would hold one per process for good
-        (200 processes past PostgreSQL's default ``max_connections`` of 100) and the app's own would be
-        refused. A cycle reconnects once per engine. SQLite's are files, cheap to keep, and an in-memory
-        database lives only as long as its connection: those stay.
-        """
-        for engine in {id(e): e for e in (self.app_engine, self.state_engine)}.values():
-            if engine.dialect.name != "sqlite":
-                try:
-                    engine.dispose()
-                except Exception:
-                    _logger.debug("otel_segments: closing pooled connections failed", exc_info=True)
 
     def _cycle(self, now: datetime | None) -> CycleResult:
         state, lease = self._ensure_state()
@@ -230,146 +197,27 @@ class RefreshJob:
             self._sync_cache(state)
             return CycleResult(holder=False)
         refreshed = refresh(self.app_engine, state, self._ensure_bound(), now=now, max_age=self.max_age)
-        self._name_problems(refreshed)
+        self._reporter.problems(refreshed)
         if refreshed.changed or self._counts is None:
-            self._counts = _count(state.segments())
-        delivered: dict[str, int] = {}
-        failed: dict[str, str] = {}
-        for name in list(self._sink_factories):
-            try:
-                delivered[name] = self._deliver(name, state, lease)
-            except SinkUnsupportedError as error:
-                self._drop_sink(name, error)
-            except DeliveryError as error:
-                failed[name] = str(error)
-                self._report_sink(name, error)
+            self._counts = count(state.segments())
+        delivered, failed = self._delivery.run(state, lease, lease_ttl=self.lease_ttl, batch=self.delivery_batch)
         self._sync_cache(state)
-        quarantined = {name: len(users) for name, users in self._quarantine.items() if users}
+        quarantined = self._delivery.quarantined()
         if refreshed.quarantined:
             quarantined["refresh"] = refreshed.quarantined
         return CycleResult(holder=True, refreshed=refreshed, delivered=delivered, failed=failed, quarantined=quarantined)
 
     def _ensure_state(self) -> tuple[RefreshState, Lease]:
         if self._state is None:
-            self._state = _create_tables(lambda: RefreshState(self.state_engine))
+            self._state = create_tables(lambda: RefreshState(self.state_engine))
         if self._lease is None:
-            self._lease = _create_tables(lambda: Lease(self.state_engine))
+            self._lease = create_tables(lambda: Lease(self.state_engine))
         return self._state, self._lease
 
     def _ensure_bound(self) -> BoundSchema:
         if self._bound is None:
             self._bound = bind(self.schema, self.app_engine)  # reflection: a wrong mapping fails here, by name
         return self._bound
-
-    # -- delivery --------------------------------------------------------------------------------------------
-
-    def _sink(self, name: str) -> Sink:
-        sink = self._sinks.get(name)
-        if sink is None:
-            sink = self._sinks[name] = self._sink_factories[name]()
-        return sink
-
-    def _deliver(self, name: str, state: RefreshState, lease: Lease, deadline: float | None = None) -> int:
-        """Send everything pending for ``name``, batch by batch; the lease is renewed before each batch.
-
-        Users a sink accepted are marked delivered, even when it stopped short; users it
-        refused for good are set aside (:meth:`_set_aside`) and stay pending, and the
-        next batch goes on after them, so they never hold up the rest of the queue.
-        """
-        if (self._stopping or self._paused) and deadline is None:
-            return 0
-        try:
-            sink = self._sink(name)
-        except Exception as error:
-            raise DeliveryError(f"could not set up the sink ({_cause(error)})") from error
-        sent = 0
-        after: str | None = None
-        while deadline is None or time.monotonic() < deadline:
-            if (self._stopping or self._paused) and deadline is None:
-                break
-            batch = state.pending(name, limit=self.delivery_batch, after=after)
-            if not batch:
-                break
-            after = batch[-1].distinct_id
-            if not lease.acquire(self.lease_ttl):
-                _logger.info("otel_segments: the refresh lease passed to another process; it delivers the rest")
-                break
-            busy = time.thread_time()
-            self._delivering_since = time.monotonic()
-            try:
-                refused = sink.deliver(batch) or ()
-            except DeliveryError as error:
-                self._record(name, state, batch, error.accepted, error.refused)
-                raise
-            finally:
-                self._delivering_since = None
-            sent += self._record(name, state, batch, None, refused)
-            if deadline is None:  # a stop or a hand-over sets the wake event, and ends the pause
-                self._wake.wait((time.thread_time() - busy) * DELIVERY_PACE)
-        return sent
-
-    def _record(
-        self,
-        name: str,
-        state: RefreshState,
-        batch: Sequence[UserSegment],
-        accepted: Iterable[str] | None,
-        refused: Iterable[Refusal],
-    ) -> int:
-        """Mark ``accepted`` (None: all of ``batch``) delivered, except the refused, whom it sets aside; how many were marked."""
-        digests = {segment.distinct_id: segment.digest() for segment in batch}
-        refused = list(refused)
-        left_out = {refusal.distinct_id for refusal in refused}
-        ids = digests if accepted is None else accepted
-        done = [(user, digests[user]) for user in ids if user in digests and user not in left_out]
-        if done:
-            state.mark_delivered(name, done)
-        quarantine = self._quarantine.setdefault(name, {})
-        for user, _ in done:
-            quarantine.pop(user, None)
-        for refusal in refused:
-            self._set_aside(name, refusal, digests.get(refusal.distinct_id, ""))
-        return len(done)
-
-    def _set_aside(self, name: str, refusal: Refusal, digest: str) -> None:
-        """One WARNING per user and update the peer refused for good; it stays pending and is tried again each cycle."""
-        quarantine = self._quarantine.setdefault(name, {})
-        if quarantine.get(refusal.distinct_id) == digest:
-            return
-        quarantine[refusal.distinct_id] = digest
-        _logger.warning(
-            "otel_segments: %s refused user %s for good, set aside and retried each cycle (%d set aside now): %s",
-            name,
-            pseudonymize(str(refusal.distinct_id)),
-            len(quarantine),
-            refusal.cause,
-        )
-
-    def _name_problems(self, refreshed: RefreshResult) -> None:
-        """One WARNING per user, place and cause the refresh could not read as it is (once per process);
-        users it set aside are counted in the line, and retried by every refresh until they can be computed."""
-        named = self._problems
-        current = {(p.user_id, p.where, p.cause): p for p in refreshed.problems}
-        set_aside = refreshed.quarantined
-        for key, problem in current.items():
-            if key in named:
-                continue
-            if problem.skipped:
-                _logger.warning(
-                    "otel_segments: user %s set aside, retried each cycle (%d set aside now): %s: %s",
-                    pseudonymize(problem.user_id),
-                    set_aside,
-                    problem.where,
-                    problem.cause,
-                )
-            else:
-                _logger.warning("otel_segments: user %s: %s: %s", pseudonymize(problem.user_id), problem.where, problem.cause)
-        if len(named) > _NAMED_MAX:  # bounded memory; a problem still there is named again, once
-            named.clear()
-        named.update(current)
-        if not set_aside and self._set_aside_count:
-            _logger.info("otel_segments: no user is set aside any more")
-        self._set_aside_count = set_aside
 
     # -- what other parts read -------------------------------------------------------------------------------
 
@@ -379,9 +227,7 @@ class RefreshJob:
 
     def observe(self, options: CallbackOptions | None = None) -> Iterable[Observation]:
         """Callback of the ``app.segments.users`` gauge: reads finished counts, never the database."""
-        for (prop, value), count in (self._counts or {}).items():
-            text = str(value).lower() if isinstance(value, bool) else value
-            yield Observation(count, {SEGMENT_NAME: prop, SEGMENT_VALUE: text})
+        yield from observations(self._counts or {})
 
     def _sync_cache(self, state: RefreshState) -> None:
         """Load the stored segment of every user this process has cached or seen; ``{}`` marks a user with none."""
@@ -419,28 +265,20 @@ class RefreshJob:
             # A running refresh may finish (the flush then delivers what it found); a delivery stuck on its peer
             # is ended after the grace; whatever it is, the worker gets no more than the bound.
             while not thread.join(timeout=0.05) and not ended:
-                since = self._delivering_since
+                since = self._delivery.delivering_since
                 now = time.monotonic()
                 if now >= deadline - _STOP_MARGIN_S or (since is not None and now - max(since, stop_at) >= grace):
-                    self._shutdown_sinks(deadline)  # the worker's delivery fails at once; its cycle ends
+                    self._delivery.shutdown_sinks(deadline)  # the worker's delivery fails at once; its cycle ends
                     ended = True
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if not self._paused and self._cycle_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            alarm = _Alarm(max(0.0, deadline - _STOP_MARGIN_S - time.monotonic()), lambda: self._shutdown_sinks(deadline))
+            alarm = Alarm(max(0.0, deadline - _STOP_MARGIN_S - time.monotonic()), lambda: self._delivery.shutdown_sinks(deadline))
             try:
                 self._flush(deadline, deliver=not ended)
             finally:
                 alarm.cancel()
                 self._cycle_lock.release()
-        self._shutdown_sinks(deadline)
-        self._sinks.clear()
-
-    def _shutdown_sinks(self, deadline: float) -> None:
-        for name, sink in list(self._sinks.items()):
-            try:
-                sink.shutdown(timeout_s=max(0.1, deadline - time.monotonic()))
-            except Exception:
-                _logger.warning("otel_segments: the %s sink did not shut down cleanly", name, exc_info=True)
+        self._delivery.close(deadline)
 
     def _flush(self, deadline: float, *, deliver: bool = True) -> None:
         """Deliver what is pending (unless a stuck delivery was just ended: its peer is not answering) and release the lease."""
@@ -449,22 +287,20 @@ class RefreshJob:
         try:
             if not self._lease.acquire(self.lease_ttl):
                 return
-            for name in list(self._sink_factories) if deliver else ():
-                try:
-                    self._deliver(name, self._state, self._lease, deadline)
-                except SinkUnsupportedError as error:
-                    self._drop_sink(name, error)
-                except DeliveryError as error:
-                    self._report_sink(name, error)
+            if deliver:
+                self._delivery.run(
+                    self._state, self._lease, lease_ttl=self.lease_ttl, batch=self.delivery_batch, deadline=deadline
+                )
             self._lease.release()
         except Exception as error:  # noqa: BLE001
-            self._report(_cause(error), error)
+            self._reporter.failed(cause_of(error), error)
 
     def _forked_child(self) -> None:
         # The parent's thread does not exist here and its locks may be held: start afresh, as a new lease holder.
         self._init_process_state()
+        self._reporter.forget_failures()
         self._paused = self._shut
-        self._sinks = {}
+        self._delivery.forget_sinks()
         self._counts = None
         if self._lease is not None:
             self._lease.reset_holder()
@@ -489,105 +325,8 @@ class RefreshJob:
             try:
                 self._lease.release()
             except Exception as error:  # noqa: BLE001 - the children take over when the lease expires
-                self._report(_cause(error), error)
-
-    # -- reporting -------------------------------------------------------------------------------------------
-
-    def _report(self, cause: str, error: BaseException) -> None:
-        self._last_error = cause
-        _logger.warning("otel_segments: segment refresh failed, retrying next cycle: %s", cause)
-        _logger.debug("otel_segments: refresh failure details", exc_info=error)
-
-    def _report_if_stuck(self) -> None:
-        """Once per cycle that outlives its lease: a peer that took the connection and never answers blocks it, silently.
-
-        The database drivers have no timeout for an answer that never comes (a lock
-        wait, a hung server, a half-open connection), so such a cycle waits until the
-        connection breaks; meanwhile the kicks that find it running say so, once.
-        """
-        started = self._cycle_started
-        if started is None or started == self._stuck_reported:
-            return
-        running = time.monotonic() - started
-        if running <= self.lease_ttl.total_seconds():
-            return
-        self._stuck_reported = started
-        self._last_error = "stuck"  # the next cycle that succeeds says so
-        _logger.warning(
-            "otel_segments: the segment refresh has been running for %.0fs, longer than its %.0fs lease: "
-            "a database or sink stopped answering? No other refresh starts in this process until it returns",
-            running,
-            self.lease_ttl.total_seconds(),
-        )
-
-    def _drop_sink(self, name: str, error: SinkUnsupportedError) -> None:
-        """A peer that will never take this sink's data: say so once and stop; its updates stay pending."""
-        self._sink_factories.pop(name, None)
-        sink = self._sinks.pop(name, None)
-        _logger.warning("otel_segments: %s", error)
-        if sink is not None:
-            try:
-                sink.shutdown(timeout_s=1.0)
-            except Exception:
-                _logger.debug("otel_segments: the %s sink did not shut down cleanly", name, exc_info=True)
-
-    def _report_sink(self, name: str, error: DeliveryError) -> None:
-        self._last_error = str(error)
-        wait = error.retry_after_s if isinstance(error, RateLimitedError) else None
-        retry = f" (retry after {wait:.0f}s)" if wait else ""
-        _logger.warning("otel_segments: %s delivery failed, updates stay pending%s: %s", name, retry, error)
+                self._reporter.failed(cause_of(error), error)
 
 
-#: How many (user, place, cause) the job remembers having named.
-_NAMED_MAX = 100_000
 #: What the flush at shutdown leaves of its bound for ending the sinks' requests and releasing the lease.
 _STOP_MARGIN_S = 0.5
-
-
-class _Alarm:
-    """Calls ``action`` once after ``seconds`` on an OS thread of its own, unless cancelled first."""
-
-    def __init__(self, seconds: float, action: Callable[[], None]) -> None:
-        self._cancelled = native.Event()
-        self._seconds = seconds
-        self._action = action
-        native.Thread(self._run).start()
-
-    def _run(self) -> None:
-        if not self._cancelled.wait(self._seconds):
-            self._action()
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-
-
-def _count(segments: Iterable[UserSegment]) -> dict[tuple[str, str | bool], int]:
-    counts: Counter[tuple[str, str | bool]] = Counter({key: 0 for key in SEGMENT_VALUES})
-    wanted = set(SEGMENT_VALUES)
-    for segment in segments:
-        for prop, value in segment.set.items():
-            if isinstance(value, str | bool) and (prop, value) in wanted:
-                counts[(prop, value)] += 1
-    return dict(counts)
-
-
-def _create_tables(make: Callable[[], _T]) -> _T:
-    """Processes starting together race to create the state tables, one table at a time, so a process can
-    lose once per table: each loss means another made progress, and a later look finds the tables there.
-    Any other error (the database is away) is raised at once."""
-    for pause in (0.05, 0.1, 0.15, 0.2):
-        try:
-            return make()
-        except DBAPIError as error:
-            # SQLite: "table ... already exists"; PostgreSQL: DuplicateTable, or a unique violation in its catalog
-            if not (isinstance(error, IntegrityError) or "already exists" in str(error.orig)):
-                raise
-            time.sleep(pause)
-    return make()
-
-
-def _cause(error: BaseException) -> str:
-    """The error's class and first line, from the driver's own error when SQLAlchemy wraps one (no SQL, no URL)."""
-    inner = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
-    text = str(inner).strip().splitlines()[0][:300] if str(inner).strip() else ""
-    return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
