@@ -2,15 +2,35 @@
 
 Importing this package starts nothing: no thread, socket or query until
 :func:`configure` runs with the gate open (``OTEL_EXPORTER_OTLP_ENDPOINT`` and
-``OTEL_EXPORTER_OTLP_TOKEN`` set, ``OTEL_SDK_DISABLED`` not true).
+``OTEL_EXPORTER_OTLP_TOKEN`` set, ``OTEL_SDK_DISABLED`` not true). It loads nothing
+either until a name is used (PEP 562): the ``otel-segments`` command line, which
+needs neither the SDK nor PostHog to compute segments, starts in a fraction of
+the time.
 """
 
-from .config import Settings
-from .configuration import Configured, configure
-from .context import clear_user, current_user, set_user, user_context
-from .exporters import otlp_headers
-from .processor import SuperPropertiesSpanProcessor
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .configuration import Configured, configure
+    from .context import clear_user, current_user, set_user, user_context
+    from .exporters import otlp_headers
+    from .processor import SuperPropertiesSpanProcessor
+
+_EXPORTS = {
+    "Configured": "configuration",
+    "Settings": "config",
+    "SuperPropertiesSpanProcessor": "processor",
+    "clear_user": "context",
+    "configure": "configuration",
+    "current_user": "context",
+    "otlp_headers": "exporters",
+    "set_user": "context",
+    "user_context": "context",
+}
 __all__ = [
     "Configured",
     "Settings",
@@ -23,3 +43,16 @@ __all__ = [
     "user_context",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

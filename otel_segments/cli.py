@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -27,12 +28,14 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from .config import DEFAULT_SCHEMA, OTEL_SEGMENTS_DATABASE_URL, OTEL_SEGMENTS_SCHEMA, OTEL_SEGMENTS_STATE_URL, database_url
 from .database import EXAMPLE, DatabaseURLError, engine_for
-from .job import RefreshJob
 from .segments import UserSegment
 from .segments.cohorts import COHORTS, FORMATS, cohort_description, export
 from .segments.refresh import refresh
 from .segments.schema import BoundSchema, SchemaError, bind, load_schema
 from .segments.state import RefreshState, StateVersionError
+
+if TYPE_CHECKING:
+    from .job import RefreshJob
 
 EXIT_USAGE = 2
 
@@ -298,6 +301,7 @@ def _demo_job(engine: Engine) -> tuple[RefreshJob, bool]:
     from opentelemetry.sdk.resources import Resource
 
     from .config import Settings
+    from .job import RefreshJob  # here: the job loads the SDK and PostHog, which compute and cohorts never need
     from .pipeline import sink_factories
     from .properties import detect_process_properties
 
