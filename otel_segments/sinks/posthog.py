@@ -8,7 +8,8 @@ saying whether the batches arrived. A segment update must never be lost, so:
    has ``send=False`` and ``sync_mode=True``: it stamps uuid, timestamp, ``$lib``
    and the client's ``super_properties`` exactly as for any event, and hands the
    finished event to ``before_send``, where we take it. That client has no queue,
-   no consumer thread, no atexit hook and no feature-flag poller;
+   no consumer thread, no atexit hook and no feature-flag poller
+   (:mod:`~otel_segments.sinks.posthog_events`);
 2. each batch is *sent* with the SDK's own request function,
    ``posthog.request.batch_post`` (``POST {host}/batch/``, optionally gzip), in the
    calling thread, through our session
@@ -27,12 +28,10 @@ stopped) otherwise; the job keeps the rest pending for its next cycle.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -40,44 +39,29 @@ import requests
 
 from .. import native
 from ..config import Secret
-from ..context import is_pii_key, pii_allowed
 from ..properties import detect_process_properties
 from ..segments import UserSegment
 from . import DeliveryError, Refusal
+from .posthog_events import EVENT, MAX_EVENT_BYTES, MAX_REQUEST_BYTES, YIELD_EVERY, Entry, EventBuilder, chunks
 from .transport import PeerAbortedError, PeerSession, watch_answers
 
 _logger = logging.getLogger(__name__)
 
+#: The event's name and limits belong to the building (posthog_events); they stay importable from here.
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_TIMEOUT_S",
+    "EVENT",
+    "MAX_EVENT_BYTES",
+    "MAX_REQUEST_BYTES",
+    "MAX_RETRY_AFTER_S",
+    "YIELD_EVERY",
+    "PostHogSink",
+    "RateLimitedError",
+]
 
-def _read_os_once() -> None:
-    """Have the posthog SDK read the operating system now, in the importing thread (the app's, at start-up).
-
-    ``capture()`` puts ``$os``/``$os_version`` on every event, read with ``distro``,
-    which runs ``lsb_release`` in a subprocess and caches the answer only once it
-    succeeded. Under gevent, ``subprocess`` can only wait for a child from the main
-    thread's hub, and the job delivers from an OS thread of its own: there it
-    raised (TypeError, "child watchers are only available on the default loop"),
-    the SDK swallowed it, and ``capture()`` returned None for every event. Once
-    read here, no event of ours starts a subprocess.
-    """
-    from posthog.utils import system_context
-
-    try:
-        system_context()
-    except Exception:
-        _logger.debug("otel_segments: the posthog SDK could not read the OS", exc_info=True)
-
-
-_read_os_once()
-
-EVENT = "$set"
-#: The SDK's own limits (``posthog.consumer``): 900 KiB per event, 5 MiB per request body.
-MAX_EVENT_BYTES = 900 * 1024
-MAX_REQUEST_BYTES = 5 * 1024 * 1024
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_TIMEOUT_S = 10.0
-#: Events built between two hand-overs of the GIL to the app's threads (see otel_segments.native.let_others_run).
-YIELD_EVERY = 8
 #: A Retry-After longer than this is capped: one bad header must not stop delivery for days.
 MAX_RETRY_AFTER_S = 600.0
 
@@ -130,9 +114,8 @@ class PostHogSink:
         self.gzip = gzip
         self._lock = native.Lock()
         self._pid: int | None = None
-        self._client: Any = None
+        self._builder: EventBuilder | None = None
         self._session: PeerSession | None = None
-        self._built: list[dict[str, Any]] = []
         self._not_before = 0.0
         self._shut = False
 
@@ -156,35 +139,17 @@ class PostHogSink:
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
-    def _ensure(self) -> Any:
-        """The SDK client and HTTP session of *this* process, made on first use."""
+    def _ensure(self) -> EventBuilder:
+        """The event builder (the SDK client) and HTTP session of *this* process, made on first use."""
         pid = os.getpid()
-        if self._client is not None and self._pid == pid:
-            return self._client
+        if self._builder is not None and self._pid == pid:
+            return self._builder
         # In a forked child the parent's pooled sockets must not be reused; they are left, not closed,
         # so the parent's connections stay intact.
-        from posthog import Posthog
-
-        self._client = Posthog(
-            self._api_key.reveal(),
-            host=self._host,
-            send=False,  # the client only builds events; batch_post below sends them
-            sync_mode=True,  # no queue, no consumer thread, no atexit flush
-            super_properties=self._super_properties,  # <- the process super properties, merged into each event
-            before_send=self._take,
-            capture_mode="v0",  # /batch/ whatever POSTHOG_CAPTURE_MODE says: we post the batch ourselves
-            enable_exception_autocapture=False,
-            enable_local_evaluation=False,
-            disable_geoip=True,
-            max_retries=0,
-        )
+        self._builder = EventBuilder(self._api_key, self._host, self._super_properties)
         self._session = PeerSession()
         self._pid = pid
-        return self._client
-
-    def _take(self, event: dict[str, Any]) -> dict[str, Any]:
-        self._built.append(event)
-        return event
+        return self._builder
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Release the client and connections at once, ending a post in flight; never waits for a delivery.
@@ -194,15 +159,15 @@ class PostHogSink:
         it marks the sink shut and aborts the session, whose request in flight then fails.
         """
         self._shut = True
-        client, session, pid = self._client, self._session, self._pid
-        self._client = self._session = None
+        builder, session, pid = self._builder, self._session, self._pid
+        self._builder = self._session = None
         if pid != os.getpid():
             return  # a forked child leaves its parent's connections alone
         if session is not None:
             session.close()  # aborts the request in flight, if any
-        if client is not None:
+        if builder is not None:
             try:
-                client.shutdown()
+                builder.shutdown()
             except Exception:
                 _logger.warning("otel_segments: the PostHog client did not shut down cleanly", exc_info=True)
 
@@ -221,9 +186,9 @@ class PostHogSink:
             accepted: list[str] = []
             refused: list[Refusal] = []
             try:
-                events = self._build(batch, accepted, refused)
+                events = self._ensure().build(batch, accepted, refused)
                 total = len(events)
-                pending = list(self._chunks(events))
+                pending = list(chunks(events, self.batch_size))
                 pending.reverse()
                 while pending:
                     chunk = pending.pop()
@@ -243,64 +208,7 @@ class PostHogSink:
                 ) from error
             return refused
 
-    def _build(
-        self, batch: Sequence[UserSegment], accepted: list[str], refused: list[Refusal]
-    ) -> list[tuple[str, dict[str, Any], int]]:
-        """(user id, event, its size in bytes) per user to send; a user with nothing to send counts as accepted,
-        one whose event is over PostHog's limit as refused."""
-        from posthog import new_context
-        from posthog.request import DatetimeSerializer
-
-        client = self._ensure()
-        events: list[tuple[str, dict[str, Any], int]] = []
-        self._built = []
-        try:
-            # A fresh PostHog context: tags or a session id of whatever context called us must not leak in.
-            with new_context(fresh=True, capture_exceptions=False):
-                for n, segment in enumerate(batch, 1):
-                    if n % YIELD_EVERY == 0:
-                        native.let_others_run()  # the SDK builds an event in ~0.1-0.2 ms of Python: the app's requests first
-                    properties = _person_properties(segment)
-                    if not properties:
-                        accepted.append(segment.distinct_id)
-                        continue
-                    before = len(self._built)
-                    uuid = client.capture(EVENT, distinct_id=str(segment.distinct_id), properties=properties)
-                    if uuid is None or len(self._built) != before + 1:
-                        raise DeliveryError(
-                            f"the PostHog SDK did not build the event for one of {len(batch)} users; nothing was sent"
-                        )
-                    event = self._built[-1]
-                    size = len(json.dumps(event, cls=DatetimeSerializer).encode())  # as posthog.consumer measures it
-                    if size > MAX_EVENT_BYTES:
-                        refused.append(
-                            Refusal(
-                                segment.distinct_id,
-                                f"its update is {size} bytes, over PostHog's {MAX_EVENT_BYTES // 1024} KiB event limit",
-                            )
-                        )
-                    else:
-                        events.append((segment.distinct_id, event, size))
-            return events
-        finally:
-            self._built = []
-
-    def _chunks(self, events: list[tuple[str, dict[str, Any], int]]) -> Iterator[list[tuple[str, dict[str, Any], int]]]:
-        """Requests of at most ``batch_size`` events and 5 MiB, in order."""
-        chunk: list[tuple[str, dict[str, Any], int]] = []
-        size = 0
-        for entry in events:
-            if chunk and (len(chunk) == self.batch_size or size + entry[2] + 1 > MAX_REQUEST_BYTES - 1024):
-                yield chunk
-                chunk, size = [], 0
-            chunk.append(entry)
-            size += entry[2] + 1
-        if chunk:
-            yield chunk
-
-    def _post(
-        self, chunk: list[tuple[str, dict[str, Any], int]], accepted: list[str], refused: list[Refusal], total: int
-    ) -> int | None:
+    def _post(self, chunk: list[Entry], accepted: list[str], refused: list[Refusal], total: int) -> int | None:
         """None once PostHog answered 200; 413 when it refused the request as too large; raises otherwise."""
         from posthog.request import APIError, batch_post
 
@@ -366,25 +274,6 @@ class PostHogSink:
                     raise failed(f"could not reach PostHog at {self.host} ({_cause(error)}); {done}") from None
             except requests.RequestException as error:
                 raise failed(f"the request to PostHog at {self.host} failed ({type(error).__name__}); {done}") from None
-
-
-def _person_properties(segment: UserSegment) -> dict[str, Any]:
-    properties: dict[str, Any] = {}
-    for name, values in (("$set", segment.set), ("$set_once", segment.set_once)):
-        clean = {k: v for k, v in values.items() if _sendable(v) and _allowed(k)}
-        if clean:
-            properties[name] = clean
-    return properties
-
-
-def _sendable(value: object) -> bool:
-    """None, NaN and infinity are left out: JSON has no NaN, and the SDK sends it as null, which erases the property."""
-    return value is not None and not (isinstance(value, float) and not math.isfinite(value))
-
-
-def _allowed(key: str) -> bool:
-    """Person properties that name a person never leave the process unless the app opted in (``allow_pii``)."""
-    return not is_pii_key(key) or pii_allowed()
 
 
 def _cause(error: BaseException) -> str:
