@@ -35,7 +35,11 @@ from sqlalchemy.engine import Engine
 from . import native
 from .alarm import Alarm
 from .cache import SegmentCache
-from .cohort_sizes import GAUGE, SEGMENT_NAME, SEGMENT_VALUE, SEGMENT_VALUES, count, observations
+from .cohort_sizes import GAUGE as GAUGE  # as itself: a moved name stays importable from here (likewise below)
+from .cohort_sizes import SEGMENT_NAME as SEGMENT_NAME
+from .cohort_sizes import SEGMENT_VALUE as SEGMENT_VALUE
+from .cohort_sizes import SEGMENT_VALUES as SEGMENT_VALUES
+from .cohort_sizes import count, observations
 from .delivery import Delivery, Sink
 from .forks import ForkLifecycle
 from .lease import Lease
@@ -47,9 +51,6 @@ from .shared_database import create_tables, release_connections
 from .untraced import untraced
 
 _logger = logging.getLogger(__name__)
-
-#: The gauge's names and the Sink protocol live in their own modules; they stay importable from here.
-__all__ = ["GAUGE", "SEGMENT_NAME", "SEGMENT_VALUE", "SEGMENT_VALUES", "CycleResult", "RefreshJob", "Sink"]
 
 DEFAULT_INTERVAL = timedelta(seconds=60)
 MIN_LEASE_TTL = timedelta(seconds=30)

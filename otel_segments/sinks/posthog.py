@@ -42,23 +42,14 @@ from ..config import Secret
 from ..properties import detect_process_properties
 from ..segments import UserSegment
 from . import DeliveryError, Refusal
-from .posthog_events import EVENT, MAX_EVENT_BYTES, MAX_REQUEST_BYTES, YIELD_EVERY, Entry, EventBuilder, chunks
+from .posthog_events import EVENT as EVENT  # as itself: a moved name stays importable from here (likewise below)
+from .posthog_events import MAX_EVENT_BYTES as MAX_EVENT_BYTES
+from .posthog_events import MAX_REQUEST_BYTES as MAX_REQUEST_BYTES
+from .posthog_events import YIELD_EVERY as YIELD_EVERY
+from .posthog_events import Entry, EventBuilder, chunks
 from .transport import PeerAbortedError, PeerSession, watch_answers
 
 _logger = logging.getLogger(__name__)
-
-#: The event's name and limits belong to the building (posthog_events); they stay importable from here.
-__all__ = [
-    "DEFAULT_BATCH_SIZE",
-    "DEFAULT_TIMEOUT_S",
-    "EVENT",
-    "MAX_EVENT_BYTES",
-    "MAX_REQUEST_BYTES",
-    "MAX_RETRY_AFTER_S",
-    "YIELD_EVERY",
-    "PostHogSink",
-    "RateLimitedError",
-]
 
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_TIMEOUT_S = 10.0
