@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 from . import UserSegment
 from .driver_values import ROW_ERRORS, Problem, cause, decode, read_datetime
-from .queries import ID_CHUNK, SegmentQueries
+from .queries import BAD_DATES, ID_CHUNK, KEY_SUM, OLDEST, PROJECTS, SegmentQueries
 from .rules import WINDOWS, UserActivity, next_change, person_properties, utc
 from .schema import BoundSchema, SchemaMapping, bind
 
@@ -262,22 +262,20 @@ class Aggregator:
                 raise _StageError(table.name, error) from error
 
         activity = rows(self.bound.activity, self.queries.activity(lo, hi, ids))
-        projects = rows(self.bound.activity, self.queries.projects(lo, hi, ids)) if self.bound.projects is not None else None
         tasks = rows(self.bound.tasks, self.queries.tasks(lo, hi, ids)) if self.bound.tasks is not None else None
-        return self._build(users, activity, projects, tasks, problems)
+        return self._build(users, activity, tasks, problems)
 
     def _build(
         self,
         users: Sequence[Any],
         activity: dict[Any, Any],
-        projects: dict[Any, Any] | None,
         tasks: dict[Any, Any] | None,
         problems: list[Problem],
     ) -> Iterator[AggregatedUser]:
         """The aggregates user by user, streamed; a user whose values the rules cannot take is set aside alone."""
         for user in users:
             try:
-                built = self._one(user, activity, projects, tasks, problems)
+                built = self._one(user, activity, tasks, problems)
             except ROW_ERRORS as error:
                 problems.append(Problem(str(user[0]), self.bound.users.name, cause(error), skipped=True))
                 continue
@@ -287,7 +285,6 @@ class Aggregator:
         self,
         user: Sequence[Any],
         activity: dict[Any, Any],
-        projects: dict[Any, Any] | None,
         tasks: dict[Any, Any] | None,
         problems: list[Problem],
     ) -> AggregatedUser:
@@ -305,7 +302,7 @@ class Aggregator:
 
         act = activity.get(uid)
         counts = dict(
-            entries_all_time=act[1] if act else 0,
+            entries_all_time=int(act[1] or 0) if act else 0,
             entries_24h=int(act[2] or 0) if act else 0,
             entries_7d=int(act[3] or 0) if act else 0,
             entries_30d=int(act[4] or 0) if act else 0,
@@ -317,10 +314,9 @@ class Aggregator:
             counts["total_seconds"] = float(act[7] or 0) if act else 0.0
             if abs(counts["total_seconds"]) >= _INT64:
                 problems.append(Problem(str(uid), duration_where, "sum beyond a 64-bit integer, summed as a float"))
-        if projects is not None:
-            p = projects.get(uid)
-            counts["total_projects"] = p[1] if p else 0
-            counts["active_projects"] = p[2] if p else 0
+        if self.bound.projects is not None:
+            counts["total_projects"] = int(act[PROJECTS] or 0) if act else 0
+            counts["active_projects"] = int(act[PROJECTS + 1] or 0) if act else 0
         if tasks is not None:
             t = tasks.get(uid)
             counts["assigned_tasks"] = int(t[1] or 0) if t else 0
@@ -334,19 +330,14 @@ class Aggregator:
             auth_method=None if auth is None else str(auth),
             **counts,
         )
-        if act and self.dialect == "postgresql" and act[9 + len(WINDOWS)]:
-            problems.append(
-                Problem(
-                    str(uid),
-                    entry_where,
-                    f"{act[9 + len(WINDOWS)]} entries dated outside years 1-9999: counted, dates read as NULL",
-                )
-            )
-        oldest = {w: when(act[8 + i], entry_zone, entry_where) if act else None for i, w in enumerate(WINDOWS)}
+        if act and act[BAD_DATES]:
+            cause_ = f"{act[BAD_DATES]} entries dated outside years 1-9999: counted, dates read as NULL"
+            problems.append(Problem(str(uid), entry_where, cause_))
+        oldest = {w: when(act[OLDEST + i], entry_zone, entry_where) if act else None for i, w in enumerate(WINDOWS)}
         t = tasks.get(uid) if tasks is not None else None
         inputs = fingerprint(
             (created_at, last_login, role, auth, admin),
-            (act[1], act[8 + len(WINDOWS)]) if act else (0, None),
+            (act[1], act[KEY_SUM]) if act else (0, None),
             (t[1], t[2]) if t else None,
         )
         return AggregatedUser(activity=row, oldest_in_window=oldest, inputs=inputs)

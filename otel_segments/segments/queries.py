@@ -1,8 +1,8 @@
 """The SQL that reads every rule input, for one bound schema at one ``now``: SQLAlchemy Core, no execution.
 
-Per batch of users (ordered by id, ``id > last`` keyset) there are at most four queries whatever the batch
-size: the users (with admin status), one conditional aggregation over activity grouped by user, one over
-activity joined to projects, one over tasks. The aggregates are restricted to the batch's id range, so each
+Per batch of users (ordered by id, ``id > last`` keyset) there are three queries whatever the batch size:
+the users (with admin status), one conditional aggregation over activity (rolled up per project and joined
+to the projects), one over tasks. The aggregates are restricted to the batch's id range, so each
 reads only its slice of the activity index. The same Core runs on SQLite and PostgreSQL. Naive datetimes
 are compared in the zone the mapping declares for their column (bound parameters are converted to it).
 
@@ -36,6 +36,13 @@ from .rules import WINDOWS
 from .schema import BoundSchema
 
 ID_CHUNK = 5_000  # ids per IN (...) list: well under SQLite's and PostgreSQL's parameter limits
+#: Positions in :meth:`SegmentQueries.activity` rows: user id, count, one count per window, timer, manual,
+#: seconds, then the oldest entry per window, the key sum, PostgreSQL's unreadable dates, projects used and active.
+OLDEST = 8
+KEY_SUM = OLDEST + len(WINDOWS)
+BAD_DATES = KEY_SUM + 1
+PROJECTS = BAD_DATES + 1
+PER_SECONDS = 6  # the seconds in the roll-up's columns (no user id)
 # Dates PostgreSQL may hold that its driver can hand over as a Python datetime (years 1-9999); outside them a value
 # reads as NULL, like ``infinity``. A timezone-aware value is converted to the session's zone first: a day of margin.
 _NAIVE_RANGE = (datetime(1, 1, 1), datetime(9999, 12, 31, 23, 59, 59, 999999))
@@ -162,49 +169,66 @@ class SegmentQueries:
         return column.in_(ids) if ids is not None else and_(column >= lo, column <= hi)
 
     def activity(self, lo: Any, hi: Any, ids: Sequence[Any] | None) -> Any:
-        a = self.mapping.activity
-        t = self.bound.activity
+        """Each user's entries in one scan: counts per window, sources, seconds, the oldest entry per window, the
+        key sum and (when projects are mapped) the projects used and active. Positions: :data:`OLDEST` onwards.
+
+        With projects, the entries are grouped per (user, project) first and that roll-up joined to the
+        projects: one pass in the order of an index on (user, project), no ``count(DISTINCT)`` sort.
+        """
+        a, p = self.mapping.activity, self.mapping.projects
+        t, pt = self.bound.activity, self.bound.projects
         uid, ts = t.c[a.user_id], t.c[a.timestamp]
-        since = [self._time(ts, self.now - w) for w in WINDOWS]
-        in_window = [ts >= s for s in since]
-        columns: list[Any] = [uid, func.count()]
-        columns += [func.sum(case((cond, 1), else_=0)) for cond in in_window]
+        in_window = [ts >= self._time(ts, self.now - w) for w in WINDOWS]
+        per: list[Any] = [func.count(), *[func.sum(case((cond, 1), else_=0)) for cond in in_window]]
         if a.source:
             source = t.c[a.source]
-            columns.append(func.sum(case((source.in_(a.timer_values) if a.timer_values else false(), 1), else_=0)))
-            columns.append(func.sum(case((source.in_(a.manual_values) if a.manual_values else false(), 1), else_=0)))
+            per.append(func.sum(case((source.in_(a.timer_values) if a.timer_values else false(), 1), else_=0)))
+            per.append(func.sum(case((source.in_(a.manual_values) if a.manual_values else false(), 1), else_=0)))
         else:
-            columns += [literal(None), literal(None)]
+            per += [None, None]
         if a.duration_seconds:
             duration = t.c[a.duration_seconds]
             positive = case((duration > 0, duration), else_=0)  # a negative duration is a bad row: 0
-            # SQLite's integer sum raises on overflow, for the whole query; total() sums as a float
-            columns.append(func.total(positive) if self.dialect == "sqlite" else func.sum(positive))
+            per.append(self._sum(positive))
         else:
-            columns.append(literal(None))
-        columns += [self.readable_time(func.min(case((cond, ts), else_=None))) for cond in in_window]
-        columns.append(self.key_sum())
+            per.append(None)
+        per += [func.min(case((cond, ts), else_=None)) for cond in in_window]
+        key = self.bound.change_columns.get(t.name, (None, None))[0]
+        per.append(func.sum(t.c[key]) if key else None)
         if self.dialect == "postgresql":  # entries whose date reads as NULL though finite, for the warning
-            columns.append(func.sum(case((and_(func.isfinite(ts), not_(self._in_range(ts))), 1), else_=0)))
-        return select(*columns).where(self.owned_by(uid, lo, hi, ids)).group_by(uid)
+            per.append(func.sum(case((and_(func.isfinite(ts), not_(self._in_range(ts))), 1), else_=0)))
+        else:
+            per.append(None)
+        mins = range(OLDEST - 1, OLDEST - 1 + len(WINDOWS))  # positions in ``per`` (which lacks the user id)
+        if pt is None or p is None or not a.project_id:
+            columns = [literal(None) if c is None else self.readable_time(c) if i in mins else c for i, c in enumerate(per)]
+            columns = [uid, *columns, literal(None), literal(None)]
+            return select(*columns).where(self.owned_by(uid, lo, hi, ids)).group_by(uid)
+        pid = t.c[a.project_id]
+        labelled = [uid.label("uid"), pid.label("pid")] + [c.label(f"c{i}") for i, c in enumerate(per) if c is not None]
+        rolled = select(*labelled).where(self.owned_by(uid, lo, hi, ids)).group_by(uid, pid).subquery("per_project")
+        r = rolled.c
+        columns = [r.uid]
+        for i, c in enumerate(per):
+            if c is None:
+                columns.append(literal(None))
+            elif i in mins:
+                columns.append(self.readable_time(func.min(r[f"c{i}"])))
+            else:
+                columns.append(self._sum(r[f"c{i}"]) if i == PER_SECONDS else func.sum(r[f"c{i}"]))
+        active = case((pt.c[p.status].in_(p.active_values), 1), else_=None)
+        columns += [func.count(pt.c[p.id]), func.count(active)]
+        joined = rolled.outerjoin(pt, pt.c[p.id] == r.pid)
+        return select(*columns).select_from(joined).group_by(r.uid)
+
+    def _sum(self, value: Any) -> Any:
+        """SQLite's integer sum raises on overflow, for the whole query; total() sums as a float."""
+        return func.total(value) if self.dialect == "sqlite" else func.sum(value)
 
     def key_sum(self) -> Any:
         """Sum of the entries' keys: with the count, it changes when an entry is deleted, moved or committed late."""
         key = self.bound.change_columns.get(self.bound.activity.name, (None, None))[0]
         return func.sum(self.bound.activity.c[key]) if key else literal(None)
-
-    def projects(self, lo: Any, hi: Any, ids: Sequence[Any] | None) -> Any:
-        a, p = self.mapping.activity, self.mapping.projects
-        assert p is not None and a.project_id and self.bound.projects is not None
-        t, pt = self.bound.activity, self.bound.projects
-        uid, pid = t.c[a.user_id], t.c[a.project_id]
-        active = case((pt.c[p.status].in_(p.active_values), pid), else_=None)
-        return (
-            select(uid, func.count(pid.distinct()), func.count(active.distinct()))
-            .select_from(t.join(pt, pt.c[p.id] == pid))
-            .where(self.owned_by(uid, lo, hi, ids))
-            .group_by(uid)
-        )
 
     def tasks(self, lo: Any, hi: Any, ids: Sequence[Any] | None) -> Any:
         k = self.mapping.tasks

@@ -67,10 +67,10 @@ def test_constant_number_of_queries(sqlite_engine: Engine) -> None:
     statements: list[str] = []
     event.listen(sqlite_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     assert len(list(compute_segments(sqlite_engine, bound, now=NOW))) == 60
-    assert len(statements) == 4  # users, activity, projects, tasks: for all 60 users
+    assert len(statements) == 3  # users, activity with projects (one scan), tasks: for all 60 users
     statements.clear()
     assert len(list(compute_segments(sqlite_engine, bound, now=NOW, batch_size=25))) == 60
-    assert len(statements) == 4 * math.ceil(60 / 25)
+    assert len(statements) == 3 * math.ceil(60 / 25)
 
 
 def test_missing_optional_tables_leave_properties_out(engine: Engine) -> None:
