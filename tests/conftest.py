@@ -57,8 +57,10 @@ def _pg_bindir() -> str | None:
 
 
 @contextlib.contextmanager
-def postgres_server(max_connections: int = 200) -> Iterator[str]:
+def postgres_server(max_connections: int = 200, **settings: str) -> Iterator[str]:
     """A throwaway PostgreSQL server (its own data directory, a free port) while the block runs; its admin URL.
+
+    ``settings`` are server settings (``shared_buffers="1GB"``), as ``-c name=value``.
 
     Raises ``FileNotFoundError`` when PostgreSQL is not installed.
     """
@@ -77,6 +79,7 @@ def postgres_server(max_connections: int = 200) -> Iterator[str]:
         capture_output=True,
     )
     options = f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections={max_connections}"
+    options += "".join(f" -c {name}={value}" for name, value in settings.items())
     subprocess.run(
         [*run_as, f"{bindir}/pg_ctl", "-D", datadir, "-o", options, "-l", f"{datadir}/log", "-w", "start"],
         check=True,
