@@ -45,7 +45,8 @@ from otel_segments.segments.aggregate import aggregate_users  # noqa: E402
 from otel_segments.segments.demo import time_entries  # noqa: E402
 from otel_segments.segments.refresh import refresh  # noqa: E402
 from otel_segments.segments.schema import TIMETRACKER, bind  # noqa: E402
-from otel_segments.segments.state import RefreshState, _properties  # noqa: E402
+from otel_segments.segments.state import RefreshState  # noqa: E402
+from otel_segments.segments.state_tables import properties_json  # noqa: E402
 
 CLI = ROOT / ".venv" / "bin" / "otel-segments"
 
@@ -111,7 +112,7 @@ def rules_alone(engine: Engine, now: datetime) -> float:
     for user in users:
         segment = user.segment(now)
         segment.digest()
-        _properties(segment)
+        properties_json(segment)
         user.due_at(now)
     return time.perf_counter() - started
 

@@ -1,44 +1,21 @@
 """Refresh and delivery state, in tables the plugin creates in a state database (default: the app's).
 
-``otel_segments_user_state``: per user, the digest of the last computed
-properties, when they were computed, when they are next due (the first moment a
-property changes with the clock alone, or the maximum age), and the properties
-themselves as JSON so a restarted process fills its cache without recomputing.
-
-``otel_segments_delivery``: per (sink, user), the digest last delivered. A user
-is pending for a sink while its computed digest differs from its delivered one,
-so a crash between compute and delivery resends rather than loses an update.
-
-``otel_segments_meta``: the watermark, the change cursors (``changes.py``) and
-``schema_version``. Version 1 is what releases before the version existed wrote
-(no ``schema_version`` row); version 2 adds ``user_state.inputs``, the fingerprint
-the sweep compares. A process migrates an older state in place at its first
-refresh, which runs under the lease, so once per fleet (:meth:`RefreshState.migrate`);
-stored digests stay, so nothing is resent. A process that finds a newer version
-than it knows raises :class:`StateVersionError` and runs no refresh.
-
-User ids are stored as they are when the ``user_id`` columns can hold them (at most 255 characters, no NUL,
-valid UTF-8); any other id is stored as a fixed-length key (:func:`state_key`, a hash) and the app's id is
-kept in the ``properties`` JSON (as ``distinct_id``), where delivery reads it. No migration: ids that fit
-keep the key they always had.
+The tables and their rows are ``state_tables.py``'s. ``schema_version`` (in the meta table): version 1
+is what releases before the version existed wrote (no ``schema_version`` row); version 2 adds
+``user_state.inputs``, the fingerprint the sweep compares. A process migrates an older state in place at
+its first refresh, which runs under the lease, so once per fleet (:meth:`RefreshState.migrate`); stored
+digests stay, so nothing is resent. A process that finds a newer version than it knows raises
+:class:`StateVersionError` and runs no refresh.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
-    Column,
-    DateTime,
-    Index,
-    MetaData,
-    String,
-    Table,
-    Text,
     and_,
     bindparam,
     delete,
@@ -53,51 +30,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import UserSegment
 from .rules import utc
+from .state_tables import HASHED, ID_CHUNK, properties_json, segment_from_row, state_key, tables, upsert
 
-_ID_CHUNK = 5_000
 SCHEMA_VERSION = 2  # what this release writes; see the module docstring for each version
-_ID_LENGTH = 255  # of the user_id columns
-_HASHED = "~sha256:"  # a stored key that is the hash of an app's id; an app's id that starts with it is hashed too
-
-
-def state_key(user_id: str) -> str:
-    """The key a user id is stored under: the id itself when the state's columns can hold it, else its hash."""
-    if len(user_id) <= _ID_LENGTH and "\x00" not in user_id and not user_id.startswith(_HASHED):
-        try:
-            user_id.encode("utf-8")
-            return user_id
-        except UnicodeEncodeError:
-            pass
-    return _HASHED + hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class StateVersionError(Exception):
     """The state was written by a newer release than this one: this process must not refresh it."""
-
-
-def _tables(prefix: str) -> tuple[MetaData, Table, Table, Table]:
-    metadata = MetaData()
-    users = Table(
-        f"{prefix}user_state",
-        metadata,
-        Column("user_id", String(_ID_LENGTH), primary_key=True),
-        Column("digest", String(64), nullable=False),
-        Column("computed_at", DateTime(timezone=True), nullable=False),
-        Column("due_at", DateTime(timezone=True), nullable=False),
-        Column("properties", Text, nullable=False),
-        Column("inputs", String(32)),  # version 2
-    )
-    Index(f"{prefix}user_state_due_at", users.c.due_at)
-    delivery = Table(
-        f"{prefix}delivery",
-        metadata,
-        Column("sink", String(100), primary_key=True),
-        Column("user_id", String(_ID_LENGTH), primary_key=True),
-        Column("digest", String(64), nullable=False),
-        Column("delivered_at", DateTime(timezone=True), nullable=False),
-    )
-    meta = Table(f"{prefix}meta", metadata, Column("key", String(100), primary_key=True), Column("value", Text, nullable=False))
-    return metadata, users, delivery, meta
 
 
 class RefreshState:
@@ -108,12 +47,12 @@ class RefreshState:
 
     def __init__(self, engine: Engine, *, table_prefix: str = "otel_segments_") -> None:
         self.engine = engine
-        metadata, self.users, self.delivery, self.meta = _tables(table_prefix)
+        metadata, self.users, self.delivery, self.meta = tables(table_prefix)
         metadata.create_all(engine, checkfirst=True)  # only the missing tables: an older state keeps its own until migrate()
         with engine.begin() as conn:
             unversioned = conn.execute(select(self.meta.c.value).where(self.meta.c.key == self.VERSION)).scalar() is None
             if unversioned and "inputs" in {c["name"] for c in inspect(conn).get_columns(self.users.name)}:
-                _upsert(conn, self.meta, [{"key": self.VERSION, "value": str(SCHEMA_VERSION)}], ["key"])  # created here
+                upsert(conn, self.meta, [{"key": self.VERSION, "value": str(SCHEMA_VERSION)}], ["key"])  # created here
         self.check_version()
 
     # -- versions -------------------------------------------------------------------------------
@@ -141,7 +80,7 @@ class RefreshState:
         with self.engine.begin() as conn:
             if version < 2 and "inputs" not in {c["name"] for c in inspect(conn).get_columns(self.users.name)}:
                 conn.execute(text(f"ALTER TABLE {self.users.name} ADD COLUMN inputs VARCHAR(32)"))
-            _upsert(conn, self.meta, [{"key": self.VERSION, "value": str(SCHEMA_VERSION)}], ["key"])
+            upsert(conn, self.meta, [{"key": self.VERSION, "value": str(SCHEMA_VERSION)}], ["key"])
         return True
 
     # -- refresh side ---------------------------------------------------------------------------
@@ -157,7 +96,7 @@ class RefreshState:
         rows = [{"key": self.WATERMARK, "value": utc(when).isoformat()}]
         rows += [{"key": key, "value": json.dumps(value, sort_keys=True)} for key, value in values.items()]
         with self.engine.begin() as conn:
-            _upsert(conn, self.meta, rows, ["key"])
+            upsert(conn, self.meta, rows, ["key"])
 
     def meta_values(self, prefix: str) -> dict[str, Any]:
         """The JSON meta values whose key starts with ``prefix``."""
@@ -175,8 +114,8 @@ class RefreshState:
         ordered = list(keys)
         out: dict[str, Any] = {}
         with self.engine.connect() as conn:
-            for start in range(0, len(ordered), _ID_CHUNK):
-                chunk = ordered[start : start + _ID_CHUNK]
+            for start in range(0, len(ordered), ID_CHUNK):
+                chunk = ordered[start : start + ID_CHUNK]
                 query = select(self.users.c.user_id, column).where(self.users.c.user_id.in_(chunk))
                 out.update((keys[row[0]], row[1]) for row in conn.execute(query))
         return out
@@ -185,28 +124,28 @@ class RefreshState:
         """The app's ids of stored keys: a hashed key's id is read from its properties."""
         hashed = []
         for key in keys:
-            if key.startswith(_HASHED):
+            if key.startswith(HASHED):
                 hashed.append(key)
             else:
                 yield key
-        for start in range(0, len(hashed), _ID_CHUNK):
+        for start in range(0, len(hashed), ID_CHUNK):
             query = select(self.users.c.user_id, self.users.c.properties).where(
-                self.users.c.user_id.in_(hashed[start : start + _ID_CHUNK])
+                self.users.c.user_id.in_(hashed[start : start + ID_CHUNK])
             )
             for row in conn.execute(query):
-                yield _segment(row[0], row[1]).distinct_id
+                yield segment_from_row(row[0], row[1]).distinct_id
 
     def user_ids(self) -> set[str]:
         with self.engine.connect() as conn:
-            keys = [row[0] for row in conn.execution_options(yield_per=_ID_CHUNK).execute(select(self.users.c.user_id))]
+            keys = [row[0] for row in conn.execution_options(yield_per=ID_CHUNK).execute(select(self.users.c.user_id))]
             return set(self._app_ids(conn, keys))
 
     def remove(self, user_ids: Sequence[str]) -> None:
         """Forget users that no longer exist in the app (their delivery rows stay, unused)."""
         keys = [state_key(uid) for uid in user_ids]
         with self.engine.begin() as conn:
-            for start in range(0, len(keys), _ID_CHUNK):
-                conn.execute(delete(self.users).where(self.users.c.user_id.in_(keys[start : start + _ID_CHUNK])))
+            for start in range(0, len(keys), ID_CHUNK):
+                conn.execute(delete(self.users).where(self.users.c.user_id.in_(keys[start : start + ID_CHUNK])))
 
     def digests(self, user_ids: Sequence[str]) -> dict[str, str]:
         return self._by_user(self.users.c.digest, user_ids)
@@ -215,7 +154,7 @@ class RefreshState:
         """Users whose segment can have changed with the clock alone, or is older than the maximum age."""
         with self.engine.connect() as conn:
             query = select(self.users.c.user_id).where(self.users.c.due_at <= utc(now))
-            keys = [row[0] for row in conn.execution_options(yield_per=_ID_CHUNK).execute(query)]
+            keys = [row[0] for row in conn.execution_options(yield_per=ID_CHUNK).execute(query)]
             yield from self._app_ids(conn, keys)
 
     def save(self, rows: Sequence[tuple[UserSegment, str, datetime, datetime, str | None]]) -> None:
@@ -228,13 +167,13 @@ class RefreshState:
                 "digest": digest,
                 "computed_at": utc(computed_at),
                 "due_at": utc(due_at),
-                "properties": _properties(segment),
+                "properties": properties_json(segment),
                 "inputs": inputs,
             }
             for segment, digest, computed_at, due_at, inputs in rows
         ]
         with self.engine.begin() as conn:
-            _upsert(conn, self.users, values, ["user_id"])
+            upsert(conn, self.users, values, ["user_id"])
 
     def touch(self, rows: Sequence[tuple[str, datetime, datetime, str | None]]) -> None:
         """Advance computed_at / due_at / inputs of users recomputed with an unchanged digest (properties stay)."""
@@ -255,15 +194,15 @@ class RefreshState:
         with self.engine.connect() as conn:
             if user_ids is None:
                 query = select(self.users.c.user_id, self.users.c.properties).order_by(self.users.c.user_id)
-                for row in conn.execution_options(yield_per=_ID_CHUNK).execute(query):
-                    yield _segment(row[0], row[1])
+                for row in conn.execution_options(yield_per=ID_CHUNK).execute(query):
+                    yield segment_from_row(row[0], row[1])
                 return
             keys = [state_key(uid) for uid in user_ids]
-            for start in range(0, len(keys), _ID_CHUNK):
-                chunk = keys[start : start + _ID_CHUNK]
+            for start in range(0, len(keys), ID_CHUNK):
+                chunk = keys[start : start + ID_CHUNK]
                 query = select(self.users.c.user_id, self.users.c.properties).where(self.users.c.user_id.in_(chunk))
                 for row in conn.execute(query):
-                    yield _segment(row[0], row[1])
+                    yield segment_from_row(row[0], row[1])
 
     def count(self) -> int:
         with self.engine.connect() as conn:
@@ -290,7 +229,7 @@ class RefreshState:
         if after is not None:
             query = query.where(u.c.user_id > state_key(after))
         with self.engine.connect() as conn:
-            return [_segment(row[0], row[1]) for row in conn.execute(query)]
+            return [segment_from_row(row[0], row[1]) for row in conn.execute(query)]
 
     def mark_delivered(self, sink: str, delivered: Iterable[tuple[str, str]], *, now: datetime | None = None) -> None:
         """Record that ``sink`` accepted these ``(user_id, digest)`` pairs."""
@@ -298,37 +237,4 @@ class RefreshState:
         values = [{"sink": sink, "user_id": state_key(uid), "digest": digest, "delivered_at": when} for uid, digest in delivered]
         if values:
             with self.engine.begin() as conn:
-                _upsert(conn, self.delivery, values, ["sink", "user_id"])
-
-
-def _segment(key: str, properties: str) -> UserSegment:
-    data = json.loads(properties)
-    return UserSegment(distinct_id=data.get("distinct_id", key), set=data.get("$set", {}), set_once=data.get("$set_once", {}))
-
-
-def _properties(segment: UserSegment) -> str:
-    """The stored JSON; it carries the app's id when the key is not the id (JSON escapes NUL: never sent to the database)."""
-    data: dict[str, Any] = {"$set": segment.set, "$set_once": segment.set_once}
-    if state_key(segment.distinct_id) != segment.distinct_id:
-        data["distinct_id"] = segment.distinct_id
-    return json.dumps(data, sort_keys=True)
-
-
-def _upsert(conn: Connection, table: Table, values: list[dict[str, Any]], keys: list[str]) -> None:
-    """INSERT ... ON CONFLICT DO UPDATE on SQLite and PostgreSQL; delete-then-insert elsewhere."""
-    name = conn.dialect.name
-    if name in ("sqlite", "postgresql"):
-        if name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
-        for start in range(0, len(values), _ID_CHUNK):
-            statement = insert(table)
-            statement = statement.on_conflict_do_update(
-                index_elements=keys, set_={c.name: statement.excluded[c.name] for c in table.c if c.name not in keys}
-            )
-            conn.execute(statement, values[start : start + _ID_CHUNK])
-        return
-    for row in values:
-        conn.execute(delete(table).where(and_(*[table.c[k] == row[k] for k in keys])))
-    conn.execute(table.insert(), values)
+                upsert(conn, self.delivery, values, ["sink", "user_id"])

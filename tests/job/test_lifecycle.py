@@ -23,7 +23,8 @@ from sqlalchemy.engine import Engine
 from otel_segments.job import RefreshJob
 from otel_segments.lease import lease_table
 from otel_segments.segments.schema import TIMETRACKER
-from otel_segments.segments.state import RefreshState, _tables
+from otel_segments.segments.state import RefreshState
+from otel_segments.segments.state_tables import tables as _tables
 from tests.job.conftest import USERS
 
 
