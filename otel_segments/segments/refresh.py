@@ -97,7 +97,7 @@ def refresh(
     computed = changed = 0
     returned: set[str] = set()
     for chunk in _chunks(users, _WRITE_BATCH):
-        known = state.digests([u.activity.user_id for u in chunk])
+        known = state.stored([u.activity.user_id for u in chunk])
         to_save: list[tuple[UserSegment, str, datetime, datetime, str]] = []
         to_touch: list[tuple[str, datetime, datetime, str]] = []
         for user in chunk:
@@ -108,10 +108,12 @@ def refresh(
             except ROW_ERRORS as error:  # a value the rules cannot take: this user waits, the others go on
                 problems.append(Problem(user.activity.user_id, "rules", cause(error), skipped=True))
                 continue
-            if known.get(segment.distinct_id) == digest:
-                to_touch.append((segment.distinct_id, now, due, user.inputs))
-            else:
+            stored = known.get(segment.distinct_id)
+            if stored is None or stored[0] != digest:
                 to_save.append((segment, digest, now, due, user.inputs))
+            elif stored[2] != user.inputs or not now < stored[1] <= due:
+                to_touch.append((segment.distinct_id, now, due, user.inputs))
+            # else nothing to write: the stored due time comes no later than the new one (at worst an early recompute)
             returned.add(segment.distinct_id)
         to_save = _stored(state.save, to_save, lambda row: row[0].distinct_id, state.users.name, problems)
         _stored(state.touch, to_touch, lambda row: row[0], state.users.name, problems)

@@ -108,16 +108,19 @@ class RefreshState:
         """The stored input fingerprint of each of ``user_ids`` that has a state row (None: not recorded yet)."""
         return self._by_user(self.users.c.inputs, user_ids)
 
-    def _by_user(self, column: Any, user_ids: Sequence[str]) -> dict[str, Any]:
-        """``column`` of each of ``user_ids`` that has a state row, by the app's id."""
+    def _by_user(self, column: Any, user_ids: Sequence[str], *more: Any) -> dict[str, Any]:
+        """``column`` (a tuple with ``more`` columns) of each of ``user_ids`` that has a state row, by the app's id."""
         keys = {state_key(uid): uid for uid in user_ids}
         ordered = list(keys)
         out: dict[str, Any] = {}
         with self.engine.connect() as conn:
             for start in range(0, len(ordered), ID_CHUNK):
                 chunk = ordered[start : start + ID_CHUNK]
-                query = select(self.users.c.user_id, column).where(self.users.c.user_id.in_(chunk))
-                out.update((keys[row[0]], row[1]) for row in conn.execute(query))
+                query = select(self.users.c.user_id, column, *more).where(self.users.c.user_id.in_(chunk))
+                if more:
+                    out.update((keys[row[0]], tuple(row[1:])) for row in conn.execute(query))
+                else:
+                    out.update((keys[row[0]], row[1]) for row in conn.execute(query))
         return out
 
     def _app_ids(self, conn: Connection, keys: Iterable[str]) -> Iterator[str]:
@@ -147,8 +150,10 @@ class RefreshState:
             for start in range(0, len(keys), ID_CHUNK):
                 conn.execute(delete(self.users).where(self.users.c.user_id.in_(keys[start : start + ID_CHUNK])))
 
-    def digests(self, user_ids: Sequence[str]) -> dict[str, str]:
-        return self._by_user(self.users.c.digest, user_ids)
+    def stored(self, user_ids: Sequence[str]) -> dict[str, tuple[str, datetime, str | None]]:
+        """(digest, due_at, inputs) of each of ``user_ids`` that has a state row."""
+        found = self._by_user(self.users.c.digest, user_ids, self.users.c.due_at, self.users.c.inputs)
+        return {uid: (digest, utc(due), inputs) for uid, (digest, due, inputs) in found.items()}
 
     def due(self, now: datetime) -> Iterator[str]:
         """Users whose segment can have changed with the clock alone, or is older than the maximum age."""
