@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 from sqlalchemy import func, select
@@ -23,7 +23,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from . import UserSegment
-from .driver_values import ROW_ERRORS, Problem, cause, decode, read_datetime
+from .driver_values import ROW_ERRORS, Problem, StageError, cause, decode, read_datetime
+from .prefetch import Resume, batches, concurrent_reads
 from .queries import BAD_DATES, ID_CHUNK, KEY_SUM, OLDEST, PROJECTS, SegmentQueries
 from .rules import WINDOWS, UserActivity, next_change, person_properties, utc
 from .schema import BoundSchema, SchemaMapping, bind
@@ -55,7 +56,8 @@ def compute_segments(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Iterator[UserSegment]:
     """Every user's (or only ``user_ids``') :class:`UserSegment`, in user id order, streamed."""
-    for user in aggregate_users(engine, schema, now=now, user_ids=user_ids, batch_size=batch_size):
+    prefetch = concurrent_reads(engine)
+    for user in aggregate_users(engine, schema, now=now, user_ids=user_ids, batch_size=batch_size, prefetch=prefetch):
         yield user.segment(now)
 
 
@@ -67,14 +69,28 @@ def aggregate_users(
     user_ids: Iterable[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     problems: list[Problem] | None = None,
+    prefetch: bool = False,
 ) -> Iterator[AggregatedUser]:
-    """Every user's (or only ``user_ids``') aggregates; users whose rows cannot be read are appended to ``problems``."""
+    """Every user's (or only ``user_ids``') aggregates; users whose rows cannot be read are appended to ``problems``.
+
+    ``prefetch``: for every user, read the next batch on a second connection while the caller computes this
+    one (``prefetch.py``; only where :func:`.prefetch.concurrent_reads` allows it).
+    """
     bound = schema if isinstance(schema, BoundSchema) else bind(schema, engine)
     reader = Aggregator(bound, utc(now), engine.dialect.name)
     found = problems if problems is not None else []
+    last: Any = None
+    if user_ids is None and prefetch:
+        for item in batches(engine, reader, batch_size):
+            if isinstance(item, Resume):
+                last = item.after
+                break
+            found.extend(item.problems)
+            yield from reader.build(item.users, item.activity, item.tasks, found)
+        else:
+            return
     with engine.connect() as conn:
         if user_ids is None:
-            last: Any = None
             while True:
                 try:
                     users = reader.fetch_users(conn, after=last, limit=batch_size, problems=found)
@@ -118,15 +134,6 @@ def _recover(conn: Connection, error: BaseException) -> None:
     conn.rollback()
 
 
-class _StageError(Exception):
-    """Which table's query failed, for the warning that names it."""
-
-    def __init__(self, table: str, error: BaseException) -> None:
-        super().__init__(table)
-        self.table = table
-        self.error = error
-
-
 class Aggregator:
     """Runs :class:`~.queries.SegmentQueries` for batches of users and builds their :class:`AggregatedUser`."""
 
@@ -138,10 +145,9 @@ class Aggregator:
         self.queries = SegmentQueries(bound, now, dialect)
         q = self.queries
         u, a = self.mapping.users, self.mapping.activity
-        self._zones = (
-            q.zone(u.created_at, bound.users),
-            q.zone(u.last_login, bound.users),
-            q.zone(a.timestamp, bound.activity),
+        self._zones = tuple(
+            _unless_utc(q.zone(name, table))
+            for name, table in ((u.created_at, bound.users), (u.last_login, bound.users), (a.timestamp, bound.activity))
         )
         self._where = tuple(
             f"{table.name}.{name}"
@@ -181,9 +187,9 @@ class Aggregator:
         mark = len(problems)
         try:
             built = self.batch(conn, users, ids=ids, problems=problems)
-        except (*ROW_ERRORS, _StageError) as error:
+        except (*ROW_ERRORS, StageError) as error:
             del problems[mark:]  # the bisection reports them again, for the users it computes
-            _recover(conn, error.error if isinstance(error, _StageError) else error)
+            _recover(conn, error.error if isinstance(error, StageError) else error)
             yield from self.bisect(conn, [row[0] for row in users], problems, error)
             return
         yield from built
@@ -204,18 +210,18 @@ class Aggregator:
             try:
                 users = self.fetch_users(conn, ids=part, problems=problems)
                 done.extend(self.batch(conn, users, ids=part, problems=problems))
-            except (*ROW_ERRORS, _StageError) as failure:
+            except (*ROW_ERRORS, StageError) as failure:
                 del problems[mark:]
-                err = failure.error if isinstance(failure, _StageError) else failure
+                err = failure.error if isinstance(failure, StageError) else failure
                 _recover(conn, err)
                 if len(part) > 1:
                     half = len(part) // 2
                     stack += [part[half:], part[:half]]
                     continue
-                where = failure.table if isinstance(failure, _StageError) else self.bound.users.name
+                where = failure.table if isinstance(failure, StageError) else self.bound.users.name
                 skipped.append(Problem(str(part[0]), self._locate(conn, part[0], where), cause(err), skipped=True))
         if len(skipped) > 1 and not done:
-            raise error.error if isinstance(error, _StageError) else error
+            raise error.error if isinstance(error, StageError) else error
         problems.extend(skipped)
         yield from done
 
@@ -251,21 +257,27 @@ class Aggregator:
         self, conn: Connection, users: Sequence[Any], *, ids: Sequence[Any] | None, problems: list[Problem] | None = None
     ) -> Iterator[AggregatedUser]:
         """The users' aggregates (rows of :meth:`fetch_users`), streamed: the queries run at once, and a failing
-        one raises :class:`_StageError` naming its table."""
+        one raises :class:`StageError` naming its table."""
+        activity, tasks = self.fetch(conn, users, ids)
+        return self.build(users, activity, tasks, problems if problems is not None else [])
+
+    def fetch(
+        self, conn: Connection, users: Sequence[Any], ids: Sequence[Any] | None
+    ) -> tuple[dict[Any, Any], dict[Any, Any] | None]:
+        """The activity and task rows of ``users`` (of ``ids`` when given, else of their id range), by user."""
         lo, hi = users[0][0], users[-1][0]
-        problems = problems if problems is not None else []
 
         def rows(table: Any, query: Any) -> dict[Any, Any]:
             try:
-                return {row[0]: row for row in conn.execute(query)}
+                return {row[0]: row for row in conn.execute(query).all()}
             except ROW_ERRORS as error:
-                raise _StageError(table.name, error) from error
+                raise StageError(table.name, error) from error
 
         activity = rows(self.bound.activity, self.queries.activity(lo, hi, ids))
         tasks = rows(self.bound.tasks, self.queries.tasks(lo, hi, ids)) if self.bound.tasks is not None else None
-        return self._build(users, activity, tasks, problems)
+        return activity, tasks
 
-    def _build(
+    def build(
         self,
         users: Sequence[Any],
         activity: dict[Any, Any],
@@ -369,6 +381,13 @@ class Aggregator:
                 )
             )
         return out, (users[-1][0] if len(users) >= limit else None)
+
+
+def _unless_utc(zone: tzinfo | None) -> tzinfo | None:
+    """None for UTC, whichever object names it: ``read_datetime`` then takes its fast path."""
+    if zone is None or zone is timezone.utc or getattr(zone, "key", None) in ("UTC", "Etc/UTC"):
+        return None
+    return zone
 
 
 def fingerprint(user_row: Sequence[Any], entries: Sequence[Any], tasks: Sequence[Any] | None) -> str:

@@ -29,6 +29,15 @@ class Problem:
     skipped: bool = False
 
 
+class StageError(Exception):
+    """Which table's query failed, for the warning that names it."""
+
+    def __init__(self, table: str, error: BaseException) -> None:
+        super().__init__(table)
+        self.table = table
+        self.error = error
+
+
 def read_datetime(value: Any, zone: tzinfo | None = None) -> datetime | None:
     """Dates from any driver as aware datetimes: a naive value is in ``zone`` (UTC when None).
 
@@ -37,6 +46,8 @@ def read_datetime(value: Any, zone: tzinfo | None = None) -> datetime | None:
     """
     if value is None:
         return None
+    if type(value) is datetime and value.tzinfo is None and zone is None:
+        return value.replace(tzinfo=timezone.utc)  # the common case, first: a naive UTC value from the driver
     value = decode(value)[0]
     if not isinstance(value, datetime):
         try:

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from . import UserSegment, changes
 from .aggregate import DEFAULT_BATCH_SIZE, AggregatedUser, aggregate_users
 from .driver_values import ROW_ERRORS, Problem, cause
+from .prefetch import concurrent_reads
 from .rules import utc
 from .schema import BoundSchema, SchemaMapping, bind
 from .state import RefreshState
@@ -93,7 +94,10 @@ def refresh(
         user_ids = sorted(found.user_ids)
     is_full = user_ids is None
     problems: list[Problem] = []
-    users = aggregate_users(app_engine, bound, now=now, user_ids=user_ids, batch_size=batch_size, problems=problems)
+    prefetch = is_full and concurrent_reads(app_engine, state.engine)
+    users = aggregate_users(
+        app_engine, bound, now=now, user_ids=user_ids, batch_size=batch_size, problems=problems, prefetch=prefetch
+    )
     computed = changed = 0
     returned: set[str] = set()
     for chunk in _chunks(users, _WRITE_BATCH):
