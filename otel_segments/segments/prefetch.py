@@ -9,7 +9,7 @@ Only reads run here. A batch whose rows cannot be read as they are is not bisect
 hands over :class:`Resume` and stops, and the caller goes on from there on its own connection, where
 bad rows are set aside one by one (``aggregate.py``). Not used where a second connection cannot read
 concurrently: an in-memory SQLite database (a connection each: another database), or a SQLite file the
-state is written to (its writes would wait for each read).
+state is written to, unless in WAL mode (its writes would wait for each read).
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ def concurrent_reads(app: Engine, writes_to: Engine | None = None) -> bool:
     database = app.url.database or ""
     if database in ("", ":memory:") or database.startswith("file::memory:") or app.url.query.get("mode") == "memory":
         return False
-    if writes_to is not None and writes_to.dialect.name == "sqlite":
-        return (writes_to.url.database or "") != database
+    if writes_to is not None and writes_to.dialect.name == "sqlite" and (writes_to.url.database or "") == database:
+        with app.connect() as conn:  # in WAL mode readers and the writer do not wait for each other
+            return str(conn.exec_driver_sql("PRAGMA journal_mode").scalar()).lower() == "wal"
     return True
 
 

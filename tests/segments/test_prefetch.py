@@ -3,7 +3,7 @@
 The result is the same users with the same aggregates as the plain pass; a batch that cannot be read as it
 is hands over to the caller's connection, where its bad row is set aside alone; a caller that stops early
 leaves no thread or connection behind; and where a second connection cannot read concurrently (in-memory
-SQLite, a SQLite file the state is written to) nothing is prefetched.
+SQLite, a SQLite file the state is written to, unless in WAL mode) nothing is prefetched.
 """
 
 from __future__ import annotations
@@ -87,6 +87,9 @@ def test_nothing_is_prefetched_where_a_second_connection_cannot_read_concurrentl
     assert not concurrent_reads(memory)  # each connection its own, empty, database
     assert not concurrent_reads(app, app)  # the state's writes would wait for each read
     assert concurrent_reads(app, elsewhere) and concurrent_reads(app)
+    with app.connect() as conn:
+        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    assert concurrent_reads(app, app)  # in WAL mode the state's writes and the reads do not wait for each other
 
     create_demo_database(memory, users_count=USERS, seed=5, now=NOW)
     threads: set[int] = set()
