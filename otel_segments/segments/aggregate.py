@@ -354,11 +354,12 @@ class Aggregator:
         )
         return AggregatedUser(activity=row, oldest_in_window=oldest, inputs=inputs)
 
-    def input_fingerprints(self, conn: Connection, *, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any]:
-        """(user id, fingerprint) for up to ``limit`` users after ``after`` in id order, and the last id (None at the end)."""
+    def input_fingerprints(self, conn: Connection, *, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any, int]:
+        """(user id, fingerprint) for up to ``limit`` users after ``after`` in id order, the last id (None at the
+        end), and how many entries they have (what the next slice is sized by)."""
         users = self.fetch_users(conn, after=after, limit=limit, problems=[])
         if not users:
-            return [], None
+            return [], None, 0
         lo, hi = users[0][0], users[-1][0]
         a = self.mapping.activity
         t = self.bound.activity
@@ -380,7 +381,8 @@ class Aggregator:
                     ),
                 )
             )
-        return out, (users[-1][0] if len(users) >= limit else None)
+        entries = sum(int(row[1] or 0) for row in activity.values())
+        return out, (users[-1][0] if len(users) >= limit else None), entries
 
 
 def _unless_utc(zone: tzinfo | None) -> tzinfo | None:

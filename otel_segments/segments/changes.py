@@ -18,12 +18,13 @@ names (``key``: grows on insert; ``updated_at``: moves on every change):
   against the state's rows finds users missing from the state whatever their ids and dates (an
   import), and users deleted from the app (their state rows are removed);
 - ``projects``: a changed project makes every user with entries in it a candidate;
-- **the sweep**: each cycle, the next :data:`SWEEP_USERS` users in id order have their rule inputs
+- **the sweep**: each cycle, the next slice of users in id order (:func:`sweep_size`: as many as have about
+  :data:`SWEEP_ENTRIES` entries, from :data:`SWEEP_MIN_USERS` to :data:`SWEEP_USERS`) have their rule inputs
   that no column above reveals fingerprinted (their users row with admin roles, open/done task
   counts, entry count and key sum) and compared with the fingerprint stored when they were last
   computed. It finds role, auth and admin changes (``users`` has no ``updated_at``), deleted entries
   and tasks, a task's previous assignee, rows committed more than :data:`SLACK` late, within
-  ``ceil(users / SWEEP_USERS)`` cycles;
+  ``ceil(users / slice)`` cycles;
 - **the clock**: users whose stored ``due_at`` passed (a window edge, a day tick, the maximum age).
 
 What none of these sees waits for the maximum age: an edit that does not move ``updated_at`` (or in a
@@ -51,10 +52,15 @@ from .state import RefreshState
 
 #: How far back the windows look: commits this late, and writers' clocks this far apart, are still seen at once.
 SLACK = timedelta(minutes=5)
-#: Users fingerprinted by the sweep per cycle (0: no sweep).
+#: Users fingerprinted by the sweep per cycle at most (0: no sweep) ...
 SWEEP_USERS = 1_000
+#: ... and at least, sized so that a slice reads about this many entries (its cost) by the last slice's entries per user.
+SWEEP_MIN_USERS = 100
+SWEEP_ENTRIES = 25_000
 PREFIX = "changes:"
 SWEEP = PREFIX + "sweep"
+#: The state's row count after the last refresh (``refresh.py`` keeps it).
+STATE_USERS = PREFIX + "state_users"
 
 
 @dataclass
@@ -65,6 +71,7 @@ class Changes:
     removed: set[str] = field(default_factory=set)
     cursors: dict[str, Any] = field(default_factory=dict)
     complete: bool = True  # False when a table had no cursor yet: only a full refresh is exact
+    state_users: int = 0  # the state's rows when the changes were found
 
 
 @dataclass(frozen=True)
@@ -95,13 +102,17 @@ def find(app_engine: Engine, bound: BoundSchema, state: RefreshState, *, now: da
             (projects if source.name == "projects" else out.user_ids).update(owners)  # type: ignore[union-attr]
         if projects:
             out.user_ids.update(_project_users(conn, bound, projects))  # type: ignore[union-attr]
-        missing, out.removed = _missing_users(conn, bound, state)
+        missing, out.removed, out.state_users = _missing_users(conn, bound, state, stored.get(STATE_USERS))
         out.user_ids.update(missing)  # type: ignore[union-attr]
         fingerprints: list[tuple[str, str]] = []
-        after = None
+        sweep = stored.get(SWEEP) or {}
+        after, per_user = None, sweep.get("per_user")
         if SWEEP_USERS > 0:  # 0: no sweep, the maximum age alone catches what it would
-            fingerprints, after = reader.input_fingerprints(conn, after=(stored.get(SWEEP) or {}).get("after"), limit=SWEEP_USERS)
-    out.cursors[SWEEP] = {"after": after}
+            limit = sweep_size(per_user)
+            fingerprints, after, entries = reader.input_fingerprints(conn, after=sweep.get("after"), limit=limit)
+            if fingerprints:
+                per_user = entries / len(fingerprints)
+    out.cursors[SWEEP] = {"after": after, "per_user": per_user}
     known = state.inputs([uid for uid, _ in fingerprints])
     out.user_ids.update(uid for uid, fp in fingerprints if known.get(uid) != fp)  # type: ignore[union-attr]
     out.user_ids.update(state.due(now))  # type: ignore[union-attr]
@@ -109,6 +120,13 @@ def find(app_engine: Engine, bound: BoundSchema, state: RefreshState, *, now: da
     if len(out.user_ids) > limit:  # type: ignore[arg-type]
         out.user_ids = None
     return out
+
+
+def sweep_size(entries_per_user: float | None) -> int:
+    """Users in the next sweep slice: :data:`SWEEP_ENTRIES` worth of entries, between the minimum and :data:`SWEEP_USERS`."""
+    if not entries_per_user:
+        return SWEEP_USERS
+    return max(min(SWEEP_MIN_USERS, SWEEP_USERS), min(SWEEP_USERS, int(SWEEP_ENTRIES / entries_per_user)))
 
 
 def _sources(bound: BoundSchema) -> list[_Source]:
@@ -233,12 +251,16 @@ def _project_users(conn: Connection, bound: BoundSchema, projects: set[Any]) -> 
     return out
 
 
-def _missing_users(conn: Connection, bound: BoundSchema, state: RefreshState) -> tuple[set[str], set[str]]:
-    """Users of the app without a state row, and state rows of users the app no longer has: both empty when the counts agree."""
+def _missing_users(
+    conn: Connection, bound: BoundSchema, state: RefreshState, state_users: int | None
+) -> tuple[set[str], set[str], int]:
+    """Users of the app without a state row, state rows of users the app no longer has (both empty when the counts
+    agree), and the state's row count. ``state_users`` is that count as the last refresh left it (counting the
+    state's rows costs a scan of its table each cycle); when it is unknown or disagrees, the rows are counted."""
     uid = bound.users.c[bound.mapping.users.id]
     app_count = conn.execute(select(func.count()).where(uid.is_not(None))).scalar() or 0
-    if app_count == state.count():
-        return set(), set()
+    if app_count == state_users:
+        return set(), set(), app_count
     app_ids = {str(row[0]) for row in conn.execution_options(yield_per=ID_CHUNK).execute(select(uid).where(uid.is_not(None)))}
     known = state.user_ids()
-    return app_ids - known, known - app_ids
+    return app_ids - known, known - app_ids, len(known)

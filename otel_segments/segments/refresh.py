@@ -99,7 +99,9 @@ def refresh(
         app_engine, bound, now=now, user_ids=user_ids, batch_size=batch_size, problems=problems, prefetch=prefetch
     )
     computed = changed = 0
+    rows = found.state_users  # the state's rows, kept up to date below: the next find() need not count them
     returned: set[str] = set()
+    added: set[str] = set()  # users without a state row, to be saved
     for chunk in _chunks(users, _WRITE_BATCH):
         known = state.stored([u.activity.user_id for u in chunk])
         to_save: list[tuple[UserSegment, str, datetime, datetime, str]] = []
@@ -113,6 +115,8 @@ def refresh(
                 problems.append(Problem(user.activity.user_id, "rules", cause(error), skipped=True))
                 continue
             stored = known.get(segment.distinct_id)
+            if stored is None:
+                added.add(segment.distinct_id)
             if stored is None or stored[0] != digest:
                 to_save.append((segment, digest, now, due, user.inputs))
             elif stored[2] != user.inputs or not now < stored[1] <= due:
@@ -120,6 +124,7 @@ def refresh(
             # else nothing to write: the stored due time comes no later than the new one (at worst an early recompute)
             returned.add(segment.distinct_id)
         to_save = _stored(state.save, to_save, lambda row: row[0].distinct_id, state.users.name, problems)
+        rows += sum(1 for row in to_save if row[0].distinct_id in added)
         _stored(state.touch, to_touch, lambda row: row[0], state.users.name, problems)
         computed += len(chunk)
         changed += len(to_save)
@@ -132,8 +137,11 @@ def refresh(
     if is_full:
         gone = state.user_ids() - returned
     if gone:
-        state.remove(sorted(gone))
-    state.set_watermark(now, **found.cursors, **{QUARANTINE: set_aside[:_QUARANTINE_KEPT]})
+        rows -= state.remove(sorted(gone))
+    if is_full:
+        rows = state.count()
+    cursors = {**found.cursors, changes.STATE_USERS: rows, QUARANTINE: set_aside[:_QUARANTINE_KEPT]}
+    state.set_watermark(now, **cursors)
     result = RefreshResult(
         full=is_full,
         computed=computed,

@@ -143,12 +143,15 @@ class RefreshState:
             keys = [row[0] for row in conn.execution_options(yield_per=ID_CHUNK).execute(select(self.users.c.user_id))]
             return set(self._app_ids(conn, keys))
 
-    def remove(self, user_ids: Sequence[str]) -> None:
-        """Forget users that no longer exist in the app (their delivery rows stay, unused)."""
+    def remove(self, user_ids: Sequence[str]) -> int:
+        """Forget users that no longer exist in the app (their delivery rows stay, unused); how many rows went."""
         keys = [state_key(uid) for uid in user_ids]
+        removed = 0
         with self.engine.begin() as conn:
             for start in range(0, len(keys), ID_CHUNK):
-                conn.execute(delete(self.users).where(self.users.c.user_id.in_(keys[start : start + ID_CHUNK])))
+                result = conn.execute(delete(self.users).where(self.users.c.user_id.in_(keys[start : start + ID_CHUNK])))
+                removed += max(result.rowcount, 0)
+        return removed
 
     def stored(self, user_ids: Sequence[str]) -> dict[str, tuple[str, datetime, str | None]]:
         """(digest, due_at, inputs) of each of ``user_ids`` that has a state row."""

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, event, insert, update
 from sqlalchemy.engine import Engine
 
 from otel_segments import config
@@ -207,6 +207,29 @@ def test_the_sweep_reaches_every_user_in_turn(sqlite_engine: Engine, monkeypatch
         if next(state.segments(["29"])).set["role"] == "admin":
             break
     assert cycle <= 5
+
+
+def test_a_quiet_cycle_reads_a_bounded_slice_and_does_not_count_the_state(sqlite_engine: Engine) -> None:
+    """Nothing changed: no count of the state's rows (the last refresh kept it), a sweep slice sized by entries;
+    a state row lost behind our back is found again by the sweep."""
+    fill_timetracker(sqlite_engine, users=30)
+    bound = bind(TIMETRACKER, sqlite_engine, app_timezone="UTC")
+    state = RefreshState(sqlite_engine)
+    refresh(sqlite_engine, state, bound, now=NOW)
+    refresh(sqlite_engine, state, bound, now=NOW + timedelta(seconds=1))
+    statements: list[str] = []
+    event.listen(sqlite_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    quiet = refresh(sqlite_engine, state, bound, now=NOW + timedelta(seconds=2))
+    assert quiet.computed == 0
+    assert not [s for s in statements if "count(*)" in s and "otel_segments_user_state" in s]
+    assert changes.sweep_size(None) == changes.SWEEP_USERS
+    assert changes.sweep_size(100) == changes.SWEEP_ENTRIES // 100  # 100 entries a user: 250 users a slice
+    assert changes.sweep_size(10**9) == changes.SWEEP_MIN_USERS and changes.sweep_size(0.5) == changes.SWEEP_USERS
+
+    with sqlite_engine.begin() as conn:
+        conn.execute(delete(state.users).where(state.users.c.user_id == "5"))
+    found = refresh(sqlite_engine, state, bound, now=NOW + timedelta(seconds=3), on_change=lambda s: None)
+    assert found.computed == 1 and [s.distinct_id for s in state.segments(["5"])] == ["5"]
 
 
 @pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "America/Los_Angeles"])
