@@ -108,8 +108,8 @@ def find(app_engine: Engine, bound: BoundSchema, state: RefreshState, *, now: da
         sweep = stored.get(SWEEP) or {}
         after, per_user = None, sweep.get("per_user")
         if SWEEP_USERS > 0:  # 0: no sweep, the maximum age alone catches what it would
-            limit = sweep_size(per_user)
-            fingerprints, after, entries = reader.input_fingerprints(conn, after=sweep.get("after"), limit=limit)
+            size = sweep_size(per_user)
+            fingerprints, after, entries = reader.input_fingerprints(conn, after=sweep.get("after"), limit=size)
             if fingerprints:
                 per_user = entries / len(fingerprints)
     out.cursors[SWEEP] = {"after": after, "per_user": per_user}

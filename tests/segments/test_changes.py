@@ -232,6 +232,23 @@ def test_a_quiet_cycle_reads_a_bounded_slice_and_does_not_count_the_state(sqlite
     assert found.computed == 1 and [s.distinct_id for s in state.segments(["5"])] == ["5"]
 
 
+def test_more_changed_users_than_a_sweep_slice_stay_incremental(sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(changes, "SWEEP_USERS", 3)
+    fill_timetracker(sqlite_engine, users=30)
+    bound = bind(TIMETRACKER, sqlite_engine, app_timezone="UTC")
+    state = RefreshState(sqlite_engine)
+    refresh(sqlite_engine, state, bound, now=NOW)
+    refresh(sqlite_engine, state, bound, now=NOW + timedelta(seconds=1))
+    stamp = naive(NOW + timedelta(seconds=2))
+    rows = [
+        {"id": _next_id(sqlite_engine, time_entries) + i, "user_id": uid, "start_time": stamp, "created_at": stamp}
+        for i, uid in enumerate(range(1, 11))
+    ]
+    _write(sqlite_engine, insert(time_entries).values([{**row, "source": "timer", "updated_at": stamp} for row in rows]))
+    result = refresh(sqlite_engine, state, bound, now=NOW + timedelta(seconds=3))
+    assert not result.full and 10 <= result.computed < 20, result
+
+
 @pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "America/Los_Angeles"])
 def test_a_zone_far_from_utc_neither_hides_changes_nor_recomputes_forever(engine: Engine, zone: str) -> None:
     """Entries and tasks written in local time (14 h ahead of UTC, or 7-8 h behind), read in the declared zone."""
