@@ -208,7 +208,7 @@ def _scan(
                 highs[stamp.name] = top_stamp.isoformat()
     owners: set[Any] = set()
     new_seen: dict[str, list[Any]] = {}
-    for row in rows:
+    for row in _unique(rows):  # the key and updated_at windows mostly return the same rows
         ident = str(row[0]) if source.ident is not None else _hash(row[1:])
         digest = _hash(row)
         owner = None if row[1] is None else str(row[1])
@@ -220,6 +220,14 @@ def _scan(
                 owners.add(before[1])
     owners.discard(None)
     return owners, {"scans": new_scans, "high": highs, "seen": new_seen}
+
+
+def _unique(rows: list[Any]) -> list[Any]:
+    """``rows`` without repeats, in order (rows with a value Python cannot hash are all kept)."""
+    try:
+        return list(dict.fromkeys(tuple(row) for row in rows))
+    except TypeError:
+        return rows
 
 
 def _is_time(column: Column) -> bool:
