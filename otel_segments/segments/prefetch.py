@@ -3,7 +3,8 @@
 A full pass is SQL (in the database server, or in SQLite's C code, the GIL released) followed by Python
 (rules, digests, state writes) per batch. One batch ahead, the two overlap on two cores: the pass costs
 about the slower of the two instead of their sum. The thread is an OS thread and the hand-over uses OS
-locks (``native.py``), so it holds in a gevent or eventlet worker too.
+locks (``native.py``), so it holds in a gevent or eventlet worker too; it runs in a copy of the caller's
+context, so instrumentation stays suppressed for its reads as for the caller's.
 
 Only reads run here. A batch whose rows cannot be read as they are is not bisected on this thread: it
 hands over :class:`Resume` and stops, and the caller goes on from there on its own connection, where
@@ -14,6 +15,8 @@ state is written to, unless in WAL mode (its writes would wait for each read).
 
 from __future__ import annotations
 
+import contextvars
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,10 +54,14 @@ def concurrent_reads(app: Engine, writes_to: Engine | None = None) -> bool:
     database = app.url.database or ""
     if database in ("", ":memory:") or database.startswith("file::memory:") or app.url.query.get("mode") == "memory":
         return False
-    if writes_to is not None and writes_to.dialect.name == "sqlite" and (writes_to.url.database or "") == database:
+    if writes_to is not None and writes_to.dialect.name == "sqlite" and _same_file(writes_to.url.database or "", database):
         with app.connect() as conn:  # in WAL mode readers and the writer do not wait for each other
             return str(conn.exec_driver_sql("PRAGMA journal_mode").scalar()).lower() == "wal"
     return True
+
+
+def _same_file(one: str, other: str) -> bool:
+    return one == other or os.path.realpath(one) == os.path.realpath(other)  # ./app.db and app.db
 
 
 def batches(engine: Engine, reader: Aggregator, batch_size: int) -> Iterator[Fetched | Resume]:
@@ -84,7 +91,8 @@ def batches(engine: Engine, reader: Aggregator, batch_size: int) -> Iterator[Fet
         except BaseException as error:  # noqa: BLE001 - handed over: the caller raises it
             slot.put(error)
 
-    thread = native.Thread(fetch)
+    context = contextvars.copy_context()  # the caller's: its reads stay untraced (untraced.py), as the caller's are
+    thread = native.Thread(lambda: context.run(fetch))
     thread.start()
     try:
         while True:

@@ -86,6 +86,7 @@ def test_nothing_is_prefetched_where_a_second_connection_cannot_read_concurrentl
     elsewhere = create_engine(f"sqlite:///{tmp_path / 'state.sqlite'}")
     assert not concurrent_reads(memory)  # each connection its own, empty, database
     assert not concurrent_reads(app, app)  # the state's writes would wait for each read
+    assert not concurrent_reads(app, create_engine(f"sqlite:///{tmp_path / '.' / 'app.sqlite'}"))  # the same file
     assert concurrent_reads(app, elsewhere) and concurrent_reads(app)
     with app.connect() as conn:
         conn.exec_driver_sql("PRAGMA journal_mode=WAL")
