@@ -66,14 +66,22 @@ MODELS: dict[str, list[str]] = {
 }
 
 
+#: Why a request got no answer, by port: (seconds since the epoch, the status and body, or the error).
+FAILURES: dict[int, list[tuple[float, str]]] = {}
+
+
 def get(port: int, user: str) -> dict[str, Any] | None:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=HANG_S)
     try:
         connection.request("GET", f"/work/{user}")
         response = connection.getresponse()
         body = response.read()
-        return json.loads(body) if response.status == 200 else None
-    except (OSError, http.client.HTTPException):
+        if response.status != 200:
+            FAILURES.setdefault(port, []).append((time.time(), f"HTTP {response.status}: {body[:500]!r}"))
+            return None
+        return json.loads(body)
+    except (OSError, http.client.HTTPException) as exc:
+        FAILURES.setdefault(port, []).append((time.time(), repr(exc)))
         return None
     finally:
         connection.close()
@@ -293,7 +301,8 @@ def test_the_job_delivers_every_user_and_requests_are_served_throughout(
 
     # requests served throughout, some while a refresh cycle was running
     answers = server.answers
-    assert answers and all(a is not None for a in answers), f"{answers.count(None)} of {len(answers)} requests failed"
+    why = FAILURES.get(server.port, [])[-3:]  # the last ones: those at start-up (refused) are not counted
+    assert answers and all(a is not None for a in answers), f"{answers.count(None)} of {len(answers)} requests failed: {why}"
     assert all(a["user"] == str(i % REQUESTING + 1) for i, a in enumerate(answers))
     assert any(a["refreshing"] for a in answers), "no request was answered while a refresh ran"
     served_segment = [a for a in answers if a["engagement_level"] is not None]
