@@ -72,6 +72,7 @@ class Changes:
     cursors: dict[str, Any] = field(default_factory=dict)
     complete: bool = True  # False when a table had no cursor yet: only a full refresh is exact
     state_users: int = 0  # the state's rows when the changes were found
+    app_users: int = 0  # the app's users then
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def find(app_engine: Engine, bound: BoundSchema, state: RefreshState, *, now: da
             (projects if source.name == "projects" else out.user_ids).update(owners)  # type: ignore[union-attr]
         if projects:
             out.user_ids.update(_project_users(conn, bound, projects))  # type: ignore[union-attr]
-        missing, out.removed, out.state_users = _missing_users(conn, bound, state, stored.get(STATE_USERS))
+        missing, out.removed, out.state_users, out.app_users = _missing_users(conn, bound, state, stored.get(STATE_USERS))
         out.user_ids.update(missing)  # type: ignore[union-attr]
         fingerprints: list[tuple[str, str]] = []
         sweep = stored.get(SWEEP) or {}
@@ -261,14 +262,14 @@ def _project_users(conn: Connection, bound: BoundSchema, projects: set[Any]) -> 
 
 def _missing_users(
     conn: Connection, bound: BoundSchema, state: RefreshState, state_users: int | None
-) -> tuple[set[str], set[str], int]:
+) -> tuple[set[str], set[str], int, int]:
     """Users of the app without a state row, state rows of users the app no longer has (both empty when the counts
-    agree), and the state's row count. ``state_users`` is that count as the last refresh left it (counting the
+    agree), the state's row count and the app's. ``state_users`` is that count as the last refresh left it (counting the
     state's rows costs a scan of its table each cycle); when it is unknown or disagrees, the rows are counted."""
     uid = bound.users.c[bound.mapping.users.id]
     app_count = conn.execute(select(func.count()).where(uid.is_not(None))).scalar() or 0
     if app_count == state_users:
-        return set(), set(), app_count
+        return set(), set(), app_count, app_count
     app_ids = {str(row[0]) for row in conn.execution_options(yield_per=ID_CHUNK).execute(select(uid).where(uid.is_not(None)))}
     known = state.user_ids()
-    return app_ids - known, known - app_ids, len(known)
+    return app_ids - known, known - app_ids, len(known), app_count

@@ -94,7 +94,8 @@ def refresh(
         user_ids = sorted(found.user_ids)
     is_full = user_ids is None
     problems: list[Problem] = []
-    prefetch = is_full and concurrent_reads(app_engine, state.engine)
+    # read ahead only when there is a next batch to read
+    prefetch = is_full and found.app_users > batch_size and concurrent_reads(app_engine, state.engine)
     users = aggregate_users(
         app_engine, bound, now=now, user_ids=user_ids, batch_size=batch_size, problems=problems, prefetch=prefetch
     )

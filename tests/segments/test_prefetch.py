@@ -98,3 +98,16 @@ def test_nothing_is_prefetched_where_a_second_connection_cannot_read_concurrentl
     result = refresh(memory, RefreshState(memory), TIMETRACKER, now=NOW, full=True, batch_size=BATCH)
     assert result.computed == USERS
     assert threads == {threading.get_ident()}
+
+
+def test_a_full_refresh_reads_ahead_only_when_there_is_a_next_batch(tmp_path) -> None:
+    app = create_engine(f"sqlite:///{tmp_path / 'app.sqlite'}")
+    state = RefreshState(create_engine(f"sqlite:///{tmp_path / 'state.sqlite'}"))
+    create_demo_database(app, users_count=USERS, seed=5, now=NOW)
+    threads: set[int] = set()
+    event.listen(app, "before_cursor_execute", lambda *args: threads.add(threading.get_ident()))
+    assert refresh(app, state, TIMETRACKER, now=NOW, full=True, batch_size=USERS).computed == USERS
+    assert threads == {threading.get_ident()}  # one batch: nothing to read ahead, no thread
+    threads.clear()
+    assert refresh(app, state, TIMETRACKER, now=NOW, full=True, batch_size=BATCH).computed == USERS
+    assert len(threads) == 2  # the batches on the read-ahead thread, the change scans on the caller's
