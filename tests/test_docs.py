@@ -9,18 +9,16 @@ the standard variables: an OTLP/HTTP receiver at ``OTEL_EXPORTER_OTLP_ENDPOINT``
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, VENV_BIN, clean_env
 from tests.receivers import Receiver
+from tests.sinks.conftest import Bystander
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(
@@ -46,45 +44,12 @@ def python_blocks() -> list[tuple[str, str, str | None]]:
 BLOCKS = python_blocks()
 
 
-class Peer:
-    """PostHog stand-in and HTTP proxy: answers 200 to every request and keeps what it got."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, dict[str, str]]] = []
-        peer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.do_POST()
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
-                peer.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
-                body = json.dumps({"status": 1}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture
-def peer() -> Iterator[Peer]:
-    p = Peer()
-    yield p
-    p.close()
+def peer() -> Iterator[Bystander]:
+    """PostHog stand-in and HTTP proxy: answers 200 to every request and keeps what it got."""
+    other = Bystander()
+    yield other
+    other.close()
 
 
 def test_the_docs_have_the_blocks_this_test_knows() -> None:
@@ -95,7 +60,7 @@ def test_the_docs_have_the_blocks_this_test_knows() -> None:
 
 @pytest.mark.parametrize(("where", "code", "directive"), BLOCKS, ids=[w for w, _, _ in BLOCKS])
 def test_doc_snippet_runs_as_written(
-    where: str, code: str, directive: str | None, tmp_path: Path, http_receiver: Receiver, peer: Peer
+    where: str, code: str, directive: str | None, tmp_path: Path, http_receiver: Receiver, peer: Bystander
 ) -> None:
     if directive is not None:
         assert directive.startswith("skip (") and directive.endswith(")"), f"{where}: unknown docs-test directive"

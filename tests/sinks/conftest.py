@@ -68,18 +68,20 @@ class Capture:
 
 
 class Bystander:
-    """Another host, where a redirect would send the request: it records whatever reaches it (any method) and says 200."""
+    """Another host (where a redirect would send a request, or a proxy a snippet names): it records whatever
+    reaches it, any method, as (method, path, headers with lower-case names), and answers 200 as PostHog does."""
 
     def __init__(self) -> None:
-        self.requests: list[tuple[str, str, bytes]] = []
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
         bystander = self
 
         class Handler(BaseHTTPRequestHandler):
             def _any(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
-                bystander.requests.append((self.command, self.path, body))
+                self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+                bystander.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
                 payload = b'{"status": 1}'
                 self.send_response(200)
+                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
