@@ -139,9 +139,7 @@ class Aggregator:
 
     def __init__(self, bound: BoundSchema, now: datetime, dialect: str = "") -> None:
         self.bound = bound
-        self.now = now
         self.mapping = bound.mapping
-        self.dialect = dialect
         self.queries = SegmentQueries(bound, now, dialect)
         q = self.queries
         u, a = self.mapping.users, self.mapping.activity
