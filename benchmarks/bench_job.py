@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_posthog_sink import API_KEY, SUPER, Result, _reset, _serve, _stats, run_sdk
 from sqlalchemy import create_engine, insert
 
-from otel_segments.job import RefreshJob
+from otel_segments.job.refresh_job import RefreshJob
 from otel_segments.segments.demo import metadata, time_entries, users
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState

@@ -43,9 +43,9 @@ from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from otel_segments import SuperPropertiesSpanProcessor, current_user, user_context
-from otel_segments.cache import SegmentCache, span_property_selection
-from otel_segments.properties import ProcessProperties
 from otel_segments.segments.rules import UserActivity, person_properties
+from otel_segments.spans.cache import SegmentCache, span_property_selection
+from otel_segments.spans.properties import ProcessProperties
 
 PROCESS = ProcessProperties(environment="production", deployment_method="kubernetes", timezone="Europe/Paris")
 USER = {"role": "admin", "is_admin": True, "auth_method": "oidc", "plan": "team", "team_id": 7, "locale": "fr", "beta": False}

@@ -43,9 +43,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from scale_data import build  # noqa: E402
 
 from otel_segments.segments.aggregate import aggregate_users  # noqa: E402
+from otel_segments.segments.binding import bind  # noqa: E402
 from otel_segments.segments.demo import time_entries  # noqa: E402
 from otel_segments.segments.refresh import refresh  # noqa: E402
-from otel_segments.segments.schema import TIMETRACKER, bind  # noqa: E402
+from otel_segments.segments.schema import TIMETRACKER  # noqa: E402
 from otel_segments.segments.state import RefreshState  # noqa: E402
 from otel_segments.segments.state_tables import properties_json  # noqa: E402
 

@@ -14,22 +14,22 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import Settings
     from .configuration import Configured, configure
-    from .context import clear_user, current_user, set_user, user_context
-    from .exporters import otlp_headers
-    from .processor import SuperPropertiesSpanProcessor
+    from .runtime.exporters import otlp_headers
+    from .settings.config import Settings
+    from .spans.context import clear_user, current_user, set_user, user_context
+    from .spans.processor import SuperPropertiesSpanProcessor
 
 _EXPORTS = {
     "Configured": "configuration",
-    "Settings": "config",
-    "SuperPropertiesSpanProcessor": "processor",
-    "clear_user": "context",
+    "Settings": "settings.config",
+    "SuperPropertiesSpanProcessor": "spans.processor",
+    "clear_user": "spans.context",
     "configure": "configuration",
-    "current_user": "context",
-    "otlp_headers": "exporters",
-    "set_user": "context",
-    "user_context": "context",
+    "current_user": "spans.context",
+    "otlp_headers": "runtime.exporters",
+    "set_user": "spans.context",
+    "user_context": "spans.context",
 }
 __all__ = [
     "Configured",

@@ -21,11 +21,10 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
-from . import compat, config
-from .cache import SegmentCache, span_property_selection
-from .config import Settings
-from .context import set_privacy_policy
-from .exporters import (
+from .job.refresh_job import RefreshJob
+from .pipeline import start_segments
+from .runtime import compat
+from .runtime.exporters import (
     EXPORTER_NAMES_OPTION,
     EXPORTER_VARIABLES,
     OTLP_EXPORTER_NAMES,
@@ -33,10 +32,13 @@ from .exporters import (
     report_token_missing,
     sanitize_environment,
 )
-from .job import RefreshJob
-from .pipeline import start_segments
-from .processor import SuperPropertiesSpanProcessor
-from .properties import detect_process_properties
+from .segments.span_properties import span_property_selection
+from .settings import config
+from .settings.config import Settings
+from .spans.cache import SegmentCache
+from .spans.context import set_privacy_policy
+from .spans.processor import SuperPropertiesSpanProcessor
+from .spans.properties import detect_process_properties
 
 _logger = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class Configured:
     segments: SegmentCache | None = None
     owns_providers: bool = False
     job: RefreshJob | None = None
-    meter_provider: MeterProvider | None = None  # the refresh job's own, see otel_segments.reader
+    meter_provider: MeterProvider | None = None  # the refresh job's own, see otel_segments.job.reader
     _shut: bool = field(default=False, repr=False)
     _request: _Request | None = field(default=None, repr=False)
 

@@ -13,13 +13,13 @@ from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
-from . import config
-from .cache import SegmentCache
-from .config import Settings
-from .exporters import exporter_off, otlp_exporter
-from .job import RefreshJob, Sink
-from .properties import ProcessProperties
-from .signal_support import GaugeExporter, SignalSupport
+from .job.refresh_job import RefreshJob, Sink
+from .runtime.exporters import exporter_off, otlp_exporter
+from .settings import config
+from .settings.config import Settings
+from .sinks.signal_support import GaugeExporter, SignalSupport
+from .spans.cache import SegmentCache
+from .spans.properties import ProcessProperties
 
 _logger = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ def start_segments(
     settings: Settings, process: ProcessProperties, cache: SegmentCache | None, provider: trace.TracerProvider | None = None
 ) -> tuple[RefreshJob, MeterProvider] | None:
     """Build the refresh job, its sinks and its MetricReader; nothing connects until the first cycle."""
-    from .database import DatabaseURLError, engine_for
-    from .reader import segments_meter_provider
+    from .job.reader import segments_meter_provider
+    from .runtime.database import DatabaseURLError, engine_for
     from .segments.schema import SchemaError, load_schema
 
     try:
@@ -87,7 +87,7 @@ def sink_factories(settings: Settings, resource: Resource, process: ProcessPrope
 
 def _gauge_exporter(settings: Settings) -> MetricExporter:
     """``OTEL_METRICS_EXPORTER=none``: the reader still times the refresh, the gauge goes nowhere."""
-    from .reader import MetricsOff
+    from .job.reader import MetricsOff
 
     if exporter_off("metrics"):
         return MetricsOff()

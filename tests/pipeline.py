@@ -9,8 +9,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_segments import SuperPropertiesSpanProcessor
-from otel_segments.cache import SegmentCache
-from otel_segments.properties import ProcessProperties
+from otel_segments.spans.cache import SegmentCache
+from otel_segments.spans.properties import ProcessProperties
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from otel_segments.cache import SegmentCache
+from otel_segments.spans.cache import SegmentCache
 
 
 def test_misses_are_wanted_once_and_bounded() -> None:
@@ -38,14 +38,14 @@ def test_no_segment_is_remembered_as_empty_and_not_wanted_as_a_miss_again() -> N
 
 
 def test_a_person_key_leaves_out_itself_only_never_the_properties_after_it() -> None:
-    from otel_segments.cache import segment_attributes
+    from otel_segments.spans.cache import segment_attributes
 
     segment = {"engagement_level": "high", "email": "a@b.c", "plan": "pro", "nothing": None, "Full Name": "A", "tier": 3}
     assert segment_attributes(segment) == {"app.user.engagement_level": "high", "app.user.plan": "pro", "app.user.tier": 3}
 
 
 def test_properties_outside_the_selection_leave_out_themselves_only() -> None:
-    from otel_segments.cache import segment_attributes
+    from otel_segments.spans.cache import segment_attributes
 
     segment = {"a": 1, "b": 2, "c": 3, "d": 4}
     assert segment_attributes(segment, only={"b", "d"}) == {"app.user.b": 2, "app.user.d": 4}
@@ -54,7 +54,7 @@ def test_properties_outside_the_selection_leave_out_themselves_only() -> None:
 
 
 def test_exactly_64_segment_properties_go_on_spans_without_a_warning(caplog) -> None:
-    from otel_segments.cache import MAX_SEGMENT_PROPERTIES, _warn_too_many, segment_attributes
+    from otel_segments.spans.cache import MAX_SEGMENT_PROPERTIES, _warn_too_many, segment_attributes
 
     _warn_too_many.cache_clear()
     segment = {f"p{i:02}": i for i in range(MAX_SEGMENT_PROPERTIES)}
@@ -66,7 +66,7 @@ def test_exactly_64_segment_properties_go_on_spans_without_a_warning(caplog) -> 
 def test_past_64_the_first_64_stay_and_one_warning_says_so(caplog) -> None:
     import logging
 
-    from otel_segments.cache import _warn_too_many, segment_attributes
+    from otel_segments.spans.cache import _warn_too_many, segment_attributes
 
     caplog.set_level(logging.WARNING)
     _warn_too_many.cache_clear()
@@ -98,7 +98,7 @@ def test_the_cache_keeps_maxsize_users_and_bounds_its_memory_of_misses_and_hits(
 def test_the_cache_keeps_only_the_selected_properties_and_names_an_unsupported_one(caplog) -> None:
     import logging
 
-    from otel_segments import context
+    from otel_segments.spans import context
 
     caplog.set_level(logging.WARNING)
     context._warned_keys.discard("weird")

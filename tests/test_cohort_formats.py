@@ -10,9 +10,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import otel_segments
-from otel_segments.cache import SegmentCache, span_property_selection
-from otel_segments.processor import SuperPropertiesSpanProcessor
 from otel_segments.segments.cohorts import COHORTS
+from otel_segments.segments.span_properties import span_property_selection
+from otel_segments.spans.cache import SegmentCache
+from otel_segments.spans.processor import SuperPropertiesSpanProcessor
 from tests.conftest import VENV_BIN
 
 

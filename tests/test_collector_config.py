@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 import yaml
 
-from otel_segments.cache import DEFAULT_SPAN_PROPERTIES, segment_attributes
-from otel_segments.config import Secret, otlp_headers
-from otel_segments.context import UserProperties
 from otel_segments.segments.rules import UserActivity, person_properties
+from otel_segments.segments.span_properties import DEFAULT_SPAN_PROPERTIES
+from otel_segments.settings.config import Secret, otlp_headers
+from otel_segments.spans.cache import segment_attributes
+from otel_segments.spans.context import UserProperties
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "collector-config"

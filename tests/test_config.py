@@ -2,8 +2,8 @@ import logging
 
 import pytest
 
-from otel_segments import config
-from otel_segments.config import Settings, otlp_endpoint, otlp_headers
+from otel_segments.settings import config
+from otel_segments.settings.config import Settings, otlp_endpoint, otlp_headers
 
 TOKEN = "s3cr3t-token-value"
 
@@ -262,7 +262,7 @@ def test_a_repaired_url_is_quoted_without_its_user_or_password(caplog):
     ],
 )
 def test_safe_url(url, safe):
-    from otel_segments.values import safe_url
+    from otel_segments.settings.values import safe_url
 
     assert safe_url(url) == safe
 
@@ -288,7 +288,7 @@ def test_the_pipeline_builds_no_posthog_sink_for_a_rejected_host():
     from opentelemetry.sdk.resources import Resource
 
     from otel_segments.pipeline import sink_factories
-    from otel_segments.properties import ProcessProperties
+    from otel_segments.spans.properties import ProcessProperties
 
     process = ProcessProperties(environment="t", deployment_method="native", timezone="UTC")
     rejected = Settings.from_env({"POSTHOG_API_KEY": "k", "POSTHOG_HOST": "ftp://eu.i.posthog.com"})
@@ -361,7 +361,7 @@ def test_driver_messages_never_quote_the_part_of_a_password_after_an_unencoded_a
 
     from sqlalchemy.exc import OperationalError
 
-    from otel_segments.database import engine_for
+    from otel_segments.runtime.database import engine_for
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -531,7 +531,7 @@ def test_from_env_reads_the_process_environment_by_default(monkeypatch):
     ],
 )
 def test_url_problems(url, problem):
-    from otel_segments.otlp_variables import url_problem
+    from otel_segments.settings.otlp_variables import url_problem
 
     assert url_problem(url) == problem
 

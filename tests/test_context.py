@@ -1,4 +1,4 @@
-"""Who the user is and what leaves the process (otel_segments.context): person keys, caps, attribute values."""
+"""Who the user is and what leaves the process (otel_segments.spans.context): person keys, caps, attribute values."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from otel_segments import context
-from otel_segments.context import (
+from otel_segments.spans import context
+from otel_segments.spans.context import (
     MAX_USER_PROPERTIES,
     UserProperties,
     attribute_value,

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 import otel_segments
-from otel_segments.properties import detect_process_properties
+from otel_segments.spans.properties import detect_process_properties
 from tests.conftest import VENV_BIN, clean_env
 from tests.receivers import Receiver
 

@@ -3,7 +3,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy
 
-from otel_segments.lease import Lease
+from otel_segments.job.lease import Lease
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

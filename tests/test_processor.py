@@ -11,8 +11,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_segments import SuperPropertiesSpanProcessor, clear_user, current_user, set_user, user_context
-from otel_segments.cache import SegmentCache
-from otel_segments.properties import ProcessProperties, detect_process_properties
+from otel_segments.spans.cache import SegmentCache
+from otel_segments.spans.properties import ProcessProperties, detect_process_properties
 
 PROCESS = ProcessProperties(environment="staging", deployment_method="kubernetes", timezone="Europe/Berlin")
 

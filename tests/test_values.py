@@ -1,4 +1,4 @@
-"""Reading one environment variable (otel_segments.values): secrets, integers, booleans, URLs, loopback."""
+"""Reading one environment variable (otel_segments.settings.values): secrets, integers, booleans, URLs, loopback."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from otel_segments.otlp_variables import parse_headers
-from otel_segments.values import Secret, boolean, host_of, is_loopback, positive_int, read, secret
+from otel_segments.settings.otlp_variables import parse_headers
+from otel_segments.settings.values import Secret, boolean, host_of, is_loopback, positive_int, read, secret
 
 
 def test_secrets_equal_only_when_their_values_are() -> None:

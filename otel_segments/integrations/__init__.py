@@ -11,6 +11,8 @@ server span: it is the current span when the request's user is first read. A
 login or logout later in the request (:func:`switch_user`) may run inside a
 span of the app's own, and still reaches the server span through it. Nothing
 of this is on the span processor's path: the per-span cost stays as it was.
+
+May import: spans/, settings/, runtime/ and the root's ``configuration`` (the configured cache); never SQL or a sink.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from ..context import UserProperties, clear_user, current_user, set_user
+from ..spans.context import UserProperties, clear_user, current_user, set_user
 
 _logger = logging.getLogger(__name__)
 _reported: set[str] = set()

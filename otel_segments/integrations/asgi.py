@@ -20,7 +20,7 @@ import inspect
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ..context import clear_user
+from ..spans.context import clear_user
 from . import UserInfo, activate, report_once
 
 Scope = MutableMapping[str, Any]

@@ -31,7 +31,7 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.contrib.auth.signals import user_logged_in, user_logged_out
 
-from ..context import current_user
+from ..spans.context import current_user
 from . import RequestScope, UserInfo, end_request, report_once, start_request, switch_user, user_info
 
 MIDDLEWARE_PATH = "otel_segments.integrations.django.AutoUserContextMiddleware"

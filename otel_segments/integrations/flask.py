@@ -28,7 +28,7 @@ from typing import Any
 
 import flask
 
-from ..context import current_user
+from ..spans.context import current_user
 from . import RequestScope, UserInfo, end_request, report_once, start_request, switch_user, user_info
 
 _SCOPE = "_otel_segments_request"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import Token
 from typing import Any
 
-from ..context import UserProperties, clear_user
+from ..spans.context import UserProperties, clear_user
 from . import UserInfo, activate, report_once
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]

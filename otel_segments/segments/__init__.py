@@ -1,4 +1,7 @@
-"""Per-user segments: database -> rules -> :class:`UserSegment`, which the sinks deliver."""
+"""Per-user segments: database -> rules -> :class:`UserSegment`, which the sinks deliver.
+
+May import: settings/, runtime/, spans/ (names only). Never a sink or the job: segments are computed, not sent, here.
+"""
 
 from __future__ import annotations
 

@@ -1,50 +1,28 @@
 """All users' aggregates, streamed in keyset batches, without letting one bad row stop the others.
 
-Each batch runs :class:`~.queries.SegmentQueries`' few aggregate queries over its slice of users, so memory
-stays bounded by the batch size at any number of users. A bad row never stops the others (docs/segments.md,
-"Bad rows"): values the driver could not hand over are read as ``driver_values.py`` says and reported as a
-:class:`~.driver_values.Problem` naming the user; a batch that still fails is bisected down to the users it
-fails for, who are set aside (reported, not computed) while the rest go on.
-
-:meth:`Aggregator.input_fingerprints` is the sweep's cheaper pass over a slice of users: the rule inputs
-that no change column shows (the users row, admin roles, task counts, entry count and key sum), hashed per user.
+Each batch runs :class:`~.queries.SegmentQueries`' few aggregate queries over its slice of users (``batch.py``), so
+memory stays bounded by the batch size at any number of users; with ``prefetch``, the next batch is read on a
+second connection while this one is computed (``prefetch.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone, tzinfo
+from collections.abc import Iterable, Iterator
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import Engine
 
 from . import UserSegment
-from .driver_values import ROW_ERRORS, Problem, StageError, cause, decode, read_datetime
+from .batch import AggregatedUser, Aggregator, recover
+from .binding import BoundSchema, bind
+from .driver_values import ROW_ERRORS, Problem
 from .prefetch import Resume, batches, concurrent_reads
-from .queries import BAD_DATES, ID_CHUNK, KEY_SUM, OLDEST, PROJECTS, SegmentQueries
-from .rules import WINDOWS, UserActivity, next_change, person_properties, utc
-from .schema import BoundSchema, SchemaMapping, bind
+from .queries import ID_CHUNK
+from .rules import utc
+from .schema import SchemaMapping
 
 DEFAULT_BATCH_SIZE = 10_000
-
-
-@dataclass(frozen=True)
-class AggregatedUser:
-    """One user's aggregates, plus the oldest entry inside each window (for :func:`rules.next_change`)."""
-
-    activity: UserActivity
-    oldest_in_window: dict[timedelta, datetime | None]
-    inputs: str = ""  # fingerprint of the rule inputs the sweep compares (see :func:`input_fingerprints`)
-
-    def segment(self, now: datetime) -> UserSegment:
-        return person_properties(self.activity, now=now)
-
-    def due_at(self, now: datetime) -> datetime | None:
-        return next_change(self.activity, self.oldest_in_window, now=now)
 
 
 def compute_segments(
@@ -95,7 +73,7 @@ def aggregate_users(
                 try:
                     users = reader.fetch_users(conn, after=last, limit=batch_size, problems=found)
                 except ROW_ERRORS as error:
-                    _recover(conn, error)
+                    recover(conn, error)
                     ids = [row[0] for row in conn.execute(reader.queries.ids(after=last, limit=batch_size))]
                     if not ids:
                         raise
@@ -117,297 +95,8 @@ def aggregate_users(
                 try:
                     users = reader.fetch_users(conn, ids=chunk, problems=found)
                 except ROW_ERRORS as error:
-                    _recover(conn, error)
+                    recover(conn, error)
                     yield from reader.bisect(conn, chunk, found, error)
                     continue
                 if users:
                     yield from reader.safe_batch(conn, users, found, ids=chunk)
-
-
-def _recover(conn: Connection, error: BaseException) -> None:
-    """After a failed statement: roll back (PostgreSQL refuses anything else in an aborted transaction).
-
-    A lost connection is not a bad row: it is raised, and the cycle retries later.
-    """
-    if isinstance(error, DBAPIError) and error.connection_invalidated:
-        raise error
-    conn.rollback()
-
-
-class Aggregator:
-    """Runs :class:`~.queries.SegmentQueries` for batches of users and builds their :class:`AggregatedUser`."""
-
-    def __init__(self, bound: BoundSchema, now: datetime, dialect: str = "") -> None:
-        self.bound = bound
-        self.mapping = bound.mapping
-        self.queries = SegmentQueries(bound, now, dialect)
-        q = self.queries
-        u, a = self.mapping.users, self.mapping.activity
-        self._zones = tuple(
-            _unless_utc(q.zone(name, table))
-            for name, table in ((u.created_at, bound.users), (u.last_login, bound.users), (a.timestamp, bound.activity))
-        )
-        self._where = tuple(
-            f"{table.name}.{name}"
-            for table, name in (
-                (bound.users, u.created_at),
-                (bound.users, u.last_login),
-                (bound.activity, a.timestamp),
-                (bound.activity, a.duration_seconds),
-            )
-        )
-
-    def fetch_users(self, conn: Connection, *, problems: list[Problem], **where: Any) -> list[tuple[Any, ...]]:
-        """:meth:`~.queries.SegmentQueries.users` rows as Python values: text decoded (with replacement when
-        it is not UTF-8), each value that was not readable as it is reported in ``problems``. The last column (what PostgreSQL
-        read as NULL) is dropped."""
-        u = self.mapping.users
-        table = self.bound.users.name
-        out = []
-        for uid, created_at, last_login, role, auth, admin, out_of_range in conn.execute(self.queries.users(**where)):
-            created_at, last_login = decode(created_at)[0], decode(last_login)[0]
-            texts = []
-            for name, value in ((u.role, role), (u.auth_method, auth)):
-                text, bad = decode(value)
-                if bad:
-                    problems.append(Problem(str(uid), f"{table}.{name}", "not valid UTF-8, read with replacement characters"))
-                texts.append(text)
-            if out_of_range:
-                for name in str(out_of_range).split(","):
-                    problems.append(Problem(str(uid), f"{table}.{name}", "date outside years 1-9999, read as NULL"))
-            out.append((uid, created_at, last_login, texts[0], texts[1], admin))
-        return out
-
-    def safe_batch(
-        self, conn: Connection, users: Sequence[Any], problems: list[Problem], *, ids: Sequence[Any] | None = None
-    ) -> Iterator[AggregatedUser]:
-        """:meth:`batch`, or when it fails, :meth:`bisect` over its users: one poisoned user never stops the others."""
-        mark = len(problems)
-        try:
-            built = self.batch(conn, users, ids=ids, problems=problems)
-        except (*ROW_ERRORS, StageError) as error:
-            del problems[mark:]  # the bisection reports them again, for the users it computes
-            _recover(conn, error.error if isinstance(error, StageError) else error)
-            yield from self.bisect(conn, [row[0] for row in users], problems, error)
-            return
-        yield from built
-
-    def bisect(
-        self, conn: Connection, ids: Sequence[Any], problems: list[Problem], error: BaseException
-    ) -> Iterator[AggregatedUser]:
-        """The users of ``ids`` computed in halves down to one; the users that still fail alone are set aside.
-
-        When every user of several fails alone, nothing is wrong with a row: the error is the database's, and is raised.
-        """
-        done: list[AggregatedUser] = []
-        skipped: list[Problem] = []
-        stack = [list(ids)]
-        while stack:
-            part = stack.pop()
-            mark = len(problems)
-            try:
-                users = self.fetch_users(conn, ids=part, problems=problems)
-                done.extend(self.batch(conn, users, ids=part, problems=problems))
-            except (*ROW_ERRORS, StageError) as failure:
-                del problems[mark:]
-                err = failure.error if isinstance(failure, StageError) else failure
-                _recover(conn, err)
-                if len(part) > 1:
-                    half = len(part) // 2
-                    stack += [part[half:], part[:half]]
-                    continue
-                where = failure.table if isinstance(failure, StageError) else self.bound.users.name
-                skipped.append(Problem(str(part[0]), self._locate(conn, part[0], where), cause(err), skipped=True))
-        if len(skipped) > 1 and not done:
-            raise error.error if isinstance(error, StageError) else error
-        problems.extend(skipped)
-        yield from done
-
-    def _locate(self, conn: Connection, user_id: Any, table: str) -> str:
-        """``table.column``: the first of the table's mapped columns that fails to read alone for the user."""
-        m = self.mapping
-        if table == self.bound.users.name:
-            t, owner, names = (
-                self.bound.users,
-                m.users.id,
-                (m.users.created_at, m.users.last_login, m.users.role, m.users.auth_method),
-            )
-        elif table == self.bound.activity.name:
-            a = m.activity
-            t, owner, names = self.bound.activity, a.user_id, (a.timestamp, a.source, a.duration_seconds, a.project_id)
-        elif self.bound.tasks is not None and table == self.bound.tasks.name and m.tasks is not None:
-            t, owner, names = self.bound.tasks, m.tasks.assignee, (m.tasks.status,)
-        else:
-            return table
-        for name in names:
-            if not name:
-                continue
-            try:
-                conn.execute(select(t.c[name]).where(t.c[owner] == user_id)).all()
-                if name == getattr(m.activity, "duration_seconds", None) and t is self.bound.activity:
-                    conn.execute(select(func.sum(t.c[name])).where(t.c[owner] == user_id)).all()
-            except ROW_ERRORS as error:
-                _recover(conn, error)
-                return f"{table}.{name}"
-        return table
-
-    def batch(
-        self, conn: Connection, users: Sequence[Any], *, ids: Sequence[Any] | None, problems: list[Problem] | None = None
-    ) -> Iterator[AggregatedUser]:
-        """The users' aggregates (rows of :meth:`fetch_users`), streamed: the queries run at once, and a failing
-        one raises :class:`StageError` naming its table."""
-        activity, tasks = self.fetch(conn, users, ids)
-        return self.build(users, activity, tasks, problems if problems is not None else [])
-
-    def fetch(
-        self, conn: Connection, users: Sequence[Any], ids: Sequence[Any] | None
-    ) -> tuple[dict[Any, Any], dict[Any, Any] | None]:
-        """The activity and task rows of ``users`` (of ``ids`` when given, else of their id range), by user."""
-        lo, hi = users[0][0], users[-1][0]
-
-        def rows(table: Any, query: Any) -> dict[Any, Any]:
-            try:
-                return {row[0]: row for row in conn.execute(query).all()}
-            except ROW_ERRORS as error:
-                raise StageError(table.name, error) from error
-
-        activity = rows(self.bound.activity, self.queries.activity(lo, hi, ids))
-        tasks = rows(self.bound.tasks, self.queries.tasks(lo, hi, ids)) if self.bound.tasks is not None else None
-        return activity, tasks
-
-    def build(
-        self,
-        users: Sequence[Any],
-        activity: dict[Any, Any],
-        tasks: dict[Any, Any] | None,
-        problems: list[Problem],
-    ) -> Iterator[AggregatedUser]:
-        """The aggregates user by user, streamed; a user whose values the rules cannot take is set aside alone."""
-        for user in users:
-            try:
-                built = self._one(user, activity, tasks, problems)
-            except ROW_ERRORS as error:
-                problems.append(Problem(str(user[0]), self.bound.users.name, cause(error), skipped=True))
-                continue
-            yield built
-
-    def _one(
-        self,
-        user: Sequence[Any],
-        activity: dict[Any, Any],
-        tasks: dict[Any, Any] | None,
-        problems: list[Problem],
-    ) -> AggregatedUser:
-        a = self.mapping.activity
-        created_zone, login_zone, entry_zone = self._zones
-        created_where, login_where, entry_where, duration_where = self._where
-        uid, created_at, last_login, role, auth, admin = user
-
-        def when(value: Any, zone: tzinfo | None, where: str) -> datetime | None:
-            read = read_datetime(value, zone)
-            if read is None and value is not None:
-                # the value is not logged: a date column may hold any text
-                problems.append(Problem(str(uid), where, "not a date in years 1-9999, read as NULL"))
-            return read
-
-        act = activity.get(uid)
-        counts = dict(
-            entries_all_time=int(act[1] or 0) if act else 0,
-            entries_24h=int(act[2] or 0) if act else 0,
-            entries_7d=int(act[3] or 0) if act else 0,
-            entries_30d=int(act[4] or 0) if act else 0,
-        )
-        if a.source:
-            counts["timer_entries"] = int(act[5] or 0) if act else 0
-            counts["manual_entries"] = int(act[6] or 0) if act else 0
-        if a.duration_seconds:
-            counts["total_seconds"] = float(act[7] or 0) if act else 0.0
-            if abs(counts["total_seconds"]) >= _INT64:
-                problems.append(Problem(str(uid), duration_where, "sum beyond a 64-bit integer, summed as a float"))
-        if self.bound.projects is not None:
-            counts["total_projects"] = int(act[PROJECTS] or 0) if act else 0
-            counts["active_projects"] = int(act[PROJECTS + 1] or 0) if act else 0
-        if tasks is not None:
-            t = tasks.get(uid)
-            counts["assigned_tasks"] = int(t[1] or 0) if t else 0
-            counts["completed_tasks"] = int(t[2] or 0) if t else 0
-        row = UserActivity(
-            user_id=str(uid),
-            created_at=when(created_at, created_zone, created_where),
-            last_login=when(last_login, login_zone, login_where),
-            role=None if role is None else str(role),
-            is_admin=None if admin is None else bool(admin),
-            auth_method=None if auth is None else str(auth),
-            **counts,
-        )
-        if act and act[BAD_DATES]:
-            cause_ = f"{act[BAD_DATES]} entries dated outside years 1-9999: counted, dates read as NULL"
-            problems.append(Problem(str(uid), entry_where, cause_))
-        oldest = {w: when(act[OLDEST + i], entry_zone, entry_where) if act else None for i, w in enumerate(WINDOWS)}
-        t = tasks.get(uid) if tasks is not None else None
-        inputs = fingerprint(
-            (created_at, last_login, role, auth, admin),
-            (act[1], act[KEY_SUM]) if act else (0, None),
-            (t[1], t[2]) if t else None,
-        )
-        return AggregatedUser(activity=row, oldest_in_window=oldest, inputs=inputs)
-
-    def input_fingerprints(self, conn: Connection, *, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any, int]:
-        """(user id, fingerprint) for up to ``limit`` users after ``after`` in id order, the last id (None at the
-        end), and how many entries they have (what the next slice is sized by)."""
-        users = self.fetch_users(conn, after=after, limit=limit, problems=[])
-        if not users:
-            return [], None, 0
-        lo, hi = users[0][0], users[-1][0]
-        a = self.mapping.activity
-        t = self.bound.activity
-        uid = t.c[a.user_id]
-        light = select(uid, func.count(), self.queries.key_sum()).where(self.queries.owned_by(uid, lo, hi, None)).group_by(uid)
-        activity = {row[0]: row for row in conn.execute(light)}
-        tasks = {row[0]: row for row in conn.execute(self.queries.tasks(lo, hi, None))} if self.bound.tasks is not None else None
-        out = []
-        for user_id, created_at, last_login, role, auth, admin in users:
-            act = activity.get(user_id)
-            k = tasks.get(user_id) if tasks is not None else None
-            out.append(
-                (
-                    str(user_id),
-                    fingerprint(
-                        (created_at, last_login, role, auth, admin),
-                        (act[1], act[2]) if act else (0, None),
-                        (k[1], k[2]) if k else None,
-                    ),
-                )
-            )
-        entries = sum(int(row[1] or 0) for row in activity.values())
-        return out, (users[-1][0] if len(users) >= limit else None), entries
-
-
-def _unless_utc(zone: tzinfo | None) -> tzinfo | None:
-    """None for UTC, whichever object names it: ``read_datetime`` then takes its fast path."""
-    if zone is None or zone is timezone.utc or getattr(zone, "key", None) in ("UTC", "Etc/UTC"):
-        return None
-    return zone
-
-
-def fingerprint(user_row: Sequence[Any], entries: Sequence[Any], tasks: Sequence[Any] | None) -> str:
-    """A short hash of one user's rule inputs that no change column reveals, as the queries return them.
-
-    ``repr`` of the driver's values (str, int, Decimal, datetime) is stable across processes, unlike ``hash()``.
-    """
-    open_, done = (int(tasks[0] or 0), int(tasks[1] or 0)) if tasks is not None else (0, 0)
-    payload = (tuple(user_row), int(entries[0] or 0), _number(entries[1]), open_, done)
-    return hashlib.blake2b(repr(payload).encode(), digest_size=16).hexdigest()
-
-
-def _number(value: Any) -> int | str | None:
-    """A sum as PostgreSQL (Decimal) or SQLite (int) returns it, as one value."""
-    if value is None:
-        return None
-    try:
-        return int(value) if int(value) == value else str(value)
-    except (TypeError, ValueError, OverflowError):
-        return str(value)
-
-
-_INT64 = 2**63

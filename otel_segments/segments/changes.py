@@ -44,10 +44,11 @@ from typing import Any
 from sqlalchemy import Column, func, select
 from sqlalchemy.engine import Connection, Engine
 
-from .aggregate import Aggregator
+from .batch import Aggregator
+from .binding import BoundSchema
 from .driver_values import decode, read_datetime
+from .fingerprints import fingerprint
 from .queries import ID_CHUNK, column_time
-from .schema import BoundSchema
 from .state import RefreshState
 
 #: How far back the windows look: commits this late, and writers' clocks this far apart, are still seen at once.
@@ -110,7 +111,7 @@ def find(app_engine: Engine, bound: BoundSchema, state: RefreshState, *, now: da
         after, per_user = None, sweep.get("per_user")
         if SWEEP_USERS > 0:  # 0: no sweep, the maximum age alone catches what it would
             size = sweep_size(per_user)
-            fingerprints, after, entries = reader.input_fingerprints(conn, after=sweep.get("after"), limit=size)
+            fingerprints, after, entries = input_fingerprints(reader, conn, after=sweep.get("after"), limit=size)
             if fingerprints:
                 per_user = entries / len(fingerprints)
     out.cursors[SWEEP] = {"after": after, "per_user": per_user}
@@ -273,3 +274,34 @@ def _missing_users(
     app_ids = {str(row[0]) for row in conn.execution_options(yield_per=ID_CHUNK).execute(select(uid).where(uid.is_not(None)))}
     known = state.user_ids()
     return app_ids - known, known - app_ids, len(known), app_count
+
+
+def input_fingerprints(reader: Aggregator, conn: Connection, *, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any, int]:
+    """(user id, fingerprint) for up to ``limit`` users after ``after`` in id order, the last id (None at the
+    end), and how many entries they have (what the next slice is sized by)."""
+    users = reader.fetch_users(conn, after=after, limit=limit, problems=[])
+    if not users:
+        return [], None, 0
+    lo, hi = users[0][0], users[-1][0]
+    a = reader.mapping.activity
+    t = reader.bound.activity
+    uid = t.c[a.user_id]
+    light = select(uid, func.count(), reader.queries.key_sum()).where(reader.queries.owned_by(uid, lo, hi, None)).group_by(uid)
+    activity = {row[0]: row for row in conn.execute(light)}
+    tasks = {row[0]: row for row in conn.execute(reader.queries.tasks(lo, hi, None))} if reader.bound.tasks is not None else None
+    out = []
+    for user_id, created_at, last_login, role, auth, admin in users:
+        act = activity.get(user_id)
+        k = tasks.get(user_id) if tasks is not None else None
+        out.append(
+            (
+                str(user_id),
+                fingerprint(
+                    (created_at, last_login, role, auth, admin),
+                    (act[1], act[2]) if act else (0, None),
+                    (k[1], k[2]) if k else None,
+                ),
+            )
+        )
+    entries = sum(int(row[1] or 0) for row in activity.values())
+    return out, (users[-1][0] if len(users) >= limit else None), entries

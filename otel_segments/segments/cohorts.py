@@ -1,7 +1,7 @@
 """The reference's cohort definitions, and their exports: PostHog cohort filters, TraceQL, Jaeger tags, Phoenix filters, JSON.
 
 A cohort is one person property equal to one value. The same property lands on
-spans as ``app.user.<property>`` (see :mod:`otel_segments.cache`; every cohort's
+spans as ``app.user.<property>`` (see :mod:`otel_segments.spans.cache`; every cohort's
 property is in the default span set), so every cohort is also a trace search.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..context import USER_PREFIX
+from ..spans.context import USER_PREFIX
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ context, so instrumentation stays suppressed for its reads as for the caller's.
 
 Only reads run here. A batch whose rows cannot be read as they are is not bisected on this thread: it
 hands over :class:`Resume` and stops, and the caller goes on from there on its own connection, where
-bad rows are set aside one by one (``aggregate.py``). Not used where a second connection cannot read
+bad rows are set aside one by one (``batch.py``). Not used where a second connection cannot read
 concurrently: an in-memory SQLite database (a connection each: another database), or a SQLite file the
 state is written to, unless in WAL mode (its writes would wait for each read).
 """
@@ -17,17 +17,24 @@ from __future__ import annotations
 
 import contextvars
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from .. import native
+from ..runtime import native
 from .driver_values import ROW_ERRORS, Problem, StageError
 
-if TYPE_CHECKING:
-    from .aggregate import Aggregator
+
+class BatchReader(Protocol):
+    """What this thread reads through (``batch.Aggregator``; a protocol, as ``aggregate`` imports both)."""
+
+    def fetch_users(self, conn: Connection, *, problems: list[Problem], **where: Any) -> list[tuple[Any, ...]]: ...
+
+    def fetch(
+        self, conn: Connection, users: Sequence[Any], ids: Sequence[Any] | None
+    ) -> tuple[dict[Any, Any], dict[Any, Any] | None]: ...
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,7 @@ def _same_file(one: str, other: str) -> bool:
     return one == other or os.path.realpath(one) == os.path.realpath(other)  # ./app.db and app.db
 
 
-def batches(engine: Engine, reader: Aggregator, batch_size: int) -> Iterator[Fetched | Resume]:
+def batches(engine: Engine, reader: BatchReader, batch_size: int) -> Iterator[Fetched | Resume]:
     """Every batch of users in id order, each fetched while the caller computes the previous one."""
     slot = _Slot()
 

@@ -32,8 +32,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import NullType
 
+from .binding import BoundSchema
 from .rules import WINDOWS
-from .schema import BoundSchema
 
 ID_CHUNK = 5_000  # ids per IN (...) list: well under SQLite's and PostgreSQL's parameter limits
 #: Positions in :meth:`SegmentQueries.activity` rows: user id, count, one count per window, timer, manual,

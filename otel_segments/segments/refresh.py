@@ -25,10 +25,11 @@ from sqlalchemy.engine import Engine
 
 from . import UserSegment, changes
 from .aggregate import DEFAULT_BATCH_SIZE, AggregatedUser, aggregate_users
+from .binding import BoundSchema, bind
 from .driver_values import ROW_ERRORS, Problem, cause
 from .prefetch import concurrent_reads
 from .rules import utc
-from .schema import BoundSchema, SchemaMapping, bind
+from .schema import SchemaMapping
 from .state import RefreshState
 
 _logger = logging.getLogger(__name__)

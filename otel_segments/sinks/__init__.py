@@ -12,6 +12,8 @@ The contract, which lets the caller advance its delivery state exactly as far as
 A sink splits a batch the peer refuses as too large (HTTP 413, gRPC ``RESOURCE_EXHAUSTED``) and
 retries the halves, down to one user, so one oversized user never holds back the others and no
 accepted neighbour is sent twice.
+
+May import: settings/, runtime/, spans/, segments/ (``UserSegment``). Never SQL or the job.
 """
 
 from __future__ import annotations

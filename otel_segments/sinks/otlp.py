@@ -33,14 +33,14 @@ from typing import Any
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from .. import config
-from ..compat import LogRecordExporter, LogRecordExportResult, log_record_for_export
-from ..config import Settings
-from ..context import USER_ID, USER_PREFIX, attribute_value, is_pii_key, pii_allowed, pseudonymize
-from ..exporters import EXPORTERS
+from ..runtime.compat import LogRecordExporter, LogRecordExportResult, log_record_for_export
+from ..runtime.exporters import EXPORTERS
 from ..segments import UserSegment
-from ..signal_support import GrpcTooLargeError, SignalSupport
+from ..settings import config
+from ..settings.config import Settings
+from ..spans.context import USER_ID, USER_PREFIX, attribute_value, is_pii_key, pii_allowed, pseudonymize
 from . import DeliveryError, Refusal, SinkUnsupportedError
+from .signal_support import GrpcTooLargeError, SignalSupport
 from .transport import Answer, PeerSession
 
 _logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class OtlpSegmentSink:
     ``exporter`` is a ``LogRecordExporter`` (build the standard one, with the token,
     with :func:`log_exporter`); ``base_resource`` is the service's Resource
     (``service.name``, ``deployment.environment.name``...). ``user.id`` goes out
-    through :func:`otel_segments.context.pseudonymize`, so a configured hash key
+    through :func:`otel_segments.spans.context.pseudonymize`, so a configured hash key
     applies here as on spans. With ``support`` watching the exporter, a backend that
     takes no logs raises :class:`~otel_segments.sinks.SinkUnsupportedError`.
     """
@@ -192,7 +192,7 @@ class OtlpSegmentSink:
     def record(self, segment: UserSegment) -> Any:
         """One user's log record: event ``app.user.segment``, the user's properties on its Resource, in no trace.
 
-        Its type is the one this SDK release's exporters take (see :mod:`otel_segments.compat`).
+        Its type is the one this SDK release's exporters take (see :mod:`otel_segments.runtime.compat`).
         """
         return self._entry(segment)[1]
 

@@ -37,10 +37,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from .. import native
-from ..config import Secret
-from ..properties import detect_process_properties
+from ..runtime import native
 from ..segments import UserSegment
+from ..settings.config import Secret
+from ..spans.properties import detect_process_properties
 from . import DeliveryError, Refusal
 from .posthog_events import EVENT as EVENT  # as itself: a moved name stays importable from here (likewise below)
 from .posthog_events import MAX_EVENT_BYTES as MAX_EVENT_BYTES

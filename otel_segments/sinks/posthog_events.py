@@ -16,10 +16,10 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from .. import native
-from ..config import Secret
-from ..context import is_pii_key, pii_allowed
+from ..runtime import native
 from ..segments import UserSegment
+from ..settings.config import Secret
+from ..spans.context import is_pii_key, pii_allowed
 from . import DeliveryError, Refusal
 
 #: The sink's own logger: its lines keep the name users already filter on.
@@ -51,7 +51,7 @@ EVENT = "$set"
 #: The SDK's own limits (``posthog.consumer``): 900 KiB per event, 5 MiB per request body.
 MAX_EVENT_BYTES = 900 * 1024
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
-#: Events built between two hand-overs of the GIL to the app's threads (see otel_segments.native.let_others_run).
+#: Events built between two hand-overs of the GIL to the app's threads (see otel_segments.runtime.native.let_others_run).
 YIELD_EVERY = 8
 
 #: (user id, event, its size in bytes)

@@ -37,8 +37,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from .. import native
-from ..signal_support import safe_url
+from ..runtime import native
+from ..settings.values import safe_url
 
 #: The deadline of a request made without a timeout (the SDKs always give one; this is a floor of safety).
 DEFAULT_DEADLINE_S = 10.0
@@ -54,7 +54,7 @@ class Answer:
     url: str | None = None  # safe_url of the URL that answered
     location: str | None = None  # safe_url of a redirect's Location (no userinfo, no query)
     requests: int = 0
-    grpc: str | None = None  # a gRPC status name the exporter logged (see otel_segments.signal_support)
+    grpc: str | None = None  # a gRPC status name the exporter logged (see otel_segments.sinks.signal_support)
 
 
 @contextmanager

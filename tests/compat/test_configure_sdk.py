@@ -1,4 +1,4 @@
-"""``configure()`` building its own providers through :mod:`otel_segments.compat`, on whichever SDK release is installed.
+"""``configure()`` building its own providers through :mod:`otel_segments.runtime.compat`, on whichever SDK release is installed.
 
 Run in both suites: the newest releases (.venv) and the oldest supported ones
 (.venv-oldest), where the SDK takes neither our span processor nor our exporter
@@ -11,7 +11,7 @@ import json
 import subprocess
 import textwrap
 
-from otel_segments import compat
+from otel_segments.runtime import compat
 from tests.conftest import VENV_BIN, clean_env
 from tests.receivers import Receiver
 

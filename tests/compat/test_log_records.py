@@ -6,7 +6,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from otel_segments import compat
+from otel_segments.runtime import compat
 
 SCOPE = InstrumentationScope("tests.compat")
 

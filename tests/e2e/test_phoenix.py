@@ -32,10 +32,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 from sqlalchemy import create_engine
 
-from otel_segments.cache import DEFAULT_SPAN_PROPERTIES
 from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.cohorts import COHORTS, Cohort
 from otel_segments.segments.schema import TIMETRACKER
+from otel_segments.segments.span_properties import DEFAULT_SPAN_PROPERTIES
 from tests.conftest import ROOT, VENV_BIN, _free_port, clean_env
 from tests.serving import serving
 

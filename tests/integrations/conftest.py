@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_segments import current_user
 from otel_segments.integrations import _reported
-from otel_segments.properties import ProcessProperties
+from otel_segments.spans.properties import ProcessProperties
 from tests.pipeline import Pipeline
 from tests.pipeline import make_pipeline as shared_make_pipeline
 

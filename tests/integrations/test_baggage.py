@@ -15,12 +15,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from werkzeug.test import Client
 
-import otel_segments.processor as processor_module
+import otel_segments.spans.processor as processor_module
 from otel_segments import SuperPropertiesSpanProcessor, user_context
-from otel_segments.baggage import inject_user_baggage, user_baggage, user_from_baggage
-from otel_segments.cache import SegmentCache
-from otel_segments.context import set_privacy_policy
 from otel_segments.integrations.wsgi import UserContextMiddleware
+from otel_segments.spans.baggage import inject_user_baggage, user_baggage, user_from_baggage
+from otel_segments.spans.cache import SegmentCache
+from otel_segments.spans.context import set_privacy_policy
 
 from .conftest import PROCESS, Pipeline, make_pipeline, user_part
 

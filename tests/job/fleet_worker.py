@@ -20,7 +20,7 @@ from datetime import timedelta
 
 from sqlalchemy import create_engine
 
-from otel_segments.job import RefreshJob
+from otel_segments.job.refresh_job import RefreshJob
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.sinks.posthog import PostHogSink
 

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, make_url
 
-from otel_segments.database import APPLICATION_NAME
+from otel_segments.runtime.database import APPLICATION_NAME
 from otel_segments.segments.demo import create_demo_database
 from tests.conftest import VENV_BIN, clean_env, postgres_server
 from tests.receivers import Receiver

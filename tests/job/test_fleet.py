@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.engine import Engine
 
-from otel_segments.lease import lease_table
+from otel_segments.job.lease import lease_table
 from otel_segments.segments.demo import create_demo_database
 from otel_segments.segments.state import RefreshState
 from tests import delivery

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy import create_engine, text
 
-from otel_segments.forks import ForkLifecycle
+from otel_segments.job.forks import ForkLifecycle
 
 
 class Calls:
@@ -115,7 +115,7 @@ def test_registering_keeps_nothing_alive() -> None:
 
 
 def test_pools_made_before_eventlet_patched_the_process_are_replaced_once(tmp_path, monkeypatch) -> None:
-    from otel_segments import native
+    from otel_segments.runtime import native
 
     engine = create_engine(f"sqlite:///{tmp_path / 'a.db'}")
     lifecycle = Calls().lifecycle([engine], threading.Lock())

@@ -24,16 +24,17 @@ from sqlalchemy import create_engine, event, func, insert, select, text
 from sqlalchemy.engine import Engine
 
 import otel_segments
-from otel_segments.cache import SegmentCache
-from otel_segments.job import GAUGE, SEGMENT_NAME, SEGMENT_VALUE, RefreshJob
-from otel_segments.lease import Lease
-from otel_segments.processor import SuperPropertiesSpanProcessor
+from otel_segments.job.cohort_sizes import GAUGE, SEGMENT_NAME, SEGMENT_VALUE
+from otel_segments.job.lease import Lease
+from otel_segments.job.refresh_job import RefreshJob
 from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.demo import time_entries
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
 from otel_segments.sinks.otlp import OtlpSegmentSink
 from otel_segments.sinks.posthog import PostHogSink
+from otel_segments.spans.cache import SegmentCache
+from otel_segments.spans.processor import SuperPropertiesSpanProcessor
 from tests.conftest import _free_port
 from tests.job.conftest import USERS
 from tests.receivers import Receiver

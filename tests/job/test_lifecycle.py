@@ -20,8 +20,8 @@ from datetime import timedelta
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 
-from otel_segments.job import RefreshJob
-from otel_segments.lease import lease_table
+from otel_segments.job.lease import lease_table
+from otel_segments.job.refresh_job import RefreshJob
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
 from otel_segments.segments.state_tables import tables as _tables

@@ -14,21 +14,17 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import otel_segments
-from otel_segments.cache import (
-    DEFAULT_SPAN_PROPERTIES,
-    SegmentCache,
-    known_segment_properties,
-    span_property_selection,
-)
-from otel_segments.config import Settings
-from otel_segments.job import RefreshJob
-from otel_segments.processor import SuperPropertiesSpanProcessor
+from otel_segments.job.refresh_job import RefreshJob
 from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.cohorts import COHORTS
 from otel_segments.segments.rules import UserActivity, person_properties
 from otel_segments.segments.schema import TIMETRACKER
+from otel_segments.segments.span_properties import DEFAULT_SPAN_PROPERTIES, known_segment_properties, span_property_selection
+from otel_segments.settings.config import Settings
 from otel_segments.sinks.otlp import OtlpSegmentSink
 from otel_segments.sinks.posthog import PostHogSink
+from otel_segments.spans.cache import SegmentCache
+from otel_segments.spans.processor import SuperPropertiesSpanProcessor
 from tests.job.conftest import USERS
 from tests.receivers import Receiver
 from tests.segments.data import NOW

@@ -9,7 +9,7 @@ real OTLP receiver. The app's own queries and requests are traced, each under it
 traces, while PostHog and the receiver show the job did run its cycles, deliver
 fresh activity, export its gauge and shut down at exit.
 
-The first tests pin :func:`otel_segments.untraced.untraced` itself, for the
+The first tests pin :func:`otel_segments.runtime.untraced.untraced` itself, for the
 instrumentations that ignore suppression (SQLAlchemy and DB-API 0.48b0: checked by
 hand with those releases, their spans were ``connect`` and one per query under
 ``suppress_instrumentation()`` alone, none under ``untraced()``).
@@ -32,8 +32,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from pytest_httpserver import HTTPServer
 from sqlalchemy import create_engine
 
+from otel_segments.runtime.untraced import untraced
 from otel_segments.segments.demo import create_demo_database
-from otel_segments.untraced import untraced
 from tests.conftest import VENV_BIN, clean_env
 from tests.receivers import Receiver
 from tests.sinks.conftest import Capture

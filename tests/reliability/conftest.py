@@ -15,9 +15,9 @@ from pytest_httpserver import HTTPServer
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
-from otel_segments import context
-from otel_segments.context import set_privacy_policy
-from otel_segments.properties import ProcessProperties
+from otel_segments.spans import context
+from otel_segments.spans.context import set_privacy_policy
+from otel_segments.spans.properties import ProcessProperties
 from tests.pipeline import Pipeline
 from tests.pipeline import make_pipeline as shared_make_pipeline
 from tests.sinks.conftest import Capture

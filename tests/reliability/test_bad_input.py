@@ -23,18 +23,19 @@ from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, insert, text
 from sqlalchemy.engine import Engine
 
-from otel_segments import clear_user, config, set_user, user_context
-from otel_segments.config import Settings
-from otel_segments.context import current_user
-from otel_segments.properties import detect_process_properties
+from otel_segments import clear_user, set_user, user_context
 from otel_segments.segments import UserSegment
 from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.refresh import refresh
 from otel_segments.segments.rules import WINDOWS, UserActivity, next_change, person_properties
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
+from otel_segments.settings import config
+from otel_segments.settings.config import Settings
 from otel_segments.sinks.otlp import OtlpSegmentSink
 from otel_segments.sinks.posthog import PostHogSink
+from otel_segments.spans.context import current_user
+from otel_segments.spans.properties import detect_process_properties
 from tests.receivers import Receiver
 from tests.sinks.conftest import Capture
 

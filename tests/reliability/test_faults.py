@@ -45,8 +45,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 import otel_segments
-from otel_segments.job import RefreshJob
-from otel_segments.reader import segments_meter_provider
+from otel_segments.job.reader import segments_meter_provider
+from otel_segments.job.refresh_job import RefreshJob
 from otel_segments.segments.demo import create_demo_database
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState

@@ -19,7 +19,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
 from otel_segments import SuperPropertiesSpanProcessor, clear_user, set_user, user_context
-from otel_segments.cache import SegmentCache
+from otel_segments.spans.cache import SegmentCache
 
 from .conftest import PROCESS
 

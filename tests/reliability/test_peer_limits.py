@@ -20,14 +20,14 @@ import pytest
 from opentelemetry.sdk.resources import Resource
 from sqlalchemy import create_engine, update
 
-from otel_segments.config import Settings
-from otel_segments.context import set_privacy_policy
-from otel_segments.job import RefreshJob
+from otel_segments.job.refresh_job import RefreshJob
 from otel_segments.segments.demo import create_demo_database, users
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
+from otel_segments.settings.config import Settings
 from otel_segments.sinks.otlp import OtlpSegmentSink, log_exporter
 from otel_segments.sinks.posthog import PostHogSink
+from otel_segments.spans.context import set_privacy_policy
 from tests.receivers import Receiver
 from tests.segments.data import NOW
 from tests.sinks.conftest import Capture

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import Engine
 
-from otel_segments.job import RefreshJob
+from otel_segments.job.refresh_job import RefreshJob
 from otel_segments.segments.demo import create_demo_database
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.sinks.posthog import PostHogSink

@@ -23,15 +23,16 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from otel_segments import SuperPropertiesSpanProcessor, clear_user, config, set_user, user_context
-from otel_segments.baggage import inject_user_baggage
-from otel_segments.cache import SegmentCache
-from otel_segments.config import Secret, Settings
-from otel_segments.context import PII_KEYS, set_privacy_policy
+from otel_segments import SuperPropertiesSpanProcessor, clear_user, set_user, user_context
 from otel_segments.segments import UserSegment
+from otel_segments.settings import config
+from otel_segments.settings.config import Secret, Settings
 from otel_segments.sinks import DeliveryError
 from otel_segments.sinks.otlp import OtlpSegmentSink, log_exporter
 from otel_segments.sinks.posthog import PostHogSink
+from otel_segments.spans.baggage import inject_user_baggage
+from otel_segments.spans.cache import SegmentCache
+from otel_segments.spans.context import PII_KEYS, set_privacy_policy
 from tests.conftest import VENV_BIN, clean_env
 from tests.receivers import Receiver
 from tests.sinks.conftest import Capture

@@ -37,7 +37,7 @@ from pytest_httpserver import HTTPServer
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
-from otel_segments.job import GAUGE, SEGMENT_NAME, SEGMENT_VALUE
+from otel_segments.job.cohort_sizes import GAUGE, SEGMENT_NAME, SEGMENT_VALUE
 from otel_segments.segments.demo import create_demo_database
 from otel_segments.segments.state import RefreshState
 from tests import delivery

@@ -12,7 +12,7 @@ healthy OTLP collector and a PostHog that is a :class:`~tests.slow_peer.SlowPeer
 
 Exit is timed from the app's last line (``stopped``, printed as its ``main`` returns)
 to the process's end: the bound is README's 5 s. By design it is about 3 s: a
-delivery in flight gets 2 s of the job's 5 s (``otel_segments.job.STOP_GRACE``)
+delivery in flight gets 2 s of the job's 5 s (``otel_segments.job.stop.STOP_GRACE``)
 before the sinks end it, then the SDK's own providers shut down (measured 2.5-4 s
 on this 2-core machine under a load average of 4-20).
 """

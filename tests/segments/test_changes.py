@@ -12,13 +12,14 @@ import pytest
 from sqlalchemy import delete, event, insert, update
 from sqlalchemy.engine import Engine
 
-from otel_segments import config
 from otel_segments.segments import changes
 from otel_segments.segments.aggregate import compute_segments
+from otel_segments.segments.binding import bind
 from otel_segments.segments.demo import projects, tasks, time_entries, user_roles, users
 from otel_segments.segments.refresh import refresh
-from otel_segments.segments.schema import TIMETRACKER, bind
+from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
+from otel_segments.settings import config
 
 from .data import NOW, fill_timetracker, naive
 

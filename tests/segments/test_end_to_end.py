@@ -20,8 +20,9 @@ from sqlalchemy import create_engine, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 
 from otel_segments.segments.aggregate import compute_segments
+from otel_segments.segments.binding import bind
 from otel_segments.segments.demo import create_demo_database, projects, tasks, time_entries, user_roles, users
-from otel_segments.segments.schema import TIMETRACKER, bind
+from otel_segments.segments.schema import TIMETRACKER
 from tests.conftest import VENV_BIN, clean_env
 from tests.receivers import Receiver
 from tests.sinks.conftest import Capture

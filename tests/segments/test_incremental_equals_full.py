@@ -25,9 +25,10 @@ from sqlalchemy import delete, insert, update
 from sqlalchemy.engine import Engine
 
 from otel_segments.segments.aggregate import compute_segments
+from otel_segments.segments.binding import bind
 from otel_segments.segments.demo import metadata, projects, roles, tasks, time_entries, user_roles, users
 from otel_segments.segments.refresh import refresh
-from otel_segments.segments.schema import TIMETRACKER, bind
+from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
 
 START = datetime(2025, 3, 29, 23, 30, tzinfo=timezone.utc)  # a day before Europe's clocks change

@@ -15,10 +15,11 @@ from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine
 
 from otel_segments.segments.aggregate import aggregate_users
+from otel_segments.segments.binding import bind
 from otel_segments.segments.demo import create_demo_database, time_entries
 from otel_segments.segments.prefetch import concurrent_reads
 from otel_segments.segments.refresh import refresh
-from otel_segments.segments.schema import TIMETRACKER, bind
+from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
 from tests.segments.data import NOW
 from tests.segments.test_quarantine import VIEWS, _views

@@ -15,14 +15,14 @@ from datetime import timedelta
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
-from otel_segments.context import pseudonymize, set_privacy_policy
-from otel_segments.job import RefreshJob
+from otel_segments.job.refresh_job import RefreshJob
 from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.demo import create_demo_database, time_entries
 from otel_segments.segments.refresh import refresh
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
 from otel_segments.sinks.posthog import PostHogSink
+from otel_segments.spans.context import pseudonymize, set_privacy_policy
 from tests.segments.data import NOW
 from tests.sinks.conftest import Capture
 

@@ -9,15 +9,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 
 from otel_segments.segments.aggregate import compute_segments
-from otel_segments.segments.schema import (
-    TIMETRACKER,
-    ActivityTable,
-    SchemaError,
-    SchemaMapping,
-    UsersTable,
-    bind,
-    load_schema,
-)
+from otel_segments.segments.binding import bind
+from otel_segments.segments.schema import TIMETRACKER, ActivityTable, SchemaError, SchemaMapping, UsersTable, load_schema
 
 from .data import NOW, OTHER, fill_other, fill_timetracker
 from .oracle import expected

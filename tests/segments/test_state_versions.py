@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Column, DateTime, Index, MetaData, String, Table, Text, insert, select
 from sqlalchemy.engine import Engine
 
-from otel_segments.job import RefreshJob
+from otel_segments.job.refresh_job import RefreshJob
 from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.refresh import refresh
 from otel_segments.segments.schema import TIMETRACKER

@@ -11,12 +11,12 @@ from datetime import datetime, timezone
 import pytest
 from opentelemetry.sdk.resources import Resource
 
-from otel_segments.compat import EVENT_NAME_ATTRIBUTE, LOG_RECORDS_HAVE_EVENT_NAME
-from otel_segments.config import Settings
-from otel_segments.context import set_privacy_policy
+from otel_segments.runtime.compat import EVENT_NAME_ATTRIBUTE, LOG_RECORDS_HAVE_EVENT_NAME
 from otel_segments.segments import UserSegment
+from otel_segments.settings.config import Settings
 from otel_segments.sinks import DeliveryError
 from otel_segments.sinks.otlp import EVENT_NAME, OtlpSegmentSink, log_exporter
+from otel_segments.spans.context import set_privacy_policy
 from tests.receivers import GrpcReceiver, HttpReceiver, Receiver
 from tests.sinks.conftest import Bystander
 from tests.slow_peer import SlowPeer, shutdown_mid_delivery
@@ -78,7 +78,7 @@ def test_each_user_is_a_record_whose_resource_is_the_user(receiver: Receiver, si
             "app.user.is_admin": user.set["is_admin"],
             "app.user.signup_method": "local",
         }
-        # before OpenTelemetry 1.35 a record has no event_name field: the name is an attribute (otel_segments.compat)
+        # before OpenTelemetry 1.35 a record has no event_name field: the name is an attribute (otel_segments.runtime.compat)
         assert log.attributes == ({} if LOG_RECORDS_HAVE_EVENT_NAME else {EVENT_NAME_ATTRIBUTE: EVENT_NAME})
     # one ResourceLogs per user: a collector sees each user as its own entity
     assert sum(len(e.request.resource_logs) for e in receiver.of("logs")) == 20

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from opentelemetry.metrics import Observation
 
-from .segments import UserSegment
-from .segments.cohorts import COHORTS
+from ..segments import UserSegment
+from ..segments.cohorts import COHORTS
 
 GAUGE = "app.segments.users"
 SEGMENT_NAME = "app.segment.name"

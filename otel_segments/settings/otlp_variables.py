@@ -9,15 +9,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 from .values import Secret, host_of, is_loopback, read, safe_url
 
-if TYPE_CHECKING:
-    from .config import Settings
-
-_logger = logging.getLogger("otel_segments.config")
+_logger = logging.getLogger("otel_segments.settings.config")
 
 OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 OTEL_EXPORTER_OTLP_TOKEN = "OTEL_EXPORTER_OTLP_TOKEN"
@@ -184,7 +181,14 @@ def otlp_headers(signal: str, token: Secret | None, environ: Mapping[str, str] |
     return headers
 
 
-def otlp_endpoint(signal: str, settings: Settings, environ: Mapping[str, str] | None = None) -> str | None:
+class HasEndpoint(Protocol):
+    """What :func:`otlp_endpoint` reads of :class:`~.config.Settings` (a protocol: ``config`` imports this module)."""
+
+    @property
+    def endpoint(self) -> str | None: ...
+
+
+def otlp_endpoint(signal: str, settings: HasEndpoint, environ: Mapping[str, str] | None = None) -> str | None:
     """An explicit endpoint for ``signal`` when we had to repair the general one, else None (SDK default)."""
     env = os.environ if environ is None else environ
     if env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "").strip():

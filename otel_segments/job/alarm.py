@@ -1,10 +1,10 @@
-"""A one-shot timer that fires on an OS thread whatever gevent or eventlet patched (see :mod:`otel_segments.native`)."""
+"""A one-shot timer that fires on an OS thread whatever gevent or eventlet patched (see :mod:`otel_segments.runtime.native`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import native
+from ..runtime import native
 
 
 class Alarm:

@@ -32,7 +32,7 @@ class SuperPropertiesSpanProcessor(SpanProcessor):
 
     ``trust_baggage=True`` (``OTEL_SEGMENTS_TRUST_BAGGAGE``) reads the user id and
     role from incoming W3C baggage when no user is set here. Off by default:
-    baggage is whatever the caller sent, see :mod:`otel_segments.baggage`.
+    baggage is whatever the caller sent, see :mod:`otel_segments.spans.baggage`.
     """
 
     def __init__(

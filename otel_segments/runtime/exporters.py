@@ -13,8 +13,8 @@ from importlib.metadata import entry_points
 from typing import Any
 from urllib.parse import quote
 
-from . import config
-from .config import Settings
+from ..settings import config
+from ..settings.config import Settings
 
 _logger = logging.getLogger(__name__)
 

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
-from . import config
-from .values import safe_url
+from ..settings import config
+from ..settings.values import safe_url
 
 if TYPE_CHECKING:
-    from .sinks.transport import Answer
+    from .transport import Answer
 
 _logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class SignalSupport:
         """Constructor options for this signal's OTLP exporter: for OTLP/HTTP, our session (see the module's docstring)."""
         if config.protocol(self.signal) != "http/protobuf":
             return {}
-        from .sinks.transport import PeerSession
+        from .transport import PeerSession
 
         return {"session": PeerSession()}
 
@@ -68,7 +68,7 @@ class SignalSupport:
         (:class:`GrpcTooLargeError` out of ``export()``) instead of the SDK retrying, for up
         to a minute on 1.27, a request the collector will never take.
         """
-        from .sinks.transport import watch_answers
+        from .transport import watch_answers
 
         ident = threading.get_ident()
         with watch_answers() as answer:

@@ -13,8 +13,8 @@ from datetime import timedelta
 
 from sqlalchemy.exc import DBAPIError
 
-from .context import pseudonymize
-from .segments.refresh import RefreshResult
+from ..segments.refresh import RefreshResult
+from ..spans.context import pseudonymize
 
 #: The job's own logger: its lines keep the name users already filter on.
 _logger = logging.getLogger("otel_segments.job")

@@ -27,7 +27,7 @@ from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 
-from . import native
+from ..runtime import native
 
 #: A process that forks this soon after building the job (or before its first cycle) is taken for a pre-fork
 #: server's master (gunicorn --preload): it stops refreshing and its children do it. A slow app import can

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-_logger = logging.getLogger("otel_segments.config")
+_logger = logging.getLogger("otel_segments.settings.config")
 
 
 class Secret:

@@ -2,7 +2,7 @@
 
 :class:`SegmentsMetricReader` collects every ``OTEL_SEGMENTS_REFRESH_INTERVAL``
 ms; collecting runs the gauge's callback, which kicks the
-:class:`~otel_segments.job.RefreshJob` (it returns at once; the refresh runs in
+:class:`~otel_segments.job.refresh_job.RefreshJob` (it returns at once; the refresh runs in
 the job's thread) and reports the counts of the last finished refresh. So the
 MetricReader contract (collect, export, force_flush, shutdown with the
 MeterProvider) schedules the refresh, and a slow refresh never holds the
@@ -13,8 +13,8 @@ timer is a ``threading.Thread``, made again after ``fork()``. gunicorn's eventle
 worker (25.x) monkey-patches in the master and then forks: the thread made again
 in the worker is a green thread of a hub the worker replaces at once, so it never
 runs, and neither would the refresh. Ours times on an OS thread
-(:mod:`otel_segments.native`) whatever was patched, and exports with
-instrumentation suppressed (:mod:`otel_segments.untraced`).
+(:mod:`otel_segments.runtime.native`) whatever was patched, and exports with
+instrumentation suppressed (:mod:`otel_segments.runtime.untraced`).
 
 Why the kick is in the callback and not in the reader's ``_receive_metrics``: the
 SDK calls that only when there are data points, and before the first refresh
@@ -42,9 +42,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricReader, MetricsData
 from opentelemetry.sdk.resources import Resource
 
-from . import native
-from .job import GAUGE, RefreshJob
-from .untraced import untraced
+from ..runtime import native
+from ..runtime.untraced import untraced
+from .cohort_sizes import GAUGE
+from .refresh_job import RefreshJob
 
 _logger = logging.getLogger(__name__)
 #: As the SDK's periodic reader (``OTEL_METRIC_EXPORT_TIMEOUT``'s default): a collection and its export.

@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from opentelemetry.sdk.resources import Resource, ResourceDetector
 
-from .config import parse_headers
+from ..settings.config import parse_headers
 
 DEPLOYMENT_ENVIRONMENT = "deployment.environment.name"
 DEPLOYMENT_METHOD = "app.deployment.method"

@@ -1,11 +1,11 @@
 """The refresh job: one cycle = lease, incremental refresh, delivery to every sink, cache update.
 
 A cycle is started by :meth:`RefreshJob.kick`, which the
-:class:`~otel_segments.reader.SegmentsMetricReader` calls on each collection; it
+:class:`~otel_segments.job.reader.SegmentsMetricReader` calls on each collection; it
 runs in the job's own worker thread, so a slow database never stalls a metric
 export or the host app, and a kick while a cycle runs is ignored (never two
 refreshes at once in a process). That thread is an OS thread whatever gevent or
-eventlet patched (:mod:`otel_segments.native`), so database work never blocks a
+eventlet patched (:mod:`otel_segments.runtime.native`), so database work never blocks a
 green-thread event loop.
 
 Across a fleet, the cycle runs its refresh and delivery only while it holds the
@@ -16,9 +16,9 @@ at-least-once, and exactly-once while the lease holder is not killed between a
 sink's acknowledgement and the write that records it.
 
 :class:`RefreshJob` drives cycles and its own stop; the rest is lent to
-collaborators: :mod:`~otel_segments.delivery` (the sinks),
-:mod:`~otel_segments.forks` (``fork()``), :mod:`~otel_segments.reporting` (what
-it logs) and :mod:`~otel_segments.cohort_sizes` (the gauge).
+collaborators: :mod:`~otel_segments.job.delivery` (the sinks),
+:mod:`~otel_segments.job.forks` (``fork()``), :mod:`~otel_segments.job.stop` (its bounded stop),
+:mod:`~otel_segments.job.reporting` (what it logs) and :mod:`~otel_segments.job.cohort_sizes` (the gauge).
 """
 
 from __future__ import annotations
@@ -32,34 +32,26 @@ from datetime import datetime, timedelta
 from opentelemetry.metrics import CallbackOptions, Observation
 from sqlalchemy.engine import Engine
 
-from . import native
-from .alarm import Alarm
-from .cache import SegmentCache
-from .cohort_sizes import GAUGE as GAUGE  # as itself: a moved name stays importable from here (likewise below)
-from .cohort_sizes import SEGMENT_NAME as SEGMENT_NAME
-from .cohort_sizes import SEGMENT_VALUE as SEGMENT_VALUE
-from .cohort_sizes import SEGMENT_VALUES as SEGMENT_VALUES
+from ..runtime import native
+from ..runtime.untraced import untraced
+from ..segments.binding import BoundSchema, bind
+from ..segments.refresh import DEFAULT_MAX_AGE, RefreshResult, refresh
+from ..segments.schema import SchemaMapping
+from ..segments.state import RefreshState, StateVersionError
+from ..spans.cache import SegmentCache
 from .cohort_sizes import count, observations
 from .delivery import Delivery, Sink
 from .forks import ForkLifecycle
 from .lease import Lease
 from .reporting import Reporter, cause_of
-from .segments.refresh import DEFAULT_MAX_AGE, RefreshResult, refresh
-from .segments.schema import BoundSchema, SchemaMapping, bind
-from .segments.state import RefreshState, StateVersionError
 from .shared_database import create_tables, release_connections
-from .untraced import untraced
+from .stop import stop_within
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = timedelta(seconds=60)
 MIN_LEASE_TTL = timedelta(seconds=30)
 DEFAULT_DELIVERY_BATCH = 1000
-#: At shutdown, the share of its bound that a sink's delivery in flight gets to finish before the sinks end it
-#: (2 s of the 5 s at exit): a slow but healthy peer answers within it; one that took the connection and never
-#: answers (or drips its answer) must not hold the process's exit, which the SDK's own shutdown still follows.
-#: A running refresh is not cut short by it (only by the bound).
-STOP_GRACE = 0.4
 
 
 @dataclass(frozen=True)
@@ -130,7 +122,7 @@ class RefreshJob:
         self._forks.register()
 
     def _init_process_state(self) -> None:
-        # OS primitives and an OS thread even under gevent or eventlet: see otel_segments.native
+        # OS primitives and an OS thread even under gevent or eventlet: see otel_segments.runtime.native
         self._cycle_lock = native.Lock()
         self._wake = native.Event()
         self._thread: native.Thread | None = None
@@ -253,33 +245,16 @@ class RefreshJob:
             self._stop(timeout_s)
 
     def _stop(self, timeout_s: float) -> None:
-        """Within ``timeout_s`` whatever the peers do: a delivery in flight gets :data:`STOP_GRACE` of it to finish, then
-        the sinks end it (they abort their requests); the flush is ended the same way just before the bound."""
-        stop_at = time.monotonic()
-        deadline = stop_at + timeout_s
         self._stopping = True
         self._wake.set()
-        thread = self._thread
-        ended = False
-        if thread is not None and not thread.is_current():
-            grace = timeout_s * STOP_GRACE
-            # A running refresh may finish (the flush then delivers what it found); a delivery stuck on its peer
-            # is ended after the grace; whatever it is, the worker gets no more than the bound.
-            while not thread.join(timeout=0.05) and not ended:
-                since = self._delivery.delivering_since
-                now = time.monotonic()
-                if now >= deadline - _STOP_MARGIN_S or (since is not None and now - max(since, stop_at) >= grace):
-                    self._delivery.shutdown_sinks(deadline)  # the worker's delivery fails at once; its cycle ends
-                    ended = True
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        if not self._paused and self._cycle_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            alarm = Alarm(max(0.0, deadline - _STOP_MARGIN_S - time.monotonic()), lambda: self._delivery.shutdown_sinks(deadline))
-            try:
-                self._flush(deadline, deliver=not ended)
-            finally:
-                alarm.cancel()
-                self._cycle_lock.release()
-        self._delivery.close(deadline)
+        stop_within(
+            timeout_s,
+            worker=self._thread,
+            delivery=self._delivery,
+            cycle_lock=self._cycle_lock,
+            paused=lambda: self._paused,
+            flush=self._flush,
+        )
 
     def _flush(self, deadline: float, *, deliver: bool = True) -> None:
         """Deliver what is pending (unless a stuck delivery was just ended: its peer is not answering) and release the lease."""
@@ -327,7 +302,3 @@ class RefreshJob:
                 self._lease.release()
             except Exception as error:  # noqa: BLE001 - the children take over when the lease expires
                 self._reporter.failed(cause_of(error), error)
-
-
-#: What the flush at shutdown leaves of its bound for ending the sinks' requests and releasing the lease.
-_STOP_MARGIN_S = 0.5

@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Protocol
 
-from .context import pseudonymize
+from ..segments import UserSegment
+from ..segments.state import RefreshState
+from ..sinks import DeliveryError, Refusal, SinkUnsupportedError
+from ..sinks.posthog import RateLimitedError
+from ..spans.context import pseudonymize
 from .lease import Lease
 from .reporting import cause_of
-from .segments import UserSegment
-from .segments.state import RefreshState
-from .sinks import DeliveryError, Refusal, SinkUnsupportedError
-from .sinks.posthog import RateLimitedError
 
 #: The job's own logger: its lines keep the name users already filter on.
 _logger = logging.getLogger("otel_segments.job")
