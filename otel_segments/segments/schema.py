@@ -129,14 +129,15 @@ class SchemaMapping:
     tasks: TasksTable | None = TasksTable()
 
 
-# TimeTracker writes users and projects with utcnow(), time entries and tasks in its configured local zone;
-# entries, tasks and projects have an updated_at that moves on every change, users has none.
+# TimeTracker writes users and projects with utcnow() and time entries in its configured local zone; tasks it
+# stamps timezone-aware, which a naive column keeps as UTC (PostgreSQL converts to the session's zone, UTC, on
+# the way in). Entries, tasks and projects have an updated_at that moves on every change, users has none.
 TIMETRACKER = SchemaMapping(
     name="timetracker",
     users=UsersTable(key="id"),
     activity=ActivityTable(key="id", updated_at="updated_at", timezone=APP_TIMEZONE),
     projects=ProjectsTable(key="id", updated_at="updated_at"),
-    tasks=TasksTable(key="id", updated_at="updated_at", timezone=APP_TIMEZONE),
+    tasks=TasksTable(key="id", updated_at="updated_at"),
 )
 BUILTIN: dict[str, SchemaMapping] = {"timetracker": TIMETRACKER}
 

@@ -9,13 +9,14 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import delete, event, insert, update
+from sqlalchemy import delete, event, insert, select, update
 from sqlalchemy.engine import Engine
 
 from otel_segments.segments import changes
 from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.binding import bind
 from otel_segments.segments.demo import projects, tasks, time_entries, user_roles, users
+from otel_segments.segments.driver_values import read_datetime
 from otel_segments.segments.refresh import refresh
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
@@ -323,6 +324,28 @@ def test_naive_columns_are_read_in_their_declared_zones(sqlite_engine: Engine) -
         compute_segments(sqlite_engine, bind(TIMETRACKER, sqlite_engine, app_timezone="UTC"), now=NOW, user_ids=["1"])
     )
     assert read_as_utc.set["entries_last_24h"] == 2  # both look 5.5 h younger when local time is taken for UTC
+
+
+def test_timetracker_tasks_are_read_as_utc_entries_in_the_app_zone(engine: Engine) -> None:
+    """TimeTracker stamps tasks timezone-aware (kept as UTC by the naive column), entries in its local zone."""
+    fill_timetracker(engine, users=3)
+    kolkata = ZoneInfo("Asia/Kolkata")
+    written = NOW - timedelta(hours=2)
+    task_id = _next_id(engine, tasks)
+    _write(
+        engine,
+        insert(tasks).values(id=task_id, project_id=1, assigned_to=1, status="todo", updated_at=written),  # aware, as the app
+        update(time_entries)
+        .where(time_entries.c.user_id == 1)
+        .values(updated_at=written.astimezone(kolkata).replace(tzinfo=None)),
+    )
+    bound = bind(TIMETRACKER, engine, app_timezone=kolkata)
+    assert bound.tasks is not None
+    with engine.connect() as conn:
+        task_stamp = conn.execute(select(tasks.c.updated_at).where(tasks.c.id == task_id)).scalar_one()
+        entry_stamp = conn.execute(select(time_entries.c.updated_at).where(time_entries.c.user_id == 1).limit(1)).scalar_one()
+    assert read_datetime(task_stamp, bound.zone(bound.tasks.c.updated_at)) == written  # not 5.5 h off
+    assert read_datetime(entry_stamp, bound.zone(bound.activity.c.updated_at)) == written
 
 
 def test_database_timezone_variable(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
