@@ -34,7 +34,8 @@ class SlowPeer:
         self._socket = socket.create_server(("127.0.0.1", 0))
         self._socket.settimeout(0.1)
         self.port: int = self._socket.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     @property
     def address(self) -> str:
@@ -87,6 +88,7 @@ class SlowPeer:
                     client.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+        self._acceptor.join(timeout=5)  # gone once closed: a later test counting threads must not see it stop
 
 
 def shutdown_mid_delivery(sink: Any, batch: Any, peer: SlowPeer, timeout_s: float) -> tuple[float, list[BaseException], bool]:
