@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 from opentelemetry._logs import get_logger_provider
@@ -21,7 +21,6 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
-from .job.refresh_job import RefreshJob
 from .pipeline import start_segments
 from .runtime import compat
 from .runtime.exporters import (
@@ -29,6 +28,7 @@ from .runtime.exporters import (
     EXPORTER_VARIABLES,
     OTLP_EXPORTER_NAMES,
     exporter_args,
+    exporter_off,
     report_token_missing,
     sanitize_environment,
 )
@@ -39,6 +39,9 @@ from .spans.cache import SegmentCache
 from .spans.context import set_privacy_policy
 from .spans.processor import SuperPropertiesSpanProcessor
 from .spans.properties import detect_process_properties
+
+if TYPE_CHECKING:  # the job (and SQLAlchemy under it) is imported only when a database is configured
+    from .job.refresh_job import RefreshJob
 
 _logger = logging.getLogger(__name__)
 
@@ -243,8 +246,10 @@ def _configure_enabled(
         for signal in config.SIGNALS:
             if EXPORTER_NAMES_OPTION[signal] not in sdk_options and not os.environ.get(EXPORTER_VARIABLES[signal], "").strip():
                 # The SDK exports nothing when unset; it maps only names from the variable to a protocol,
-                # so name the exporter for the protocol ourselves ("otlp" alone would always be gRPC).
-                options[EXPORTER_NAMES_OPTION[signal]] = [OTLP_EXPORTER_NAMES[config.protocol(signal)]]
+                # so name the exporter for the protocol ourselves ("otlp" alone would always be gRPC),
+                # none when that protocol's exporter is not installed (exporter_off said so, once).
+                off = exporter_off(signal)
+                options[EXPORTER_NAMES_OPTION[signal]] = [] if off else [OTLP_EXPORTER_NAMES[config.protocol(signal)]]
         compat.initialize_components(_SDKConfigurator(), **options, **sdk_options)
         handle.owns_providers = True
     if settings.database_url is not None:

@@ -6,6 +6,7 @@ import atexit
 import logging
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -13,13 +14,15 @@ from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
-from .job.refresh_job import RefreshJob, Sink
 from .runtime.exporters import exporter_off, otlp_exporter
 from .settings import config
 from .settings.config import Settings
 from .sinks.signal_support import GaugeExporter, SignalSupport
 from .spans.cache import SegmentCache
 from .spans.properties import ProcessProperties
+
+if TYPE_CHECKING:  # the job (and SQLAlchemy under it) is imported only when a database is configured
+    from .job.refresh_job import RefreshJob, Sink
 
 _logger = logging.getLogger(__name__)
 
@@ -29,6 +32,7 @@ def start_segments(
 ) -> tuple[RefreshJob, MeterProvider] | None:
     """Build the refresh job, its sinks and its MetricReader; nothing connects until the first cycle."""
     from .job.reader import segments_meter_provider
+    from .job.refresh_job import RefreshJob
     from .runtime.database import DatabaseURLError, engine_for
     from .segments.schema import SchemaError, load_schema
 

@@ -140,12 +140,20 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
         ({"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://10.0.0.7:4317"}, "METRICS", "over plain http"),
         ({"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "HTTP://Collector.Example:4318"}, "LOGS", "over plain http"),
         (
-            {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector.example:4317", "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "true"},
+            {
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector.example:4317",
+                "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "true",
+            },
             "TRACES",
             "without TLS (OTEL_EXPORTER_OTLP_TRACES_INSECURE=true)",
         ),
         (
-            {"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "collector.example:4317", "OTEL_EXPORTER_OTLP_INSECURE": "TRUE"},
+            {
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "collector.example:4317",
+                "OTEL_EXPORTER_OTLP_INSECURE": "TRUE",
+            },
             "LOGS",
             "without TLS (OTEL_EXPORTER_OTLP_INSECURE=true)",
         ),
@@ -178,10 +186,22 @@ def test_every_plain_text_endpoint_gets_its_own_warning(caplog):
     "extra",
     [
         {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://collector.example:4318/v1/traces"},
-        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://collector.example:4317", "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "true"},
-        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector.example:4317"},  # gRPC: TLS unless told otherwise
-        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector.example:4317", "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "false"},
         {
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://collector.example:4317",
+            "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "true",
+        },
+        {
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector.example:4317",
+        },  # gRPC: TLS unless told otherwise
+        {
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector.example:4317",
+            "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "false",
+        },
+        {
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector.example:4317",
             "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "false",
             "OTEL_EXPORTER_OTLP_INSECURE": "true",  # the per-signal variable wins, as in the SDK
@@ -196,7 +216,11 @@ def test_every_plain_text_endpoint_gets_its_own_warning(caplog):
         {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://[::1]:4318"},
         {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://[::ffff:127.0.0.1]:4318"},
         {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://LOCALHOST:4318"},
-        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "localhost:4317", "OTEL_EXPORTER_OTLP_INSECURE": "true"},
+        {
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "localhost:4317",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        },
     ],
 )
 def test_tls_or_loopback_endpoints_do_not_warn(extra, caplog):
@@ -574,7 +598,12 @@ def test_endpoint_messages(raw, message, caplog):
             "metrics",
             "http://c.example:4318/v1/metrics",
         ),
-        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "c.example:4317"}, "traces", "http://c.example:4317"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "c.example:4318"}, "traces", "http://c.example:4318/v1/traces"),  # the default
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "c.example:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "traces",
+            "http://c.example:4317",
+        ),
         # a per-signal endpoint wins: the SDK reads it
         (
             {"OTEL_EXPORTER_OTLP_ENDPOINT": "c.example:4317", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://t.example"},
@@ -582,7 +611,11 @@ def test_endpoint_messages(raw, message, caplog):
             None,
         ),
         (
-            {"OTEL_EXPORTER_OTLP_ENDPOINT": "c.example:4317", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://t.example"},
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "c.example:4317",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://t.example",
+            },
             "logs",
             "http://c.example:4317",
         ),
@@ -601,21 +634,22 @@ def test_otlp_endpoint_and_headers_read_the_process_environment_by_default(monke
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", raising=False)
-    assert otlp_endpoint("traces", Settings.from_env()) == "http://c.example:4317"
+    assert otlp_endpoint("traces", Settings.from_env()) == "http://c.example:4317/v1/traces"
     assert otlp_headers("traces", None) == {"x-a": "1"}
-    assert config.protocol("traces") == "grpc"
+    assert config.protocol("traces") == "http/protobuf"
 
 
 @pytest.mark.parametrize(
     ("env", "expected", "warned"),
     [
-        ({}, "grpc", None),
+        ({}, "http/protobuf", None),  # the specification's default; gRPC is an extra, loaded only when asked for
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "grpc", None),
         ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, "http/protobuf", None),
         ({"OTEL_EXPORTER_OTLP_PROTOCOL": " http/protobuf "}, "http/protobuf", None),
         ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, "grpc", None),
         (
-            {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
-            "grpc",
+            {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "http/protobuf",
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL='http/json'",
         ),
         (
@@ -623,7 +657,7 @@ def test_otlp_endpoint_and_headers_read_the_process_environment_by_default(monke
             "http/protobuf",
             None,
         ),
-        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "x" * 100}, "grpc", "OTEL_EXPORTER_OTLP_PROTOCOL=" + repr("x" * 64)),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "x" * 100}, "http/protobuf", "OTEL_EXPORTER_OTLP_PROTOCOL=" + repr("x" * 64)),
     ],
 )
 def test_protocol_per_signal_then_general(env, expected, warned, caplog):
@@ -632,7 +666,7 @@ def test_protocol_per_signal_then_general(env, expected, warned, caplog):
     if warned is None:
         assert caplog.records == []
     else:
-        assert warnings_of(caplog) == [f"{warned} is not one of grpc, http/protobuf; using grpc"]
+        assert warnings_of(caplog) == [f"{warned} is not one of grpc, http/protobuf; using http/protobuf"]
 
 
 @pytest.mark.parametrize("raw", ["tok en", "tok\x7f", "tök", "tok\n"])

@@ -264,7 +264,7 @@ def test_gate_closed_starts_nothing_and_sends_nothing(http_receiver, tmp_path, e
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:{port}", "http"),
         ("OTEL_EXPORTER_OTLP_HEADERS", "x-team=blue,garbage", "http"),
         ("OTEL_TRACES_EXPORTER", "otlpp", "http"),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "bogus", "grpc"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "bogus", "http"),  # falls back to the default, OTLP/HTTP
     ],
 )
 def test_malformed_value_warns_once_and_app_still_serves(request, tmp_path, variable, value, kind):

@@ -17,8 +17,7 @@ from typing import Protocol
 
 from ..segments import UserSegment
 from ..segments.state import RefreshState
-from ..sinks import DeliveryError, Refusal, SinkUnsupportedError
-from ..sinks.posthog import RateLimitedError
+from ..sinks import DeliveryError, RateLimitedError, Refusal, SinkUnsupportedError
 from ..spans.context import pseudonymize
 from .lease import Lease
 from .reporting import cause_of

@@ -2,6 +2,9 @@
 
 Which exporter class serves a signal depends on its protocol; both ``configure()``
 (through the SDK's configurator) and the refresh job's own exports build them here.
+Only the configured protocol's exporter is imported: OTLP/HTTP is a dependency, OTLP/gRPC
+the ``grpc`` extra (grpcio is a large native wheel most apps never load), so a protocol
+whose exporter is missing turns that signal's OTLP exports off with one line naming the extra.
 """
 
 from __future__ import annotations
@@ -28,31 +31,61 @@ EXPORTERS = {
     ("logs", "http/protobuf"): ("opentelemetry.exporter.otlp.proto.http._log_exporter", "OTLPLogExporter"),
 }
 OTLP_EXPORTER_NAMES = {"grpc": "otlp_proto_grpc", "http/protobuf": "otlp_proto_http"}
+PROTOCOL_EXTRAS = {"grpc": "otel-segments[grpc]"}  # what installs a protocol's exporter, when it is not a dependency
 EXPORTER_VARIABLES = {"traces": "OTEL_TRACES_EXPORTER", "metrics": "OTEL_METRICS_EXPORTER", "logs": "OTEL_LOGS_EXPORTER"}
 EXPORTER_NAMES_OPTION = {"traces": "trace_exporter_names", "metrics": "metric_exporter_names", "logs": "log_exporter_names"}
 
 
+_missing_reported: set[str] = set()
+
+
+def exporter_class(signal: str) -> type | None:
+    """The OTLP exporter class for ``signal``'s protocol, or None when its package is not installed (said once)."""
+    chosen = config.protocol(signal)
+    module, name = EXPORTERS[(signal, chosen)]
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as error:
+        if chosen not in _missing_reported:
+            _missing_reported.add(chosen)
+            per_signal = f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL"
+            variable = per_signal if os.environ.get(per_signal, "").strip() else config.OTEL_EXPORTER_OTLP_PROTOCOL
+            extra = PROTOCOL_EXTRAS.get(chosen)
+            _logger.warning(
+                "otel_segments: %s=%s asks for OTLP/%s, whose exporter is not installed (%s): %s; until then "
+                "nothing is exported over OTLP/%s",
+                variable,
+                chosen,
+                chosen,
+                error,
+                f"pip install '{extra}'" if extra else "reinstall otel-segments",
+                chosen,
+            )
+        return None
+
+
 def otlp_exporter(signal: str, settings: Settings, **kwargs: Any) -> Any:
-    """The standard OTLP exporter for ``signal`` with our token; ``kwargs`` go to its constructor."""
-    module, name = EXPORTERS[(signal, config.protocol(signal))]
-    return getattr(importlib.import_module(module), name)(**_exporter_kwargs(signal, settings), **kwargs)
+    """The standard OTLP exporter for ``signal`` with our token; ``kwargs`` go to its constructor.
+
+    Ask :func:`exporter_off` first: when the protocol's exporter is not installed this raises ImportError.
+    """
+    exporter = exporter_class(signal)
+    if exporter is None:
+        raise ImportError(f"the OTLP/{config.protocol(signal)} exporter for {signal} is not installed")
+    return exporter(**_exporter_kwargs(signal, settings), **kwargs)
 
 
 def exporter_off(signal: str) -> bool:
-    """``OTEL_<SIGNAL>_EXPORTER=none``: the user wants none of this signal, ours included."""
-    return os.environ.get(EXPORTER_VARIABLES[signal], "").strip().lower() == "none"
+    """No OTLP export of ``signal``, ours included: ``OTEL_<SIGNAL>_EXPORTER=none``, or its protocol is not installed."""
+    return os.environ.get(EXPORTER_VARIABLES[signal], "").strip().lower() == "none" or exporter_class(signal) is None
 
 
 def exporter_args(settings: Settings) -> dict[type, dict[str, Any]]:
     args: dict[type, dict[str, Any]] = {}
     for signal in config.SIGNALS:
-        module, name = EXPORTERS[(signal, config.protocol(signal))]
-        try:
-            exporter = getattr(importlib.import_module(module), name)
-        except ImportError:
-            _logger.warning("otel_segments: %s is not installed; %s exports use the SDK defaults", module, signal)
-            continue
-        args[exporter] = _exporter_kwargs(signal, settings)
+        exporter = exporter_class(signal)
+        if exporter is not None:
+            args[exporter] = _exporter_kwargs(signal, settings)
     return args
 
 
@@ -87,18 +120,23 @@ def sanitize_environment() -> None:
         if not raw or raw.lower() == "none":
             continue
         known = {ep.name for ep in entry_points(group=f"opentelemetry_{signal}_exporter")}
+        # "otlp" is the SDK's alias for the protocol's exporter, but it reads gRPC when no protocol variable is
+        # set (our default is HTTP): name the exporter itself, or none when its protocol is not installed.
+        otlp = [] if exporter_class(signal) is None else [OTLP_EXPORTER_NAMES[config.protocol(signal)]]
         names = [n.strip() for n in raw.split(",") if n.strip()]
-        good = [n for n in names if n in known]
-        if good != names:
-            fixed = ",".join(good) or "otlp"
+        resolved = [m for n in names for m in (otlp if n == "otlp" else [n])]
+        good = [n for n in resolved if n in known]
+        if good != resolved:
+            good = good or otlp
             _logger.warning(
                 "%s=%r names an exporter that is not installed (known: %s); using %r",
                 variable,
                 raw[:100],
                 ", ".join(sorted(known)),
-                fixed,
+                ",".join(good) or "none",
             )
-            os.environ[variable] = fixed
+        if good != names:
+            os.environ[variable] = ",".join(good) or "none"
 
 
 def otlp_headers(signal: str = "traces") -> dict[str, str]:

@@ -23,7 +23,9 @@ OTEL_EXPORTER_OTLP_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
 
 SIGNALS = ("traces", "metrics", "logs")
 PROTOCOLS = ("grpc", "http/protobuf")
-DEFAULT_PROTOCOL = "grpc"  # what the Python SDK and opentelemetry-distro use when none is set
+# The specification's default. The Python SDK's "otlp" reads gRPC when no protocol is set, so we always name
+# the exporter itself (runtime.exporters); gRPC is the "grpc" extra, loaded only when a variable asks for it.
+DEFAULT_PROTOCOL = "http/protobuf"
 TOKEN_REFUSED = "characters a bearer token cannot have (spaces, control or non-ASCII characters)"
 
 

@@ -45,3 +45,17 @@ class SinkUnsupportedError(DeliveryError):
     Nothing in the batch counts as delivered, so the updates stay pending for a process configured to reach a
     peer that takes them.
     """
+
+
+class RateLimitedError(DeliveryError):
+    """The peer (PostHog: 429, or 503 with Retry-After) asked us to wait; ``retry_after_s`` says how long.
+
+    Here rather than beside the PostHog sink so the job can tell it apart without importing the posthog SDK
+    into an app that has no PostHog key.
+    """
+
+    def __init__(
+        self, message: str, retry_after_s: float | None, *, accepted: Iterable[str] = (), refused: Iterable[Refusal] = ()
+    ) -> None:
+        super().__init__(message, accepted=accepted, refused=refused)
+        self.retry_after_s = retry_after_s

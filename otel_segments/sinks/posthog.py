@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -42,6 +42,7 @@ from ..segments import UserSegment
 from ..settings.config import Secret
 from ..spans.properties import detect_process_properties
 from . import DeliveryError, Refusal
+from . import RateLimitedError as RateLimitedError
 from .posthog_events import EVENT as EVENT  # as itself: a moved name stays importable from here (likewise below)
 from .posthog_events import MAX_EVENT_BYTES as MAX_EVENT_BYTES
 from .posthog_events import MAX_REQUEST_BYTES as MAX_REQUEST_BYTES
@@ -55,16 +56,6 @@ DEFAULT_BATCH_SIZE = 1000
 DEFAULT_TIMEOUT_S = 10.0
 #: A Retry-After longer than this is capped: one bad header must not stop delivery for days.
 MAX_RETRY_AFTER_S = 600.0
-
-
-class RateLimitedError(DeliveryError):
-    """PostHog answered 429 (or 503 with Retry-After); ``retry_after_s`` says when to come back."""
-
-    def __init__(
-        self, message: str, retry_after_s: float | None, *, accepted: Iterable[str] = (), refused: Iterable[Refusal] = ()
-    ) -> None:
-        super().__init__(message, accepted=accepted, refused=refused)
-        self.retry_after_s = retry_after_s
 
 
 class PostHogSink:
