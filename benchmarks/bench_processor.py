@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from otel_segments import SuperPropertiesSpanProcessor, current_user, user_context
 from otel_segments.segments.rules import UserActivity, person_properties
-from otel_segments.spans.cache import SegmentCache, span_property_selection
+from otel_segments.segments.span_properties import span_property_selection
+from otel_segments.spans.cache import SegmentCache
 from otel_segments.spans.properties import ProcessProperties
 
 PROCESS = ProcessProperties(environment="production", deployment_method="kubernetes", timezone="Europe/Paris")

@@ -42,7 +42,7 @@ __all__ = [
     "set_user",
     "user_context",
 ]
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place: pyproject.toml reads it (tool.setuptools.dynamic), CHANGELOG.md says what changed
 
 
 def __getattr__(name: str) -> Any:

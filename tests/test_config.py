@@ -113,6 +113,11 @@ def test_unknown_protocol_falls_back_with_a_warning(caplog):
 
 def test_boolean_variable(caplog):
     assert Settings.from_env({"OTEL_SEGMENTS_TRUST_BAGGAGE": "true"}).trust_baggage
+    assert not caplog.records
+    for raw in ("1", "yes", "on"):  # one rule for every boolean variable: the one OTEL_SDK_DISABLED follows
+        assert not Settings.from_env({"OTEL_SEGMENTS_TRUST_BAGGAGE": raw}).trust_baggage
+        refused = f"OTEL_SEGMENTS_TRUST_BAGGAGE={raw!r} is not true or false; using the default false"
+        assert caplog.records[-1].getMessage() == refused
     assert not Settings.from_env({"OTEL_SEGMENTS_TRUST_BAGGAGE": "maybe"}).trust_baggage
     assert any("OTEL_SEGMENTS_TRUST_BAGGAGE" in r.getMessage() for r in caplog.records)
 
@@ -472,7 +477,7 @@ def test_sdk_disabled_other_values_are_false_with_a_warning(raw, caplog):
     caplog.set_level(logging.WARNING)
     assert Settings.from_env({"OTEL_SDK_DISABLED": raw}).sdk_disabled is False
     assert [r.getMessage() for r in caplog.records] == [
-        f"OTEL_SDK_DISABLED={raw.lower()[:64]!r} is not true or false; using false"
+        f"OTEL_SDK_DISABLED={raw.lower()[:64]!r} is not true or false; using the default false"
     ]
 
 
@@ -488,7 +493,7 @@ def test_every_setting_is_read_from_its_own_variable(caplog):
         "OTEL_SEGMENTS_MAX_SEGMENT_AGE": "2",
         "OTEL_SEGMENTS_CACHE_SIZE": "3",
         "OTEL_SEGMENTS_SPAN_PROPERTIES": "all",
-        "OTEL_SEGMENTS_TRUST_BAGGAGE": "yes",
+        "OTEL_SEGMENTS_TRUST_BAGGAGE": "TRUE",
         "OTEL_SEGMENTS_USER_ID_HASH_KEY": "hash-key",
         "POSTHOG_API_KEY": "phc_key",
         "POSTHOG_HOST": "https://eu.i.posthog.com",

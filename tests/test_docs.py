@@ -9,6 +9,8 @@ the standard variables: an OTLP/HTTP receiver at ``OTEL_EXPORTER_OTLP_ENDPOINT``
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -95,3 +97,72 @@ def test_doc_snippet_runs_as_written(
         [record] = http_receiver.logs()
         assert record.resource["user.id"] == "42"
         assert {e.headers.get("authorization") for e in http_receiver.of("logs")} == {f"Bearer {TOKEN}"}
+
+
+# -- shell blocks (issue 24, item 4) ------------------------------------------------------------------------------
+SHELL = re.compile(
+    r"(?:<!-- docs-test: (?P<directive>[^>]*) -->\n)?^(?P<indent>[ ]*)```(?P<lang>sh|console)\n(?P<code>.*?)^(?P=indent)```",
+    re.S | re.M,
+)
+
+
+def shell_blocks() -> list[tuple[str, str, str, str | None]]:
+    """(where, language, code, directive) for every ```sh and ```console block of the docs."""
+    blocks = []
+    for doc in DOCS:
+        text = doc.read_text()
+        for match in SHELL.finditer(text):
+            line = text.count("\n", 0, match.start("indent")) + 1
+            indent = len(match["indent"])
+            code = "".join(row[indent:] for row in match["code"].splitlines(keepends=True))
+            blocks.append((f"{doc.relative_to(ROOT)}:{line}", match["lang"], code, match["directive"]))
+    return blocks
+
+
+SHELL_BLOCKS = shell_blocks()
+
+
+def test_every_shell_block_is_run_or_says_why_not() -> None:
+    """A block is run below, or marked in the doc, visibly, with the reason it cannot run here."""
+    assert len(SHELL_BLOCKS) >= 12
+    for where, _, _, directive in SHELL_BLOCKS:
+        if directive is not None:
+            assert re.fullmatch(r"skip \(.{12,}\)", directive), f"{where}: a skip must give its reason: {directive!r}"
+
+
+def _console(code: str) -> tuple[str, list[list[str]]]:
+    """A ```console block: the commands (after ``$ ``) as one script, and each command's shown output lines."""
+    commands: list[str] = []
+    shown: list[list[str]] = []
+    for row in code.splitlines():
+        if row.startswith("$ "):
+            commands.append(row[2:])
+            shown.append([])
+        elif row.strip() and shown:
+            shown[-1].append(row)
+    return "\n".join(commands) + "\n", shown
+
+
+@pytest.mark.parametrize(
+    ("where", "lang", "code", "directive"), SHELL_BLOCKS, ids=[w for w, _, _, _ in SHELL_BLOCKS]
+)
+def test_shell_block_runs_as_written(where: str, lang: str, code: str, directive: str | None, tmp_path: Path) -> None:
+    """In a fresh bash (``-euo pipefail``) from an empty folder, the package's venv first on PATH, no OTEL_ variable:
+    as a new user pastes it. A ```console block's shown output must be what its command prints (``...`` elides)."""
+    if directive is not None:
+        pytest.skip(f"{where}: {directive}")
+    script, shown = _console(code) if lang == "console" else (code, [])
+    env = clean_env(PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", REPO=str(ROOT))
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, f"{where} fails as written:\n{code}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    printed = result.stdout.splitlines()
+    for lines in shown:
+        for line in lines:
+            if line.strip() != "...":
+                assert line in printed, f"{where}: shown {line!r}, printed:\n{result.stdout[-3000:]}"
+    for written in re.findall(r"> (\S+\.jsonl)", code):  # what a block says it writes, it writes: one user a line
+        rows = [json.loads(row) for row in (tmp_path / written).read_text().splitlines()]
+        assert rows and all(set(row) == {"distinct_id", "$set", "$set_once"} for row in rows), f"{where}: {written}"

@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
+from .. import __version__
 from ..segments.cohorts import FORMATS
 from ..segments.schema import SchemaError
 from ..segments.state import StateVersionError
@@ -50,6 +51,7 @@ def _fail(message: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otel-segments", description="Per-user segments computed in SQL.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     compute = sub.add_parser("compute", help="compute every user's (or the changed users') person properties")

@@ -1,4 +1,6 @@
-"""What the commands print: a progress bar and tables for people on stderr's terminal, JSON lines for programs."""
+"""What the commands print: data (JSON lines, the table asked for) on stdout and nothing else there; a progress bar
+and messages for people on stderr, and only when stderr is a terminal.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +22,10 @@ def advancing(segments: Iterator[UserSegment], progress: Progress, task: object)
 
 
 def progress_bar(err: Console) -> Progress:
+    """Rich's live display captures ``sys.stdout`` by default and reprints it on its own console (stderr here): from a
+    terminal, ``compute > file`` then wrote the data to the screen and an empty file. It may only take stdout when
+    stdout is the screen too, so that lines printed while it draws do not tear the bar.
+    """
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -28,6 +34,8 @@ def progress_bar(err: Console) -> Progress:
         console=err,
         transient=True,
         disable=not err.is_terminal,
+        redirect_stdout=sys.stdout.isatty(),
+        redirect_stderr=False,
     )
 
 

@@ -31,10 +31,12 @@ with a meter of its own provider; its reader's cycle then drives the refresh.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
+import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, ObservableGauge, Observation
@@ -50,6 +52,9 @@ from .refresh_job import RefreshJob
 _logger = logging.getLogger(__name__)
 #: As the SDK's periodic reader (``OTEL_METRIC_EXPORT_TIMEOUT``'s default): a collection and its export.
 COLLECT_TIMEOUT_MS = 30_000
+#: At shutdown, the most the gauge's last collection and export may take (and never past the job's own deadline):
+#: a few dozen data points reach a healthy collector in milliseconds; a down or refusing one gets no more.
+LAST_EXPORT_S = 1.0
 #: The share of the interval by which each wait of the timer varies at random.
 JITTER = 0.1
 
@@ -72,10 +77,13 @@ def register_gauge(meter: Meter, job: RefreshJob) -> ObservableGauge:
 class SegmentsMetricReader(MetricReader):
     """Collects every ``interval_s`` seconds on an OS thread of its own, and exports to ``exporter``, untraced."""
 
-    def __init__(self, exporter: MetricExporter, interval_s: float) -> None:
+    def __init__(
+        self, exporter: MetricExporter, interval_s: float, exit_deadline: Callable[[], float | None] = lambda: None
+    ) -> None:
         super().__init__()
         self._exporter = exporter
         self.interval_s = interval_s
+        self._exit_deadline = exit_deadline
         self._export_lock = native.Lock()
         self._shut = False
         self._start()
@@ -117,24 +125,38 @@ class SegmentsMetricReader(MetricReader):
         return self._exporter.force_flush(timeout_millis=timeout_millis)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        """Stop the timer, collect once more (the last cohort sizes), shut the exporter down."""
+        """Stop the timer, collect once more (the last cohort sizes), shut the exporter down: by the job's deadline.
+
+        The job's stop at exit is bounded (README: 5 s), and this export is part of it: it gets
+        :data:`LAST_EXPORT_S`, within what the job's stop left of the bound. The SDK's OTLP exporter
+        retries a down or refusing collector for its own whole timeout (``OTEL_EXPORTER_OTLP_TIMEOUT``, 10 s by
+        default) and ignores the ``timeout_millis`` it is given: this export added 7-12 s to the app's exit. So it
+        runs on a thread of its own, and at the deadline the exporter is shut down, which ends its retries (1.28+;
+        on older releases the thread is left behind, and an OS thread does not hold the process's exit).
+        """
         if self._shut:
             return
         self._shut = True
         self._stop.set()
+        deadline = min(self._exit_deadline() or math.inf, time.monotonic() + min(LAST_EXPORT_S, timeout_millis / 1000))
         if not self._thread.is_current():
-            self._thread.join(timeout_millis / 1000)
+            self._thread.join(max(0.0, deadline - time.monotonic()))  # a periodic export in flight ends with the rest
+        last = native.Thread(self._last_collection)
+        last.start()
+        last.join(max(0.0, deadline - time.monotonic()))
+        with untraced():
+            self._exporter.shutdown(timeout_millis=max(0.0, deadline - time.monotonic()) * 1000)
+
+    def _last_collection(self) -> None:
         try:
-            self.collect(timeout_millis=timeout_millis)
+            self.collect(timeout_millis=COLLECT_TIMEOUT_MS)
         except Exception:
             _logger.debug("otel_segments: the last collection of the segments gauge failed", exc_info=True)
-        with untraced():
-            self._exporter.shutdown(timeout_millis=timeout_millis)
 
 
 def segments_meter_provider(job: RefreshJob, exporter: MetricExporter, resource: Resource | None = None) -> MeterProvider:
     """A MeterProvider holding only the gauge, collected and exported every ``job.interval``."""
-    reader = SegmentsMetricReader(exporter, job.interval.total_seconds())
+    reader = SegmentsMetricReader(exporter, job.interval.total_seconds(), lambda: job.stop_deadline)
     provider = MeterProvider(metric_readers=[reader], resource=resource or Resource.create())
     register_gauge(provider.get_meter("otel_segments"), job)
     return provider

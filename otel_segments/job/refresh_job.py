@@ -105,6 +105,8 @@ class RefreshJob:
         self._init_process_state()
         self._paused = False
         self._shut = False
+        #: ``time.monotonic()`` by which :meth:`shutdown` ends, once called: the gauge's last export keeps to it too.
+        self.stop_deadline: float | None = None
         self._cycles = 0
         self._delivery = Delivery(
             sinks or {},
@@ -245,6 +247,7 @@ class RefreshJob:
             self._stop(timeout_s)
 
     def _stop(self, timeout_s: float) -> None:
+        self.stop_deadline = time.monotonic() + timeout_s
         self._stopping = True
         self._wake.set()
         stop_within(

@@ -159,7 +159,7 @@ class Settings:
         return cls(
             endpoint=endpoint(env),
             token=settings_token,
-            sdk_disabled=_sdk_disabled(env),
+            sdk_disabled=boolean(env, OTEL_SDK_DISABLED, False),
             database_url=database_url(env, OTEL_SEGMENTS_DATABASE_URL),
             state_url=database_url(env, OTEL_SEGMENTS_STATE_URL),
             schema=read(env, OTEL_SEGMENTS_SCHEMA) or DEFAULT_SCHEMA,
@@ -212,14 +212,6 @@ def database_url(env: Mapping[str, object], name: str) -> Secret | None:
     password = (parsed.password or "") + "@" + extra
     _logger.warning("%s has an unencoded @ in its password; reading the last @ as its end (write it as %%40)", name)
     return Secret(parsed.set(password=password, host=real_host).render_as_string(hide_password=False))
-
-
-def _sdk_disabled(env: Mapping[str, object]) -> bool:
-    """As the OpenTelemetry specification says: only ``true`` (any case) is true; other values warn."""
-    raw = read(env, OTEL_SDK_DISABLED).lower()
-    if raw not in ("", "true", "false"):
-        _logger.warning("%s=%r is not true or false; using false", OTEL_SDK_DISABLED, raw[:64])
-    return raw == "true"
 
 
 _warned_zones: set[str] = set()

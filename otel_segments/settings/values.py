@@ -74,13 +74,15 @@ def positive_int(env: Mapping[str, object], name: str, default: int) -> int:
 
 
 def boolean(env: Mapping[str, object], name: str, default: bool) -> bool:
+    """The OpenTelemetry specification's rule for every boolean variable, ours and ``OTEL_SDK_DISABLED`` alike: ``true``
+    or ``false`` in any case. ``1``, ``yes`` or ``on`` are refused with a warning, not read as true: a reader of the
+    SDK's own variables would read them as false, and one rule for all is the one a user can remember.
+    """
     raw = read(env, name).lower()
     if not raw:
         return default
-    if raw in ("true", "1", "yes", "on"):
-        return True
-    if raw in ("false", "0", "no", "off"):
-        return False
+    if raw in ("true", "false"):
+        return raw == "true"
     _logger.warning("%s=%r is not true or false; using the default %s", name, raw[:64], str(default).lower())
     return default
 

@@ -237,7 +237,7 @@ def test_defaults_are_the_documented_ones() -> None:
         (config.OTEL_SEGMENTS_CACHE_SIZE, " 500 ", "cache_size", 500),
         (config.OTEL_SEGMENTS_CACHE_SIZE, "+500", "cache_size", 500),
         (config.OTEL_SEGMENTS_REFRESH_INTERVAL, str(2**31 - 1), "refresh_interval_ms", 2**31 - 1),
-        (config.OTEL_SEGMENTS_TRUST_BAGGAGE, "ON", "trust_baggage", True),
+        (config.OTEL_SEGMENTS_TRUST_BAGGAGE, " TRUE ", "trust_baggage", True),
         (config.OTEL_SDK_DISABLED, "True", "sdk_disabled", True),
         (config.POSTHOG_HOST, "eu.i.posthog.com", "posthog_host", "http://eu.i.posthog.com"),
     ],
@@ -250,7 +250,7 @@ def test_unknown_sdk_disabled_value_is_false_with_a_warning(caplog: pytest.LogCa
     """As the OpenTelemetry specification asks: any value but true is false, and an unknown one is reported."""
     settings = Settings.from_env({config.OTEL_SDK_DISABLED: "yes"})
     assert settings.sdk_disabled is False
-    assert [r.getMessage() for r in caplog.records] == ["OTEL_SDK_DISABLED='yes' is not true or false; using false"]
+    assert [r.getMessage() for r in caplog.records] == ["OTEL_SDK_DISABLED='yes' is not true or false; using the default false"]
 
 
 def test_malformed_headers_warn_once_however_many_items(caplog: pytest.LogCaptureFixture) -> None:
