@@ -32,6 +32,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..settings.django_variables import OTEL_SEGMENTS_ACTIVITY_TABLE, django_admin_flag
+
 _logger = logging.getLogger(__name__)
 
 
@@ -144,16 +146,14 @@ TIMETRACKER = SchemaMapping(
 )
 BUILTIN: dict[str, SchemaMapping] = {"timetracker": TIMETRACKER}
 
-#: The one variable the built-in ``django`` mapping reads: ``<table>:<timestamp column>[:<user id column>]``.
-OTEL_SEGMENTS_ACTIVITY_TABLE = "OTEL_SEGMENTS_ACTIVITY_TABLE"
 
-
-def django(activity: str) -> SchemaMapping:
+def django(activity: str, admin: str = "is_superuser") -> SchemaMapping:
     """Django's ``django.contrib.auth`` tables, with the app's activity table named as ``table:timestamp[:user_id]``.
 
-    Users are ``auth_user`` (joined ``date_joined``, ``last_login``), an admin is
-    ``is_superuser`` (as on the spans), and the groups (``auth_user_groups`` /
-    ``auth_group``) are the roles: a group named ``admin`` makes an admin too.
+    Users are ``auth_user`` (joined ``date_joined``, ``last_login``); an admin is
+    whoever has the ``admin`` flag (``is_superuser``, or ``is_staff`` by
+    ``OTEL_SEGMENTS_DJANGO_ADMIN``), the flag the spans read too, so both agree.
+    Groups are not read: the spans cannot know them without a query per request.
     The activity's user column defaults to ``user_id``, Django's column for a
     ``ForeignKey`` named ``user``. No projects or tasks: map those by hand.
     """
@@ -171,8 +171,8 @@ def django(activity: str) -> SchemaMapping:
             created_at="date_joined",
             role=None,
             auth_method=None,
-            admin="is_superuser",
-            roles=RolesAssociation(table="auth_user_groups", role_id="group_id", roles_table="auth_group"),
+            admin=admin,
+            roles=None,
             key="id",
         ),
         activity=ActivityTable(
@@ -186,14 +186,15 @@ def django(activity: str) -> SchemaMapping:
 def load_schema(name: str, env: Mapping[str, str] | None = None) -> SchemaMapping:
     """A built-in mapping by name, or ``module:object`` naming a :class:`SchemaMapping`.
 
-    ``django`` reads its activity table from ``OTEL_SEGMENTS_ACTIVITY_TABLE`` in ``env`` (default: the process's).
+    ``django`` reads its activity table from ``OTEL_SEGMENTS_ACTIVITY_TABLE`` and its admin flag from
+    ``OTEL_SEGMENTS_DJANGO_ADMIN`` in ``env`` (default: the process's).
     """
     name = name.strip()
     if name == "django":
         activity = (os.environ if env is None else env).get(OTEL_SEGMENTS_ACTIVITY_TABLE, "").strip()
         if not activity:
             raise SchemaError(f"schema 'django' needs {OTEL_SEGMENTS_ACTIVITY_TABLE}=<table>:<timestamp column>")
-        return django(activity)
+        return django(activity, django_admin_flag(env))
     if name in BUILTIN:
         return BUILTIN[name]
     module_name, sep, attribute = name.partition(":")

@@ -131,6 +131,6 @@ def test_drf_hook_off_by_name_leaves_token_requests_anonymous(
             agent = server.attributes.get("user_agent.original", server.attributes.get("http.user_agent"))
             seen[agent] = [_user_part(server), _user_part(next(s for s in trace if s.name == "after-api-work"))]
     assert seen["client-token"] == [{}, {}], seen
-    # the session user is Django's own: the Django integration still gives it, without DRF's auth method
-    bo = {"user.id": ids["bo"], "app.user.is_admin": False}
+    # the session user is Django's own: the Django integration still gives it, with the backend, not DRF's authenticator
+    bo = {"user.id": ids["bo"], "app.user.is_admin": False, "app.user.auth_method": "password"}
     assert seen["client-session"] == [bo, bo], seen

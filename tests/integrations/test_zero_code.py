@@ -243,8 +243,8 @@ def test_django_auth_app_gets_the_user_with_no_code(http_receiver: Receiver, dja
     assert_scenario(
         http_receiver,
         {
-            "client-ann": {"user.id": ids["ann"], "app.user.is_admin": True},
-            "client-bo": {"user.id": ids["bo"], "app.user.is_admin": False},
+            "client-ann": {"user.id": ids["ann"], "app.user.is_admin": True, "app.user.auth_method": "password"},
+            "client-bo": {"user.id": ids["bo"], "app.user.is_admin": False, "app.user.auth_method": "password"},
         },
     )
 
@@ -263,7 +263,8 @@ def test_django_settings_module_not_needed_at_start_up(http_receiver: Receiver, 
     spans = http_receiver.wait_for(lambda r: (s := r.spans()) and {"work", "after-work"} <= {x.name for x in s} and s)
     for span in spans:
         if span.name in ("after-login", "work", "after-work"):
-            assert _user_part(span) == {"user.id": ids["bo"], "app.user.is_admin": False}, span.name
+            bo = {"user.id": ids["bo"], "app.user.is_admin": False, "app.user.auth_method": "password"}
+            assert _user_part(span) == bo, span.name
 
 
 def test_gate_closed_django_app_gets_no_middleware(django_site: tuple[Path, dict[str, str]]) -> None:

@@ -2,9 +2,10 @@
 
 The tables are declared as Django's migrations create them (``auth_user`` with a
 boolean ``is_superuser``, ``auth_group``, ``auth_user_groups``) plus an app table
-of activity. ``is_admin`` must be what the spans say for the same user
-(``is_superuser``, as the Django integration reads it), or membership of a group
-named ``admin``; ``is_staff`` alone is not an admin.
+of activity. ``is_admin`` must be what the spans say for the same user: the flag
+``OTEL_SEGMENTS_DJANGO_ADMIN`` names (``is_superuser`` by default, or
+``is_staff``), which the Django integration reads too; a group named ``admin``
+is not read by either.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from sqlalchemy import Boolean, Column, DateTime, ForeignKey, Integer, MetaData,
 from sqlalchemy.engine import Engine
 
 from otel_segments.segments.aggregate import compute_segments
-from otel_segments.segments.schema import OTEL_SEGMENTS_ACTIVITY_TABLE, SchemaError, load_schema
+from otel_segments.segments.schema import SchemaError, load_schema
+from otel_segments.settings.django_variables import OTEL_SEGMENTS_ACTIVITY_TABLE, OTEL_SEGMENTS_DJANGO_ADMIN
 
 from .data import NOW
 
@@ -77,10 +79,26 @@ def test_django_mapping_reads_auth_tables_and_one_activity_variable(engine: Engi
     _django_tables(engine)
     mapping = load_schema("django", {OTEL_SEGMENTS_ACTIVITY_TABLE: "shop_order:placed_at:owner_id"})
     segments = {s.distinct_id: s.set for s in compute_segments(engine, mapping, now=NOW)}
-    assert {uid: props.get("is_admin") for uid, props in segments.items()} == {"1": True, "2": False, "3": False, "4": True}
+    assert {uid: props.get("is_admin") for uid, props in segments.items()} == {"1": True, "2": False, "3": False, "4": False}
     assert segments["1"]["engagement_level"] != segments["2"]["engagement_level"]  # the orders count as activity
     for props in segments.values():
         assert not any("example.com" in str(v) or "member-" in str(v) for v in props.values()), props
+
+
+def test_django_mapping_takes_the_admin_flag_the_spans_take(engine: Engine) -> None:
+    _django_tables(engine)
+    env = {OTEL_SEGMENTS_ACTIVITY_TABLE: "shop_order:placed_at:owner_id", OTEL_SEGMENTS_DJANGO_ADMIN: "is_staff"}
+    segments = {s.distinct_id: s.set for s in compute_segments(engine, load_schema("django", env), now=NOW)}
+    assert {uid: props.get("is_admin") for uid, props in segments.items()} == {"1": True, "2": True, "3": False, "4": False}
+
+
+def test_an_unknown_admin_flag_is_reported_once_and_means_is_superuser(caplog: pytest.LogCaptureFixture) -> None:
+    env = {OTEL_SEGMENTS_ACTIVITY_TABLE: "shop_order:placed_at", OTEL_SEGMENTS_DJANGO_ADMIN: "is_boss"}
+    assert load_schema("django", env).users.admin == "is_superuser"
+    assert load_schema("django", env).users.admin == "is_superuser"
+    assert [r.getMessage() for r in caplog.records] == [
+        "otel_segments: OTEL_SEGMENTS_DJANGO_ADMIN='is_boss' is not one of is_superuser, is_staff; using is_superuser"
+    ]
 
 
 @pytest.mark.parametrize(
