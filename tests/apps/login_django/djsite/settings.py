@@ -13,6 +13,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "rest_framework",
     "rest_framework.authtoken",
+    "djsite.shop",
 ]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
