@@ -3,6 +3,7 @@
 from opentelemetry import trace
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials, AuthenticationBackend
+from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -33,11 +34,20 @@ async def work(request):
         return PlainTextResponse("ok")
 
 
+async def later():
+    with tracer.start_as_current_span("background"):  # after the response went out: still the request's user
+        pass
+
+
+async def background(request):
+    return PlainTextResponse("ok", background=BackgroundTask(later))
+
+
 async def stats(request):
     return JSONResponse({"validations": validations["count"]})
 
 
 app = Starlette(
-    routes=[Route("/health", health), Route("/work", work), Route("/stats", stats)],
+    routes=[Route("/health", health), Route("/work", work), Route("/background", background), Route("/stats", stats)],
     middleware=[Middleware(AuthenticationMiddleware, backend=JWTAuthBackend())],
 )
