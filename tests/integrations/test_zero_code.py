@@ -77,7 +77,13 @@ def serving(folder: Path, command: list[str], env: dict[str, str]) -> Iterator[s
     argv = [str(VENV_BIN / "opentelemetry-instrument"), str(VENV_BIN / command[0])] + [a.format(port=port) for a in command[1:]]
     base = f"http://127.0.0.1:{port}"
     with shared_serving(
-        argv, cwd=folder, env=env, log=folder / "server.log", health_url=base + "/health", what=" ".join(command)
+        argv,
+        cwd=folder,
+        env=env,
+        log=folder / "server.log",
+        health_url=base + "/health",
+        what=" ".join(command),
+        start_timeout_s=120,  # Django with DRF and every instrumentation took over 30 s to start on a loaded machine
     ) as served:
         yield base
     assert "Traceback" not in served.output and "otel_segments:" not in served.output, served.output[-3000:]
