@@ -15,8 +15,14 @@ By hand: add ``"otel_segments.integrations.django.UserContextMiddleware"`` to
 Anonymous requests get no user. It works in sync and async stacks (in async it
 reads the user with ``request.auser()``, so it never touches the database from
 the event loop). Subclass it and override :meth:`resolve` to read your own
-fields; by default it sends the id, and ``role``, ``is_admin`` (else Django's
-``is_superuser``) and ``auth_method`` / ``auth_provider`` when the user model has them.
+fields; by default it sends the id, and ``role``, ``is_admin`` and ``auth_method`` /
+``auth_provider`` when the user model has them. Else ``is_admin`` is Django's
+``is_superuser`` (``OTEL_SEGMENTS_DJANGO_ADMIN=is_staff`` picks ``is_staff``, for
+the spans and the ``django`` schema mapping alike) and ``auth_method`` names the
+authentication backend the session was logged in with: ``password`` for
+``ModelBackend`` and its subclasses, ``remote_user`` for ``RemoteUserBackend``,
+else the class name less ``Backend``, lowercased (``LDAPBackend`` -> ``ldap``).
+Groups are not read: that would be a database query on every request.
 A ``login()`` during the request switches the user at once, and the request's
 server span gets the new user even when the login runs inside a span of the
 app's own; a ``logout()`` clears it for the rest of the request.
@@ -24,6 +30,7 @@ app's own; a ``logout()`` clears it for the rest of the request.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +38,7 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.contrib.auth.signals import user_logged_in, user_logged_out
 
+from ..settings.django_variables import django_admin_flag
 from ..spans.context import current_user
 from . import RequestScope, UserInfo, end_request, report_once, start_request, switch_user, user_info
 
@@ -80,7 +88,7 @@ class UserContextMiddleware:
 
     def resolve(self, request: Any, user: Any = None) -> UserInfo | None:
         """The user-context arguments for ``request`` (``user`` is the already loaded user in async stacks)."""
-        return django_user_info(user if user is not None else getattr(request, "user", None))
+        return django_user_info(user if user is not None else getattr(request, "user", None), request)
 
     def _leave_to_app(self) -> bool:
         return False
@@ -105,14 +113,59 @@ class AutoUserContextMiddleware(UserContextMiddleware):
         return current_user() is not None
 
 
-def django_user_info(user: Any) -> dict[str, Any] | None:
-    """``user_info`` plus Django's own admin flag when the model has no ``is_admin``."""
+def django_user_info(user: Any, request: Any = None) -> dict[str, Any] | None:
+    """``user_info`` plus Django's own admin flag and the session's backend, when the model has neither."""
     info = user_info(user)
-    if info is not None and "is_admin" not in info:
-        superuser = getattr(user, "is_superuser", None)
-        if isinstance(superuser, bool):
-            info["is_admin"] = superuser
+    if info is None:
+        return info
+    if "is_admin" not in info:
+        admin = getattr(user, _admin_flag(), None)
+        if isinstance(admin, bool):
+            info["is_admin"] = admin
+    if "auth_method" not in info:
+        method = backend_method(_backend_path(user, request))
+        if method is not None:
+            info["auth_method"] = method
     return info
+
+
+@functools.cache
+def _admin_flag() -> str:
+    return django_admin_flag()
+
+
+def _backend_path(user: Any, request: Any) -> str | None:
+    """The backend that logged the user in: ``authenticate()`` marks the user, ``login()`` the session."""
+    path = getattr(user, "backend", None)
+    if isinstance(path, str):
+        return path
+    session = getattr(request, "session", None)
+    if session is None:
+        return None
+    from django.contrib.auth import BACKEND_SESSION_KEY
+
+    path = session.get(BACKEND_SESSION_KEY)  # loaded already: reading request.user read the session
+    return path if isinstance(path, str) else None
+
+
+@functools.lru_cache(maxsize=64)
+def backend_method(path: str | None) -> str | None:
+    """``ModelBackend`` (or a subclass) -> ``password``, ``RemoteUserBackend`` -> ``remote_user``, ``LDAPBackend`` -> ``ldap``."""
+    if not path:
+        return None
+    from django.contrib.auth.backends import ModelBackend, RemoteUserBackend
+    from django.utils.module_loading import import_string
+
+    try:
+        backend = import_string(path)
+    except ImportError:
+        return None
+    if isinstance(backend, type) and issubclass(backend, RemoteUserBackend):  # a ModelBackend too: asked first
+        return "remote_user"
+    if isinstance(backend, type) and issubclass(backend, ModelBackend):
+        return "password"
+    name = path.rpartition(".")[2]
+    return (name.removesuffix("Backend") or name).lower()
 
 
 def _connect_signals() -> None:
@@ -124,7 +177,7 @@ def _connect_signals() -> None:
 def _logged_in(sender: Any, request: Any = None, user: Any = None, **_: Any) -> None:
     """A login inside the request: the rest of its spans are the new user's. Outside one (a shell, Client.login()): nothing."""
     try:
-        switch_user(django_user_info(user))
+        switch_user(django_user_info(user, request))
     except Exception:  # noqa: BLE001
         report_once("django.login_signal", "reading the user who just logged in failed")
 

@@ -107,14 +107,21 @@ def _start(info: UserInfo | None, follow_login: bool) -> None:
     except Exception:  # noqa: BLE001
         report_once("flask.activate", "the Flask user loader returned something that is not a user")
         return
-    setattr(flask.g, _SCOPE, scope)
+    setattr(flask.g, _SCOPE, (scope, flask.request._get_current_object()))
 
 
 def _end(*_: Any, **__: Any) -> None:
-    """``teardown_request`` hook and ``request_tearing_down`` receiver: whichever runs first restores."""
-    scope: RequestScope | None = flask.g.pop(_SCOPE, None)
-    if scope is not None:
-        end_request(scope)
+    """``teardown_request`` hook and ``request_tearing_down`` receiver: whichever runs first restores.
+
+    Only the request that began the scope ends it: a nested request context
+    (``with app.test_request_context(...)`` in a view, to build a URL) shares
+    ``g`` with the outer request, and its teardown must leave the outer user alone.
+    """
+    held: tuple[RequestScope, Any] | None = flask.g.get(_SCOPE)
+    if held is None or held[1] is not flask.request._get_current_object():
+        return
+    flask.g.pop(_SCOPE, None)
+    end_request(held[0])
 
 
 def _flask_login_user() -> UserInfo | None:

@@ -1,10 +1,12 @@
-"""Instrumentors that ``opentelemetry-instrument`` loads: the user context for Flask-Login and Django auth, no code.
+"""Instrumentors that ``opentelemetry-instrument`` loads: the user context for Flask-Login, Django, DRF, Starlette, no code.
 
 Registered under the ``opentelemetry_instrumentor`` entry point as
-``otel_segments_flask`` and ``otel_segments_django``, so
+``otel_segments_flask``, ``otel_segments_django``, ``otel_segments_drf`` and
+``otel_segments_starlette``, so
 ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_segments_flask`` turns one off by
 name, as for the contrib instrumentations. What each one hooks is described in
-:mod:`otel_segments.integrations.flask` and :mod:`otel_segments.integrations.django`.
+:mod:`otel_segments.integrations.flask`, :mod:`otel_segments.integrations.django`,
+:mod:`otel_segments.integrations.rest_framework` and :mod:`otel_segments.integrations.starlette`.
 
 Three rules, each from how the launcher treats instrumentors:
 
@@ -102,3 +104,37 @@ class DjangoAuthInstrumentor(_UserContextInstrumentor):
         from . import django
 
         django.uninstrument()
+
+
+class RestFrameworkAuthInstrumentor(_UserContextInstrumentor):
+    """Every DRF request gets the user its authentication classes found (token, JWT, ...), read after DRF set it."""
+
+    _name = "otel_segments_drf"
+    _dependencies = ("django >= 4.2", "djangorestframework >= 3.14")
+
+    def _hook(self) -> None:
+        from . import rest_framework
+
+        rest_framework.instrument()
+
+    def _unhook(self) -> None:
+        from . import rest_framework
+
+        rest_framework.uninstrument()
+
+
+class StarletteAuthInstrumentor(_UserContextInstrumentor):
+    """Every Starlette/FastAPI app with ``AuthenticationMiddleware`` gets the user its backend returned."""
+
+    _name = "otel_segments_starlette"
+    _dependencies = ("starlette >= 0.30",)
+
+    def _hook(self) -> None:
+        from . import starlette
+
+        starlette.instrument()
+
+    def _unhook(self) -> None:
+        from . import starlette
+
+        starlette.uninstrument()

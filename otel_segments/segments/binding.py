@@ -75,7 +75,7 @@ def bind(mapping: SchemaMapping, engine: Engine, *, app_timezone: tzinfo | str |
         return reflected
 
     u, a = mapping.users, mapping.activity
-    users = table(u.table, [u.id, u.created_at, u.last_login, u.role, u.auth_method])
+    users = table(u.table, [u.id, u.created_at, u.last_login, u.role, u.auth_method, u.admin])
     activity = table(a.table, [a.user_id, a.timestamp, a.source, a.duration_seconds, a.project_id])
     assert users is not None and activity is not None  # required tables raise above
     roles = None

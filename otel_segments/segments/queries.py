@@ -28,6 +28,7 @@ from sqlalchemy import (
     literal,
     not_,
     select,
+    true,
     type_coerce,
 )
 from sqlalchemy.types import NullType
@@ -114,6 +115,8 @@ class SegmentQueries:
         u = self.mapping.users
         t = self.bound.users
         conditions: list[ColumnElement[bool]] = []
+        if u.admin:
+            conditions.append(t.c[u.admin] == true())
         if u.role:
             conditions.append(t.c[u.role].in_(u.admin_role_values))
         if self.bound.roles is not None and u.roles is not None:

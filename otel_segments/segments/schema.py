@@ -19,7 +19,8 @@ mapped but absent from the table, it is not read (and what it would find waits f
 the sweep or the maximum age, see ``changes.py``).
 
 Another app plugs in by configuration alone: ``OTEL_SEGMENTS_SCHEMA`` is a
-built-in name (``timetracker``) or ``package.module:OBJECT`` naming a
+built-in name (``timetracker``; ``django`` with ``OTEL_SEGMENTS_ACTIVITY_TABLE``
+naming the app's activity table) or ``package.module:OBJECT`` naming a
 :class:`SchemaMapping`.
 """
 
@@ -27,7 +28,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from ..settings.django_variables import OTEL_SEGMENTS_ACTIVITY_TABLE, django_admin_flag
 
 _logger = logging.getLogger(__name__)
 
@@ -63,6 +68,7 @@ class UsersTable:
     role: str | None = "role"
     admin_role_values: tuple[str, ...] = ("admin",)  # values of ``role`` that make a user an admin
     auth_method: str | None = "auth_provider"
+    admin: str | None = None  # a boolean column that makes a user an admin when true (Django's ``is_superuser``)
     roles: RolesAssociation | None = RolesAssociation()
     key: str | None = None  # grows on insert (an auto-increment id): finds new users at once
     timezone: str = UTC  # of the naive date columns; ``column_timezones`` overrides per column
@@ -142,14 +148,59 @@ TIMETRACKER = SchemaMapping(
 BUILTIN: dict[str, SchemaMapping] = {"timetracker": TIMETRACKER}
 
 
-def load_schema(name: str) -> SchemaMapping:
-    """A built-in mapping by name, or ``module:object`` naming a :class:`SchemaMapping`."""
+def django(activity: str, admin: str = "is_superuser") -> SchemaMapping:
+    """Django's ``django.contrib.auth`` tables, with the app's activity table named as ``table:timestamp[:user_id]``.
+
+    Users are ``auth_user`` (joined ``date_joined``, ``last_login``); an admin is
+    whoever has the ``admin`` flag (``is_superuser``, or ``is_staff`` by
+    ``OTEL_SEGMENTS_DJANGO_ADMIN``), the flag the spans read too, so both agree.
+    Groups are not read: the spans cannot know them without a query per request.
+    The activity's user column defaults to ``user_id``, Django's column for a
+    ``ForeignKey`` named ``user``. No projects or tasks: map those by hand.
+    """
+    parts = [p.strip() for p in activity.split(":")]
+    if len(parts) not in (2, 3) or not all(parts):
+        raise SchemaError(
+            f"{OTEL_SEGMENTS_ACTIVITY_TABLE}={activity!r}: write <table>:<timestamp column>[:<user id column>], "
+            "e.g. shop_order:created_at"
+        )
+    table, timestamp, user_id = (*parts, "user_id") if len(parts) == 2 else parts
+    return SchemaMapping(
+        name="django",
+        users=UsersTable(
+            table="auth_user",
+            created_at="date_joined",
+            role=None,
+            auth_method=None,
+            admin=admin,
+            roles=None,
+            key="id",
+        ),
+        activity=ActivityTable(
+            table=table, user_id=user_id, timestamp=timestamp, source=None, duration_seconds=None, project_id=None
+        ),
+        projects=None,
+        tasks=None,
+    )
+
+
+def load_schema(name: str, env: Mapping[str, str] | None = None) -> SchemaMapping:
+    """A built-in mapping by name, or ``module:object`` naming a :class:`SchemaMapping`.
+
+    ``django`` reads its activity table from ``OTEL_SEGMENTS_ACTIVITY_TABLE`` and its admin flag from
+    ``OTEL_SEGMENTS_DJANGO_ADMIN`` in ``env`` (default: the process's).
+    """
     name = name.strip()
+    if name == "django":
+        activity = (os.environ if env is None else env).get(OTEL_SEGMENTS_ACTIVITY_TABLE, "").strip()
+        if not activity:
+            raise SchemaError(f"schema 'django' needs {OTEL_SEGMENTS_ACTIVITY_TABLE}=<table>:<timestamp column>")
+        return django(activity, django_admin_flag(env))
     if name in BUILTIN:
         return BUILTIN[name]
     module_name, sep, attribute = name.partition(":")
     if not sep or not module_name or not attribute:
-        raise SchemaError(f"unknown schema {name!r}: use one of {', '.join(sorted(BUILTIN))} or module:object")
+        raise SchemaError(f"unknown schema {name!r}: use one of {', '.join(sorted([*BUILTIN, 'django']))} or module:object")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -7,6 +7,13 @@ user is set, so the span processor only reads a finished dict.
 Threads started from a ``ThreadPoolExecutor`` do not inherit the caller's
 context: submit ``contextvars.copy_context().run`` (or set the user inside the
 worker) to carry the user across.
+
+A user set in the middle of a request (an auth dependency, an authentication
+class) is also written onto the request's server span, which started before
+anyone knew the user: the span processor notes each local root span (one whose
+parent is remote or absent) in a context variable as it starts, and
+:func:`set_user` / :class:`user_context` catch that one span up. The cost is per
+user set, not per span; the root keeps the last user set inside it.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import math
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from typing import Any, TypeVar
+
+from opentelemetry import trace
 
 _logger = logging.getLogger(__name__)
 
@@ -188,6 +197,33 @@ def current_user() -> UserProperties | None:
     return _current_user.get()
 
 
+#: Writes a user's attributes (and cached segment) onto a span: the span processor's, which knows the segments.
+Stamp = Callable[[trace.Span, UserProperties], None]
+_local_root: ContextVar[tuple[trace.Span, Stamp] | None] = ContextVar("otel_segments_local_root", default=None)
+
+
+def enter_local_root(span: trace.Span, stamp: Stamp) -> None:
+    """Note ``span`` as the local root of the code that runs in this context (the span processor calls it)."""
+    _local_root.set((span, stamp))
+
+
+def _reach_local_root(user: UserProperties | None) -> None:
+    """Write ``user`` onto the local root span while it records, when the current span belongs to its trace.
+
+    The trace check keeps a root noted in a reused thread's context (a pool
+    worker that started a trace of its own once) away from another request.
+    """
+    entry = _local_root.get()
+    if user is None or entry is None:
+        return
+    root, stamp = entry
+    try:
+        if root.is_recording() and root.get_span_context().trace_id == trace.get_current_span().get_span_context().trace_id:
+            stamp(root, user)
+    except Exception:  # noqa: BLE001 - never into the app's request
+        _warn_once("<root>", "otel_segments: could not write the user onto the request's server span", exc_info=True)
+
+
 def _properties(user_id: object, kwargs: dict[str, object]) -> UserProperties | None:
     try:
         # isinstance, not ==: an id such as a numpy value compares into something whose truth value raises
@@ -204,7 +240,9 @@ def set_user(
 ) -> Token[UserProperties | None]:
     """Make ``user_id`` the current user until :func:`clear_user` (for frameworks with request hooks)."""
     props = _properties(user_id, {"role": role, "is_admin": is_admin, "auth_method": auth_method, **extra})
-    return _current_user.set(props)
+    token = _current_user.set(props)
+    _reach_local_root(props)
+    return token
 
 
 def clear_user(token: Token[UserProperties | None] | None = None) -> None:
@@ -233,6 +271,7 @@ class user_context:  # noqa: N801 - reads as a function at call sites, like cont
 
     def __enter__(self) -> UserProperties | None:
         self._tokens.append(_current_user.set(self.properties))
+        _reach_local_root(self.properties)
         return self.properties
 
     def __exit__(self, *exc: object) -> None:

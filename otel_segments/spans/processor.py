@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .baggage import user_from_baggage
 from .cache import SegmentCache
-from .context import current_user
+from .context import UserProperties, current_user, enter_local_root
 from .properties import ProcessProperties, detect_process_properties
 
 _logger = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ class SuperPropertiesSpanProcessor(SpanProcessor):
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
+            parent = span.parent
+            if parent is None or parent.is_remote:
+                enter_local_root(span, self._stamp)
             user = current_user()
             if user is None:
                 if self._trust_baggage:
@@ -71,6 +74,11 @@ class SuperPropertiesSpanProcessor(SpanProcessor):
             if not self._failed:
                 self._failed = True
                 _logger.exception("otel_segments: could not add super properties to a span; further failures are silent")
+
+    def _stamp(self, span: Span, user: UserProperties) -> None:
+        """A user set after ``span`` started (its request's server span): its attributes and segment, now."""
+        segment = self._segments.get(user.user_id) if self._segments is not None else None
+        span.set_attributes({**segment, **user.attributes} if segment else user.attributes)
 
     def _from_baggage(self, span: Span, parent_context: Context | None) -> None:
         found = user_from_baggage(parent_context)

@@ -106,7 +106,9 @@ def test_sync_stack_user_on_server_and_child_spans(wsgi: Client, users: dict[str
     for client, name in ((ann, "ann"), (bo, "bo"), (anonymous, None)):
         pipeline.exporter.clear()
         assert client.get("/work", buffered=True).get_data(as_text=True) == (str(users[name]) if name else "-")
-        expected = {"user.id": str(users[name]), "app.user.is_admin": name == "ann"} if name else {}
+        expected = {}
+        if name:  # password: the session's backend is Django's ModelBackend
+            expected = {"user.id": str(users[name]), "app.user.is_admin": name == "ann", "app.user.auth_method": "password"}
         assert user_part(server_span(pipeline)) == expected
         assert user_part(pipeline.named("work")[0]) == expected
     assert not any("example.com" in str(v) or v in ("ann", "bo") for s in pipeline.spans() for v in (s.attributes or {}).values())
@@ -156,7 +158,7 @@ def test_logout_clears_the_user_for_the_rest_of_the_request(wsgi: Client, users:
     wsgi.get("/login/bo", buffered=True)
     pipeline.exporter.clear()
     assert wsgi.get("/logout", buffered=True).status_code == 200
-    bo = {"user.id": str(users["bo"]), "app.user.is_admin": False}
+    bo = {"user.id": str(users["bo"]), "app.user.is_admin": False, "app.user.auth_method": "password"}
     assert user_part(server_span(pipeline)) == bo  # who made the request
     assert user_part(pipeline.named("logout")[0]) == bo
     assert user_part(pipeline.named("after-logout")[0]) == {}
@@ -224,3 +226,25 @@ def test_added_middleware_leaves_a_user_the_app_set_itself(users: dict[str, int]
     finally:
         clear_user(token)
     assert [u.user_id if u else None for u in seen] == ["api-key-7", None]
+
+
+def test_admin_flag_and_auth_method_come_from_djangos_user_and_backend(
+    users: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``OTEL_SEGMENTS_DJANGO_ADMIN`` picks the flag (as the ``django`` schema mapping does); the backend names the method."""
+    from django.contrib.auth.models import User
+
+    from otel_segments.integrations import django as integration
+
+    staff = User(pk=5, username="eve", is_staff=True, is_superuser=False)
+    staff.backend = "django.contrib.auth.backends.RemoteUserBackend"  # what authenticate() marks
+    monkeypatch.setenv("OTEL_SEGMENTS_DJANGO_ADMIN", "is_staff")
+    integration._admin_flag.cache_clear()
+    try:
+        assert integration.django_user_info(staff) == {"user_id": 5, "is_admin": True, "auth_method": "remote_user"}
+    finally:
+        monkeypatch.delenv("OTEL_SEGMENTS_DJANGO_ADMIN")
+        integration._admin_flag.cache_clear()
+    assert integration.django_user_info(staff) == {"user_id": 5, "is_admin": False, "auth_method": "remote_user"}
+    assert integration.backend_method("django.contrib.auth.backends.ModelBackend") == "password"
+    assert integration.backend_method("tests.nowhere.LDAPBackend") is None  # not importable: no method, no error

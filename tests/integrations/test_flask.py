@@ -68,6 +68,16 @@ def build(pipeline: Pipeline, *, init: bool = True, login_manager: bool = True, 
             pass
         return "ok"
 
+    @app.get("/nested")
+    def nested() -> str:
+        with app.test_request_context("/elsewhere"):  # e.g. building an e-mail's URL: shares g, tears down first
+            flask.url_for("work")
+        with app.app_context():  # a nested app context of the same app
+            pass
+        with tracer.start_as_current_span("after-nested"):
+            user = current_user()
+            return user.user_id if user else "-"
+
     @app.get("/work")
     def work() -> str:
         with tracer.start_as_current_span("work"):
@@ -161,6 +171,16 @@ def test_loader_returning_garbage_does_not_break_the_request(pipeline: Pipeline,
     assert any("not a user" in r.getMessage() for r in caplog.records)
 
 
+def test_a_nested_request_context_keeps_the_outer_requests_user(app: flask.Flask, pipeline: Pipeline) -> None:
+    client = app.test_client()
+    client.post("/login/7")
+    pipeline.exporter.clear()
+    assert client.get("/nested").text == "7"
+    assert user_part(pipeline.named("after-nested")[0])["user.id"] == "7"
+    assert current_user() is None  # the outer request's own teardown still ends its user
+    assert client.get("/work").text == "7"
+
+
 @pytest.fixture
 def instrumented():
     """The zero-code hook on every Flask app, as the instrumentor installs it when the gate is open."""
@@ -184,6 +204,18 @@ def test_instrumented_app_without_init_app_gets_flask_login_user(instrumented: N
         pipeline.exporter.clear()
         client.post("/logout")
         assert user_part(pipeline.named("after-logout")[0]) == {}
+    finally:
+        FlaskInstrumentor().uninstrument_app(app)
+
+
+def test_instrumented_nested_request_context_keeps_the_outer_requests_user(instrumented: None, pipeline: Pipeline) -> None:
+    app = build(pipeline, init=False)
+    try:
+        client = app.test_client()
+        client.post("/login/8")
+        assert client.get("/nested").text == "8"
+        assert user_part(pipeline.named("after-nested")[0])["user.id"] == "8"
+        assert current_user() is None
     finally:
         FlaskInstrumentor().uninstrument_app(app)
 

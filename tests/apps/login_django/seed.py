@@ -1,4 +1,4 @@
-"""Create the database and two users (run once, before the server): an admin and a plain user."""
+"""Create the database and two users (run once, before the server): an admin with three recent orders, a plain user."""
 
 import os
 
@@ -13,4 +13,11 @@ from django.core.management import call_command  # noqa: E402
 call_command("migrate", verbosity=0, interactive=False)
 ann = User.objects.create_user("ann", "ann@example.com", "x", is_superuser=True)
 bo = User.objects.create_user("bo", "bo@example.com", "x")
+
+from datetime import timedelta  # noqa: E402
+
+from django.utils import timezone  # noqa: E402
+from djsite.shop.models import Order  # noqa: E402
+
+Order.objects.bulk_create(Order(user=ann, created_at=timezone.now() - timedelta(hours=h)) for h in (1, 2, 3))
 print(ann.pk, bo.pk)

@@ -1,4 +1,4 @@
-"""A Django site with ``django.contrib.auth`` session login and no otel_segments anywhere in its settings."""
+"""A Django site with ``django.contrib.auth`` session login, a DRF API (session, token, JWT), and no otel_segments anywhere."""
 
 import os
 from pathlib import Path
@@ -7,7 +7,14 @@ SECRET_KEY = "test-only"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 ROOT_URLCONF = "djsite.urls"
-INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions"]
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "djsite.shop",
+]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -24,3 +31,11 @@ DATABASES = {
 }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 USE_TZ = True
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "djsite.authentication.CountingTokenAuthentication",
+        "rest_framework_simplejwt.authentication.JWTAuthentication",
+    ],
+}
+SIMPLE_JWT = {"SIGNING_KEY": "test-only-signing-key-of-at-least-32-bytes"}

@@ -9,7 +9,11 @@ from django.http import HttpResponse, JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 from opentelemetry import trace
+from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework_simplejwt.views import TokenObtainPairView
 
+from .api import Work
+from .authentication import token_checks
 from .backends import loads
 
 tracer = trace.get_tracer("djsite")
@@ -48,7 +52,7 @@ def work(request):
 
 
 def stats(request):
-    return JsonResponse({"loads": loads["count"], "middleware": list(settings.MIDDLEWARE)})
+    return JsonResponse({"loads": loads["count"], "token_checks": token_checks["count"], "middleware": list(settings.MIDDLEWARE)})
 
 
 urlpatterns = [
@@ -57,4 +61,7 @@ urlpatterns = [
     path("logout", logout_view),
     path("work", work),
     path("stats", stats),
+    path("api/token", obtain_auth_token),
+    path("api/jwt", TokenObtainPairView.as_view()),
+    path("api/work", Work.as_view()),
 ]

@@ -1,0 +1,121 @@
+"""The built-in ``django`` mapping on Django's own auth tables, on SQLite and PostgreSQL: one variable names the activity.
+
+The tables are declared as Django's migrations create them (``auth_user`` with a
+boolean ``is_superuser``, ``auth_group``, ``auth_user_groups``) plus an app table
+of activity. ``is_admin`` must be what the spans say for the same user: the flag
+``OTEL_SEGMENTS_DJANGO_ADMIN`` names (``is_superuser`` by default, or
+``is_staff``), which the Django integration reads too; a group named ``admin``
+is not read by either.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Boolean, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, insert
+from sqlalchemy.engine import Engine
+
+from otel_segments.segments.aggregate import compute_segments
+from otel_segments.segments.schema import SchemaError, load_schema
+from otel_segments.settings.django_variables import OTEL_SEGMENTS_ACTIVITY_TABLE, OTEL_SEGMENTS_DJANGO_ADMIN
+
+from .data import NOW
+
+
+def _django_tables(engine: Engine) -> None:
+    md = MetaData()
+    users = Table(
+        "auth_user",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("password", String(128), nullable=False),
+        Column("last_login", DateTime(timezone=True)),
+        Column("is_superuser", Boolean, nullable=False),
+        Column("username", String(150), nullable=False, unique=True),
+        Column("email", String(254), nullable=False),
+        Column("is_staff", Boolean, nullable=False),
+        Column("is_active", Boolean, nullable=False),
+        Column("date_joined", DateTime(timezone=True), nullable=False),
+    )
+    groups = Table("auth_group", md, Column("id", Integer, primary_key=True), Column("name", String(150), unique=True))
+    membership = Table(
+        "auth_user_groups",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("user_id", ForeignKey("auth_user.id"), nullable=False),
+        Column("group_id", ForeignKey("auth_group.id"), nullable=False),
+    )
+    orders = Table(
+        "shop_order",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("owner_id", ForeignKey("auth_user.id"), nullable=False),
+        Column("placed_at", DateTime(timezone=True), nullable=False),
+    )
+    md.create_all(engine)
+    joined = NOW - timedelta(days=90)
+    people = [  # id, superuser, staff
+        (1, True, True),
+        (2, False, True),
+        (3, False, False),
+        (4, False, False),
+    ]
+    with engine.begin() as conn:
+        for uid, superuser, staff in people:
+            conn.execute(
+                insert(users).values(
+                    id=uid, password="!", last_login=NOW - timedelta(hours=1), is_superuser=superuser,
+                    username=f"member-{uid}", email=f"m{uid}@example.com", is_staff=staff, is_active=True, date_joined=joined,
+                )
+            )  # fmt: skip
+        conn.execute(insert(groups).values([{"id": 1, "name": "admin"}, {"id": 2, "name": "editors"}]))
+        conn.execute(insert(membership).values([{"user_id": 4, "group_id": 1}, {"user_id": 3, "group_id": 2}]))
+        placed = [{"owner_id": uid, "placed_at": NOW - timedelta(hours=2 + n)} for uid in (1, 3) for n in range(3)]
+        conn.execute(insert(orders).values(placed))
+
+
+def test_django_mapping_reads_auth_tables_and_one_activity_variable(engine: Engine) -> None:
+    _django_tables(engine)
+    mapping = load_schema("django", {OTEL_SEGMENTS_ACTIVITY_TABLE: "shop_order:placed_at:owner_id"})
+    segments = {s.distinct_id: s.set for s in compute_segments(engine, mapping, now=NOW)}
+    assert {uid: props.get("is_admin") for uid, props in segments.items()} == {"1": True, "2": False, "3": False, "4": False}
+    assert segments["1"]["engagement_level"] != segments["2"]["engagement_level"]  # the orders count as activity
+    for props in segments.values():
+        assert not any("example.com" in str(v) or "member-" in str(v) for v in props.values()), props
+
+
+def test_django_mapping_takes_the_admin_flag_the_spans_take(engine: Engine) -> None:
+    _django_tables(engine)
+    env = {OTEL_SEGMENTS_ACTIVITY_TABLE: "shop_order:placed_at:owner_id", OTEL_SEGMENTS_DJANGO_ADMIN: "is_staff"}
+    segments = {s.distinct_id: s.set for s in compute_segments(engine, load_schema("django", env), now=NOW)}
+    assert {uid: props.get("is_admin") for uid, props in segments.items()} == {"1": True, "2": True, "3": False, "4": False}
+
+
+def test_an_unknown_admin_flag_is_reported_once_and_means_is_superuser(caplog: pytest.LogCaptureFixture) -> None:
+    env = {OTEL_SEGMENTS_ACTIVITY_TABLE: "shop_order:placed_at", OTEL_SEGMENTS_DJANGO_ADMIN: "is_boss"}
+    assert load_schema("django", env).users.admin == "is_superuser"
+    assert load_schema("django", env).users.admin == "is_superuser"
+    assert [r.getMessage() for r in caplog.records] == [
+        "otel_segments: OTEL_SEGMENTS_DJANGO_ADMIN='is_boss' is not one of is_superuser, is_staff; using is_superuser"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "needs OTEL_SEGMENTS_ACTIVITY_TABLE"),
+        ({OTEL_SEGMENTS_ACTIVITY_TABLE: "shop_order"}, "write <table>:<timestamp column>"),
+        ({OTEL_SEGMENTS_ACTIVITY_TABLE: "shop_order::owner_id"}, "write <table>:<timestamp column>"),
+    ],
+)
+def test_django_mapping_without_a_usable_activity_variable_says_how_to_write_it(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SchemaError, match=message):
+        load_schema("django", env)
+
+
+def test_django_mapping_user_column_defaults_to_djangos_user_foreign_key() -> None:
+    mapping = load_schema("django", {OTEL_SEGMENTS_ACTIVITY_TABLE: " shop_order : created_at "})
+    activity = mapping.activity
+    assert (activity.table, activity.timestamp, activity.user_id) == ("shop_order", "created_at", "user_id")
+    assert mapping.users.admin == "is_superuser"
