@@ -19,12 +19,12 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from . import UserSegment
+from . import UserSegment, rules, sql_rules
 from .binding import BoundSchema
 from .driver_values import ROW_ERRORS, Problem, StageError, cause, decode, read_datetime
 from .fingerprints import fingerprint
-from .queries import BAD_DATES, KEY_SUM, OLDEST, PROJECTS, SegmentQueries
-from .rules import WINDOWS, UserActivity, next_change, person_properties
+from .queries import BAD_DATES, DERIVED, KEY_SUM, OLDEST, PROJECTS, SegmentQueries
+from .rules import WINDOWS, UserActivity, age_days, next_change, person_properties
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,10 @@ class AggregatedUser:
     oldest_in_window: dict[timedelta, datetime | None]
     inputs: str = ""  # fingerprint of the rule inputs the sweep compares (see ``fingerprints.py``)
 
+    derived: dict[str, object] | None = None  # the rules' properties as the database computed them
+
     def segment(self, now: datetime) -> UserSegment:
-        return person_properties(self.activity, now=now)
+        return person_properties(self.activity, now=now, derived=self.derived)
 
     def due_at(self, now: datetime) -> datetime | None:
         return next_change(self.activity, self.oldest_in_window, now=now)
@@ -65,6 +67,7 @@ class Aggregator:
             _unless_utc(q.zone(name, table))
             for name, table in ((u.created_at, bound.users), (u.last_login, bound.users), (a.timestamp, bound.activity))
         )
+        self._idle: tuple[Any, ...] = ()  # the rules' properties of a user without entries (the activity query's NULL row)
         self._where = tuple(
             f"{table.name}.{name}"
             for table, name in (
@@ -75,14 +78,18 @@ class Aggregator:
             )
         )
 
-    def fetch_users(self, conn: Connection, *, problems: list[Problem], **where: Any) -> list[tuple[Any, ...]]:
+    def fetch_users(
+        self, conn: Connection, *, problems: list[Problem], derive: bool = False, **where: Any
+    ) -> list[tuple[Any, ...]]:
         """:meth:`~.queries.SegmentQueries.users` rows as Python values: text decoded (with replacement when
-        it is not UTF-8), each value that was not readable as it is reported in ``problems``. The last column (what PostgreSQL
-        read as NULL) is dropped."""
+        it is not UTF-8), each value that was not readable as it is reported in ``problems``. The column of what
+        PostgreSQL read as NULL is dropped; with ``derive``, the database's age properties follow, as a dict."""
         u = self.mapping.users
         table = self.bound.users.name
         out = []
-        for uid, created_at, last_login, role, auth, admin, out_of_range in conn.execute(self.queries.users(**where)):
+        for uid, created_at, last_login, role, auth, admin, out_of_range, *days in conn.execute(
+            self.queries.users(derive=derive, **where)
+        ):
             created_at, last_login = decode(created_at)[0], decode(last_login)[0]
             texts = []
             for name, value in ((u.role, role), (u.auth_method, auth)):
@@ -93,7 +100,8 @@ class Aggregator:
             if out_of_range:
                 for name in str(out_of_range).split(","):
                     problems.append(Problem(str(uid), f"{table}.{name}", "date outside years 1-9999, read as NULL"))
-            out.append((uid, created_at, last_login, texts[0], texts[1], admin))
+            row = (uid, created_at, last_login, texts[0], texts[1], admin)
+            out.append((*row, dict(zip((*sql_rules.AGE, "days_since_last_login"), days, strict=True))) if derive else row)
         return out
 
     def safe_batch(
@@ -124,7 +132,7 @@ class Aggregator:
             part = stack.pop()
             mark = len(problems)
             try:
-                users = self.fetch_users(conn, ids=part, problems=problems)
+                users = self.fetch_users(conn, ids=part, problems=problems, derive=True)
                 done.extend(self.batch(conn, users, ids=part, problems=problems))
             except (*ROW_ERRORS, StageError) as failure:
                 del problems[mark:]
@@ -190,6 +198,7 @@ class Aggregator:
                 raise StageError(table.name, error) from error
 
         activity = rows(self.bound.activity, self.queries.activity(lo, hi, ids))
+        self._idle = tuple(activity.pop(None)[DERIVED:])
         tasks = rows(self.bound.tasks, self.queries.tasks(lo, hi, ids)) if self.bound.tasks is not None else None
         return activity, tasks
 
@@ -219,7 +228,7 @@ class Aggregator:
         a = self.mapping.activity
         created_zone, login_zone, entry_zone = self._zones
         created_where, login_where, entry_where, duration_where = self._where
-        uid, created_at, last_login, role, auth, admin = user
+        uid, created_at, last_login, role, auth, admin, ages = user
 
         def when(value: Any, zone: tzinfo | None, where: str) -> datetime | None:
             read = read_datetime(value, zone)
@@ -261,6 +270,7 @@ class Aggregator:
         if act and act[BAD_DATES]:
             cause_ = f"{act[BAD_DATES]} entries dated outside years 1-9999: counted, dates read as NULL"
             problems.append(Problem(str(uid), entry_where, cause_))
+        derived = self._derived(row, act[DERIVED:] if act else self._idle, ages)
         oldest = {w: when(act[OLDEST + i], entry_zone, entry_where) if act else None for i, w in enumerate(WINDOWS)}
         t = tasks.get(uid) if tasks is not None else None
         inputs = fingerprint(
@@ -268,7 +278,27 @@ class Aggregator:
             (act[1], act[KEY_SUM]) if act else (0, None),
             (t[1], t[2]) if t else None,
         )
-        return AggregatedUser(activity=row, oldest_in_window=oldest, inputs=inputs)
+        return AggregatedUser(activity=row, oldest_in_window=oldest, inputs=inputs, derived=derived)
+
+    def _derived(self, row: UserActivity, activity: Sequence[Any], ages: dict[str, Any]) -> dict[str, object]:
+        """The rules' properties as the database computed them (0/1 read as booleans), left out where the rules
+        leave them out; a day count the database left to the reference (another zone, another text form) is
+        computed here from the date as Python read it."""
+        out: dict[str, object] = {
+            name: bool(value) if name in sql_rules.FLAGS else value
+            for name, value in zip(sql_rules.ACTIVITY, activity, strict=True)
+            if value is not None
+        }
+        now = self.queries.now
+        if row.created_at is not None:
+            if ages["account_age_days"] is None:
+                out.update(rules.age_properties(age_days(row.created_at, now)))
+            else:
+                out.update({name: bool(ages[name]) if name in sql_rules.FLAGS else ages[name] for name in sql_rules.AGE})
+        if row.last_login is not None:
+            days = ages["days_since_last_login"]
+            out["days_since_last_login"] = age_days(row.last_login, now) if days is None else days
+        return out
 
 
 def _unless_utc(zone: tzinfo | None) -> tzinfo | None:

@@ -82,7 +82,7 @@ def batches(engine: Engine, reader: BatchReader, batch_size: int) -> Iterator[Fe
                 while True:
                     found: list[Problem] = []
                     try:
-                        users = reader.fetch_users(conn, after=last, limit=batch_size, problems=found)
+                        users = reader.fetch_users(conn, after=last, limit=batch_size, problems=found, derive=True)
                         if not users:
                             break
                         activity, tasks = reader.fetch(conn, users, None)
