@@ -159,8 +159,7 @@ class SegmentQueries:
         return sql_rules.whole_days(column, self.bound.zone(column), self.now, self.dialect, self._in_range)
 
     def _in_range(self, column: Any) -> ColumnElement[bool]:
-        first, last = _AWARE_RANGE if getattr(column.type, "timezone", False) else _NAIVE_RANGE
-        return and_(column >= literal(first, column.type), column <= literal(last, column.type))
+        return in_range(column)
 
     def _out_of_range(self, table: Any, names: Sequence[str | None]) -> Any:
         """PostgreSQL: the names of the date columns (comma-separated) that :meth:`_readable_time` reads as NULL
@@ -269,6 +268,12 @@ class SegmentQueries:
             .where(self.owned_by(assignee, lo, hi, ids))
             .group_by(assignee)
         )
+
+
+def in_range(column: Any) -> ColumnElement[bool]:
+    """PostgreSQL: the dates its driver can hand over as a Python datetime (not ``infinity``, years 1-9999)."""
+    first, last = _AWARE_RANGE if getattr(column.type, "timezone", False) else _NAIVE_RANGE
+    return and_(column >= literal(first, column.type), column <= literal(last, column.type))
 
 
 def column_time(bound: BoundSchema, column: Any, value: datetime) -> datetime:

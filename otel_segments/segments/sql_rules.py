@@ -140,7 +140,11 @@ def whole_days(column: Any, zone: tzinfo | None, now: datetime, dialect: str, in
 
 def age_properties(days: Any) -> list[Any]:
     """``account_age_days`` and what it decides, as ``rules.age_properties`` names them."""
-    category = case(*[(days < below, literal(name)) for below, name in ACCOUNT_AGE_CATEGORIES], else_=literal(LONG_TERM))
+    category = case(
+        *[(days < below, literal(name)) for below, name in ACCOUNT_AGE_CATEGORIES],
+        (days.is_not(None), literal(LONG_TERM)),
+        else_=null(),
+    )
     return [days, category, days < NEW_ACCOUNT_DAYS, days >= RECENT_ACCOUNT_DAYS]
 
 
