@@ -23,6 +23,7 @@ from . import UserSegment, rules, sql_rules
 from .binding import BoundSchema
 from .driver_values import ROW_ERRORS, Problem, StageError, cause, decode, read_datetime
 from .fingerprints import fingerprint
+from .plan import advise_index
 from .queries import BAD_DATES, DERIVED, KEY_SUM, OLDEST, PROJECTS, SegmentQueries
 from .rules import WINDOWS, UserActivity, age_days, next_change, person_properties
 
@@ -61,6 +62,7 @@ class Aggregator:
         self.bound = bound
         self.mapping = bound.mapping
         self.queries = SegmentQueries(bound, now, dialect)
+        advise_index(bound, dialect)
         q = self.queries
         u, a = self.mapping.users, self.mapping.activity
         self._zones = tuple(

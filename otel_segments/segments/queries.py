@@ -22,6 +22,7 @@ from sqlalchemy import (
     and_,
     case,
     cast,
+    distinct,
     exists,
     false,
     func,
@@ -35,6 +36,7 @@ from sqlalchemy.types import NullType
 
 from . import sql_rules
 from .binding import BoundSchema
+from .plan import PER_USER, activity_shape
 from .rules import WINDOWS
 
 ID_CHUNK = 5_000  # ids per IN (...) list: well under SQLite's and PostgreSQL's parameter limits
@@ -61,6 +63,7 @@ class SegmentQueries:
         self.now = now
         self.mapping = bound.mapping
         self.dialect = dialect
+        self.shape = activity_shape(bound, dialect)
 
     def coerce_ids(self, user_ids: Iterable[str]) -> list[Any]:
         """distinct_ids are strings; compare them as the id column's own type, sorted and unique."""
@@ -218,6 +221,12 @@ class SegmentQueries:
             columns = [uid, *columns, literal(None), literal(None)]
             return self._derived(select(*columns).where(self.owned_by(uid, lo, hi, ids)).group_by(uid), per)
         pid = t.c[a.project_id]
+        if self.shape == PER_USER:
+            columns = [literal(None) if c is None else self.readable_time(c) if i in mins else c for i, c in enumerate(per)]
+            active = case((pt.c[p.status].in_(p.active_values), pt.c[p.id]), else_=None)
+            columns = [uid, *columns, func.count(distinct(pt.c[p.id])), func.count(distinct(active))]
+            joined = t.outerjoin(pt, pt.c[p.id] == pid)
+            return self._derived(select(*columns).select_from(joined).where(self.owned_by(uid, lo, hi, ids)).group_by(uid), per)
         labelled = [uid.label("uid"), pid.label("pid")] + [c.label(f"c{i}") for i, c in enumerate(per) if c is not None]
         rolled = select(*labelled).where(self.owned_by(uid, lo, hi, ids)).group_by(uid, pid).subquery("per_project")
         r = rolled.c

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 
+from otel_segments.segments import plan
 from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.binding import bind
 from otel_segments.segments.schema import TIMETRACKER, ActivityTable, SchemaError, SchemaMapping, UsersTable, load_schema
@@ -149,3 +151,27 @@ def test_naive_timestamps_are_utc(sqlite_engine: Engine) -> None:
     s = next(compute_segments(sqlite_engine, TIMETRACKER, now=NOW, user_ids=["1"]))
     assert s.set["entries_last_24h"] == 1
     assert s.set["last_segment_update"].endswith("+00:00")
+
+
+def test_shape_follows_the_indexes_and_stays_exact(engine: Engine, caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
+    """The app's own user_id index only: SQLite groups per user (PostgreSQL keeps the roll-up), and the job says once,
+    at INFO, which index would help; after running that very statement, the roll-up; the same segments either way."""
+    monkeypatch.setattr(plan, "_advised", set())
+    fill_timetracker(engine)
+    dialect = engine.dialect.name
+    want = expected(engine, TIMETRACKER, NOW)
+    bound = bind(TIMETRACKER, engine)
+    assert plan.activity_shape(bound, dialect) == (plan.PER_USER if dialect == "sqlite" else plan.ROLL_UP)
+    with caplog.at_level(logging.INFO, logger="otel_segments.segments.plan"):
+        _assert_same(_as_dict(compute_segments(engine, bound, now=NOW, batch_size=7)), want)
+        list(compute_segments(engine, bound, now=NOW))
+    advice = [r.getMessage() for r in caplog.records if "CREATE INDEX" in r.getMessage()]
+    assert len(advice) == 1, advice
+    statement = advice[0].split("Create it with: ")[1]
+    assert statement == plan.covering_statement(bound, dialect)
+    with engine.begin() as conn:
+        conn.execute(text(statement))
+    covered = bind(TIMETRACKER, engine)
+    assert plan.activity_shape(covered, dialect) == plan.ROLL_UP
+    assert plan.covering_statement(covered, dialect) is None
+    _assert_same(_as_dict(compute_segments(engine, covered, now=NOW, batch_size=7)), want)

