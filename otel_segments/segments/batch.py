@@ -19,13 +19,13 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from . import UserSegment, rules, sql_rules
+from . import UserSegment, sql_rules
 from .binding import BoundSchema
 from .driver_values import ROW_ERRORS, Problem, StageError, cause, decode, read_datetime
 from .fingerprints import fingerprint
 from .plan import advise_index
 from .queries import BAD_DATES, DERIVED, KEY_SUM, OLDEST, PROJECTS, SegmentQueries
-from .rules import WINDOWS, UserActivity, age_days, next_change, person_properties
+from .rules import WINDOWS, UserActivity, next_change, person_properties
 
 
 @dataclass(frozen=True)
@@ -106,13 +106,34 @@ class Aggregator:
             out.append((*row, dict(zip((*sql_rules.AGE, "days_since_last_login"), days, strict=True))) if derive else row)
         return out
 
+    def fetch_batch(
+        self, conn: Connection, *, after: Any, limit: int, problems: list[Problem]
+    ) -> tuple[list[tuple[Any, ...]], bool]:
+        """The next keyset batch of :meth:`fetch_users` (with the derived columns), and whether it holds every user:
+        the first batch reads one user more to know it, which lets one scan serve it (``plan.py``)."""
+        read: list[Problem] = []
+        users = self.fetch_users(conn, after=after, limit=limit + (after is None), problems=read, derive=True)
+        whole = after is None and len(users) <= limit
+        if not whole and len(users) > limit:
+            dropped = str(users[-1][0])  # read again by the next batch, with its problems
+            users, read = users[:limit], [p for p in read if p.user_id != dropped]
+        problems.extend(read)
+        return users, whole
+
     def safe_batch(
-        self, conn: Connection, users: Sequence[Any], problems: list[Problem], *, ids: Sequence[Any] | None = None
+        self,
+        conn: Connection,
+        users: Sequence[Any],
+        problems: list[Problem],
+        *,
+        ids: Sequence[Any] | None = None,
+        whole: bool = False,
     ) -> Iterator[AggregatedUser]:
-        """:meth:`batch`, or when it fails, :meth:`bisect` over its users: one poisoned user never stops the others."""
+        """:meth:`batch`, or when it fails, :meth:`bisect` over its users: one poisoned user never stops the others.
+        ``whole``: ``users`` are every user of the table (see :func:`.plan.activity_shape`)."""
         mark = len(problems)
         try:
-            built = self.batch(conn, users, ids=ids, problems=problems)
+            built = self.batch(conn, users, ids=ids, problems=problems, whole=whole)
         except (*ROW_ERRORS, StageError) as error:
             del problems[mark:]  # the bisection reports them again, for the users it computes
             recover(conn, error.error if isinstance(error, StageError) else error)
@@ -180,15 +201,21 @@ class Aggregator:
         return table
 
     def batch(
-        self, conn: Connection, users: Sequence[Any], *, ids: Sequence[Any] | None, problems: list[Problem] | None = None
+        self,
+        conn: Connection,
+        users: Sequence[Any],
+        *,
+        ids: Sequence[Any] | None,
+        problems: list[Problem] | None = None,
+        whole: bool = False,
     ) -> Iterator[AggregatedUser]:
         """The users' aggregates (rows of :meth:`fetch_users`), streamed: the queries run at once, and a failing
         one raises :class:`StageError` naming its table."""
-        activity, tasks = self.fetch(conn, users, ids)
+        activity, tasks = self.fetch(conn, users, ids, whole=whole)
         return self.build(users, activity, tasks, problems if problems is not None else [])
 
     def fetch(
-        self, conn: Connection, users: Sequence[Any], ids: Sequence[Any] | None
+        self, conn: Connection, users: Sequence[Any], ids: Sequence[Any] | None, *, whole: bool = False
     ) -> tuple[dict[Any, Any], dict[Any, Any] | None]:
         """The activity and task rows of ``users`` (of ``ids`` when given, else of their id range), by user."""
         lo, hi = users[0][0], users[-1][0]
@@ -199,7 +226,7 @@ class Aggregator:
             except ROW_ERRORS as error:
                 raise StageError(table.name, error) from error
 
-        activity = rows(self.bound.activity, self.queries.activity(lo, hi, ids))
+        activity = rows(self.bound.activity, self.queries.activity(lo, hi, ids, whole=whole))
         self._idle = tuple(activity.pop(None)[DERIVED:])
         tasks = rows(self.bound.tasks, self.queries.tasks(lo, hi, ids)) if self.bound.tasks is not None else None
         return activity, tasks
@@ -272,7 +299,7 @@ class Aggregator:
         if act and act[BAD_DATES]:
             cause_ = f"{act[BAD_DATES]} entries dated outside years 1-9999: counted, dates read as NULL"
             problems.append(Problem(str(uid), entry_where, cause_))
-        derived = self._derived(row, act[DERIVED:] if act else self._idle, ages)
+        derived = sql_rules.read_properties(row, act[DERIVED:] if act else self._idle, ages, self.queries.now)
         oldest = {w: when(act[OLDEST + i], entry_zone, entry_where) if act else None for i, w in enumerate(WINDOWS)}
         t = tasks.get(uid) if tasks is not None else None
         inputs = fingerprint(
@@ -281,26 +308,6 @@ class Aggregator:
             (t[1], t[2]) if t else None,
         )
         return AggregatedUser(activity=row, oldest_in_window=oldest, inputs=inputs, derived=derived)
-
-    def _derived(self, row: UserActivity, activity: Sequence[Any], ages: dict[str, Any]) -> dict[str, object]:
-        """The rules' properties as the database computed them (0/1 read as booleans), left out where the rules
-        leave them out; a day count the database left to the reference (another zone, another text form) is
-        computed here from the date as Python read it."""
-        out: dict[str, object] = {
-            name: bool(value) if name in sql_rules.FLAGS else value
-            for name, value in zip(sql_rules.ACTIVITY, activity, strict=True)
-            if value is not None
-        }
-        now = self.queries.now
-        if row.created_at is not None:
-            if ages["account_age_days"] is None:
-                out.update(rules.age_properties(age_days(row.created_at, now)))
-            else:
-                out.update({name: bool(ages[name]) if name in sql_rules.FLAGS else ages[name] for name in sql_rules.AGE})
-        if row.last_login is not None:
-            days = ages["days_since_last_login"]
-            out["days_since_last_login"] = age_days(row.last_login, now) if days is None else days
-        return out
 
 
 def _unless_utc(zone: tzinfo | None) -> tzinfo | None:

@@ -22,7 +22,6 @@ from sqlalchemy import (
     and_,
     case,
     cast,
-    distinct,
     exists,
     false,
     func,
@@ -36,7 +35,7 @@ from sqlalchemy.types import NullType
 
 from . import sql_rules
 from .binding import BoundSchema
-from .plan import PER_USER, activity_shape
+from .plan import SCAN, activity_shape, not_indexed
 from .rules import WINDOWS
 
 ID_CHUNK = 5_000  # ids per IN (...) list: well under SQLite's and PostgreSQL's parameter limits
@@ -184,7 +183,7 @@ class SegmentQueries:
     def owned_by(self, column: Any, lo: Any, hi: Any, ids: Sequence[Any] | None) -> ColumnElement[bool]:
         return column.in_(ids) if ids is not None else and_(column >= lo, column <= hi)
 
-    def activity(self, lo: Any, hi: Any, ids: Sequence[Any] | None) -> Any:
+    def activity(self, lo: Any, hi: Any, ids: Sequence[Any] | None, *, whole: bool = False) -> Any:
         """Each user's entries in one scan: counts per window, sources, seconds, the oldest entry per window, the
         key sum and (when projects are mapped) the projects used and active. Positions: :data:`OLDEST` onwards.
 
@@ -194,6 +193,10 @@ class SegmentQueries:
         a, p = self.mapping.activity, self.mapping.projects
         t, pt = self.bound.activity, self.bound.projects
         uid, ts = t.c[a.user_id], t.c[a.timestamp]
+        owned: Any = self.owned_by(uid, lo, hi, ids)
+        if whole and self.shape == SCAN:
+            uid = not_indexed(uid)
+            owned = uid.is_not(None)  # a NULL user's entries would take the place of the row of a user without any
         in_window = [ts >= self._time(ts, self.now - w) for w in WINDOWS]
         per: list[Any] = [func.count(), *[func.sum(case((cond, 1), else_=0)) for cond in in_window]]
         if a.source:
@@ -219,16 +222,10 @@ class SegmentQueries:
         if pt is None or p is None or not a.project_id:
             columns = [literal(None) if c is None else self.readable_time(c) if i in mins else c for i, c in enumerate(per)]
             columns = [uid, *columns, literal(None), literal(None)]
-            return self._derived(select(*columns).where(self.owned_by(uid, lo, hi, ids)).group_by(uid), per)
+            return self._derived(select(*columns).where(owned).group_by(uid), per)
         pid = t.c[a.project_id]
-        if self.shape == PER_USER:
-            columns = [literal(None) if c is None else self.readable_time(c) if i in mins else c for i, c in enumerate(per)]
-            active = case((pt.c[p.status].in_(p.active_values), pt.c[p.id]), else_=None)
-            columns = [uid, *columns, func.count(distinct(pt.c[p.id])), func.count(distinct(active))]
-            joined = t.outerjoin(pt, pt.c[p.id] == pid)
-            return self._derived(select(*columns).select_from(joined).where(self.owned_by(uid, lo, hi, ids)).group_by(uid), per)
         labelled = [uid.label("uid"), pid.label("pid")] + [c.label(f"c{i}") for i, c in enumerate(per) if c is not None]
-        rolled = select(*labelled).where(self.owned_by(uid, lo, hi, ids)).group_by(uid, pid).subquery("per_project")
+        rolled = select(*labelled).where(owned).group_by(uid, pid).subquery("per_project")
         r = rolled.c
         columns = [r.uid]
         for i, c in enumerate(per):

@@ -14,13 +14,14 @@ zone, another text form) is NULL here and left to the reference, which reads it 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone, tzinfo
 from typing import Any
 
 from sqlalchemy import BigInteger, Float, Integer, and_, case, cast, extract, func, literal, null, or_, type_coerce
 from sqlalchemy.types import DateTime
 
+from . import rules
 from .rules import (
     ACCOUNT_AGE_CATEGORIES,
     DECREASING_DIVISOR,
@@ -35,6 +36,7 @@ from .rules import (
     RECENT_ACCOUNT_DAYS,
     TENTH_OF_AN_HOUR,
     TRACKING_METHODS,
+    UserActivity,
 )
 
 #: The properties the activity aggregates give, in the order :func:`activity_properties` selects them.
@@ -149,3 +151,22 @@ def age_properties(days: Any) -> list[Any]:
 
 
 AGE = ("account_age_days", "account_age_category", "is_new_user", "is_established_user")
+
+
+def read_properties(row: UserActivity, activity: Sequence[Any], ages: dict[str, Any], now: datetime) -> dict[str, object]:
+    """The rules' properties as the database computed them (0/1 read as booleans), left out where the rules leave
+    them out; a day count the database left to the reference (another zone, another text form) is computed from
+    the date as Python read it. ``activity``: the :data:`ACTIVITY` columns; ``ages``: :data:`AGE` and
+    ``days_since_last_login``."""
+    out: dict[str, object] = {
+        name: bool(value) if name in FLAGS else value for name, value in zip(ACTIVITY, activity, strict=True) if value is not None
+    }
+    if row.created_at is not None:
+        if ages["account_age_days"] is None:
+            out.update(rules.age_properties(rules.age_days(row.created_at, now)))
+        else:
+            out.update({name: bool(ages[name]) if name in FLAGS else ages[name] for name in AGE})
+    if row.last_login is not None:
+        days = ages["days_since_last_login"]
+        out["days_since_last_login"] = rules.age_days(row.last_login, now) if days is None else days
+    return out

@@ -154,17 +154,25 @@ def test_naive_timestamps_are_utc(sqlite_engine: Engine) -> None:
 
 
 def test_shape_follows_the_indexes_and_stays_exact(engine: Engine, caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
-    """The app's own user_id index only: SQLite groups per user (PostgreSQL keeps the roll-up), and the job says once,
-    at INFO, which index would help; after running that very statement, the roll-up; the same segments either way."""
+    """The app's own user_id index only: on SQLite a batch holding every user is read by one scan that no index
+    serves (PostgreSQL's planner chooses itself), and the job says once, at INFO, which index would help; after
+    running that very statement, the batch's range through it; the same segments in every case."""
     monkeypatch.setattr(plan, "_advised", set())
     fill_timetracker(engine)
     dialect = engine.dialect.name
     want = expected(engine, TIMETRACKER, NOW)
     bound = bind(TIMETRACKER, engine)
-    assert plan.activity_shape(bound, dialect) == (plan.PER_USER if dialect == "sqlite" else plan.ROLL_UP)
+    assert plan.activity_shape(bound, dialect) == (plan.SCAN if dialect == "sqlite" else plan.ROLL_UP)
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     with caplog.at_level(logging.INFO, logger="otel_segments.segments.plan"):
         _assert_same(_as_dict(compute_segments(engine, bound, now=NOW, batch_size=7)), want)
-        list(compute_segments(engine, bound, now=NOW))
+        batched = [s for s in statements if "time_entries" in s and "GROUP BY" in s]
+        statements.clear()
+        _assert_same(_as_dict(compute_segments(engine, bound, now=NOW, batch_size=60)), want)  # exactly every user
+        whole = [s for s in statements if "time_entries" in s and "GROUP BY" in s]
+    assert len(batched) == 9 and not any("+ time_entries.user_id" in s for s in batched)
+    assert len(whole) == 1 and ("+ time_entries.user_id" in whole[0]) == (dialect == "sqlite")
     advice = [r.getMessage() for r in caplog.records if "CREATE INDEX" in r.getMessage()]
     assert len(advice) == 1, advice
     statement = advice[0].split("Create it with: ")[1]
@@ -174,4 +182,6 @@ def test_shape_follows_the_indexes_and_stays_exact(engine: Engine, caplog: pytes
     covered = bind(TIMETRACKER, engine)
     assert plan.activity_shape(covered, dialect) == plan.ROLL_UP
     assert plan.covering_statement(covered, dialect) is None
-    _assert_same(_as_dict(compute_segments(engine, covered, now=NOW, batch_size=7)), want)
+    statements.clear()
+    _assert_same(_as_dict(compute_segments(engine, covered, now=NOW)), want)
+    assert not any("+ time_entries.user_id" in s for s in statements)
