@@ -17,8 +17,12 @@ from .binding import BoundSchema
 
 _logger = logging.getLogger(__name__)
 
-#: Measured by ``benchmarks/bench_indexes.py`` (10k users / 1M entries in time order, SQLite, same run).
-INDEX_GAIN = "PLACEHOLDER"
+#: Measured by ``benchmarks/bench_indexes.py`` (10k users / 1M entries in time order, SQLite, one run beside other load).
+INDEX_GAIN = (
+    "Measured at 10k users / 1M entries stored in time order (SQLite): a full aggregation pass took 8.7 s with"
+    " the index against 15.8 s with only the user_id index (1.8x faster); on PostgreSQL docs/segments.md"
+    ' ("Indexes") measured 7.8 s against 12.7 s at 100k users / 10M entries'
+)
 
 
 #: How :meth:`SegmentQueries.activity` reads the entries of a batch that holds every user (``activity_shape``).
