@@ -31,7 +31,7 @@ SCAN = "scan"  # the whole table in one pass, the user index ignored
 
 
 def activity_shape(bound: BoundSchema, dialect: str) -> str:
-    """:data:`SCAN` on SQLite when the activity table has no index leading with (user, project).
+    """:data:`SCAN` on SQLite when the activity table's index on the user does not lead with (user, project).
 
     Entries are stored in time order, so one user's entries lie on pages all over the table. With the
     covering index a batch reads its slice in order; with only the app's own ``user_id`` index, SQLite still
@@ -41,8 +41,8 @@ def activity_shape(bound: BoundSchema, dialect: str) -> str:
     therefore read by one scan. PostgreSQL's planner makes that choice itself (a sequential scan and a hash).
     """
     a = bound.mapping.activity
-    if dialect == "sqlite" and a.project_id and covering_index(bound) is None:
-        return SCAN
+    if dialect == "sqlite" and a.project_id and covering_index(bound) is None and _leading(bound, [a.user_id]):
+        return SCAN  # with no index on the user at all, the range is read by a scan anyway
     return ROLL_UP
 
 
@@ -54,9 +54,13 @@ def not_indexed(column: Any) -> Any:
 def covering_index(bound: BoundSchema) -> Any:
     """The activity table's index leading with (user, project), or None."""
     a = bound.mapping.activity
+    return _leading(bound, [a.user_id, a.project_id])
+
+
+def _leading(bound: BoundSchema, names: list[str | None]) -> Any:
+    """The activity table's first index whose columns start with ``names``, or None."""
     for index in bound.activity.indexes:
-        names = [getattr(c, "name", None) for c in index.columns]
-        if names[:2] == [a.user_id, a.project_id]:
+        if [getattr(c, "name", None) for c in index.columns][: len(names)] == names:
             return index
     return None
 

@@ -185,3 +185,14 @@ def test_shape_follows_the_indexes_and_stays_exact(engine: Engine, caplog: pytes
     statements.clear()
     _assert_same(_as_dict(compute_segments(engine, covered, now=NOW)), want)
     assert not any("+ time_entries.user_id" in s for s in statements)
+
+
+def test_no_index_on_the_user_keeps_the_range_and_advises(sqlite_engine: Engine) -> None:
+    """With no index on the user at all the range is read by a scan anyway: the roll-up stays, exact; the advice stays."""
+    fill_timetracker(sqlite_engine)
+    with sqlite_engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_time_entries_user_id"))
+    bound = bind(TIMETRACKER, sqlite_engine)
+    assert plan.activity_shape(bound, "sqlite") == plan.ROLL_UP
+    assert plan.covering_statement(bound, "sqlite") is not None
+    _assert_same(_as_dict(compute_segments(sqlite_engine, bound, now=NOW)), expected(sqlite_engine, TIMETRACKER, NOW))
