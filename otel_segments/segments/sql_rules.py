@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone, tzinfo
 from typing import Any
 
-from sqlalchemy import BigInteger, Float, Integer, and_, case, cast, extract, func, literal, null, or_, type_coerce
+from sqlalchemy import BigInteger, Float, Integer, and_, case, cast, extract, func, literal, null, type_coerce
 from sqlalchemy.types import DateTime
 
 from . import rules
@@ -124,19 +124,15 @@ def whole_days(column: Any, zone: tzinfo | None, now: datetime, dialect: str, in
             since = func.timezone(name, column)
         seconds = extract("epoch", literal(now, DateTime(timezone=True)) - since)
         days = cast(func.floor(seconds / 86400), BigInteger)
-        return case((and_(in_range(column), days >= 0), days), (in_range(column), 0), else_=None)
+        return case((in_range(column), func.greatest(days, 0)), else_=None)
     if dialect == "sqlite" and (zone is None or zone is timezone.utc or getattr(zone, "key", None) in ("UTC", "Etc/UTC")):
-        canonical = and_(
-            func.typeof(column) == "text",
-            or_(func.length(column) == 19, and_(func.length(column) == 26, func.substr(column, 20, 1) == ".")),
-            func.date(column) == func.substr(column, 1, 10),
-            func.substr(column, 11, 1).in_((" ", "T")),
-            func.time(func.substr(column, 12, 8)) == func.substr(column, 12, 8),
-        )
-        calendar = func.julianday(now.strftime("%Y-%m-%d")) - func.julianday(func.date(column))
-        later_in_day = case((func.substr(column, 12) > now.strftime("%H:%M:%S.%f"), 1), else_=0)
-        days = cast(calendar, Integer) - later_in_day
-        return case((and_(canonical, days >= 0), days), (canonical, 0), else_=None)
+        # SQLite's date() is NULL for any text it cannot read whole (a bad time of day included); equal to the
+        # text's first ten characters only in the canonical form, without an offset (19 or 26 characters)
+        day = func.substr(column, 1, 10)
+        canonical = and_(func.length(column).in_((19, 26)), func.date(column) == day)
+        later_in_day = func.substr(column, 12) > now.strftime("%H:%M:%S.%f")  # 0 or 1
+        days = cast(func.julianday(now.strftime("%Y-%m-%d")) - func.julianday(day), Integer) - later_in_day
+        return case((canonical, func.max(days, 0)), else_=None)
     return null()
 
 
