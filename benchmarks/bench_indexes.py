@@ -13,6 +13,7 @@ against the floor of the same case, same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -66,16 +67,23 @@ def main() -> int:
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--keep", type=Path)
     args = parser.parse_args()
-    workdir = args.keep or Path(tempfile.mkdtemp(prefix="otel-segments-indexes-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        workdir = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="otel-segments-indexes-")))
+        workdir.mkdir(parents=True, exist_ok=True)
+        run(workdir, args.users, args.entries)
+    return 0
+
+
+def run(workdir: Path, users: int, entries: int) -> None:
+    """The three cases on copies of one file in ``workdir``."""
     now = datetime.now(timezone.utc)
     covering = workdir / "covering.sqlite"
     if not covering.exists():
-        build(create_engine(f"sqlite:///{covering}"), args.users, args.entries, now)
+        build(create_engine(f"sqlite:///{covering}"), users, entries, now)
     cases = {"covering": covering, "user_id": workdir / "user_id.sqlite", "none": workdir / "none.sqlite"}
     covering_ix, user_ix = "ix_time_entries_user_covering", "ix_time_entries_user_id"
     drops = {"covering": [], "user_id": [covering_ix], "none": [covering_ix, user_ix]}
-    print(f"SQLite, {args.users:,} users / {args.entries:,} entries in time order; seconds, best of two;")
+    print(f"SQLite, {users:,} users / {entries:,} entries in time order; seconds, best of two;")
     print("ratios against the floor of the same case")
     print(f"{'index':<10}{'floor s':>8}{'roll-up s':>10}{'x':>7}{'scan s':>11}{'x':>7}  picked")
     for name, path in cases.items():
@@ -92,7 +100,6 @@ def main() -> int:
             f"{r[plan.SCAN]:>11.2f}{r[plan.SCAN] / r['floor']:>6.2f}x  {r['shape']}",
             flush=True,
         )
-    return 0
 
 
 if __name__ == "__main__":
