@@ -71,7 +71,7 @@ def aggregate_users(
         if user_ids is None:
             while True:
                 try:
-                    users = reader.fetch_users(conn, after=last, limit=batch_size, problems=found)
+                    users, whole = reader.fetch_batch(conn, after=last, limit=batch_size, problems=found)
                 except ROW_ERRORS as error:
                     recover(conn, error)
                     ids = [row[0] for row in conn.execute(reader.queries.ids(after=last, limit=batch_size))]
@@ -85,7 +85,7 @@ def aggregate_users(
                 if not users:
                     return
                 last = users[-1][0]
-                yield from reader.safe_batch(conn, users, found)
+                yield from reader.safe_batch(conn, users, found, whole=whole)
                 if len(users) < batch_size:
                     return
         else:
@@ -93,7 +93,7 @@ def aggregate_users(
             for start in range(0, len(ids), ID_CHUNK):
                 chunk = ids[start : start + ID_CHUNK]
                 try:
-                    users = reader.fetch_users(conn, ids=chunk, problems=found)
+                    users = reader.fetch_users(conn, ids=chunk, problems=found, derive=True)
                 except ROW_ERRORS as error:
                     recover(conn, error)
                     yield from reader.bisect(conn, chunk, found, error)

@@ -19,11 +19,12 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from . import UserSegment
+from . import UserSegment, sql_rules
 from .binding import BoundSchema
 from .driver_values import ROW_ERRORS, Problem, StageError, cause, decode, read_datetime
 from .fingerprints import fingerprint
-from .queries import BAD_DATES, KEY_SUM, OLDEST, PROJECTS, SegmentQueries
+from .plan import advise_index
+from .queries import BAD_DATES, DERIVED, KEY_SUM, OLDEST, PROJECTS, SegmentQueries
 from .rules import WINDOWS, UserActivity, next_change, person_properties
 
 
@@ -35,8 +36,10 @@ class AggregatedUser:
     oldest_in_window: dict[timedelta, datetime | None]
     inputs: str = ""  # fingerprint of the rule inputs the sweep compares (see ``fingerprints.py``)
 
+    derived: dict[str, object] | None = None  # the rules' properties as the database computed them
+
     def segment(self, now: datetime) -> UserSegment:
-        return person_properties(self.activity, now=now)
+        return person_properties(self.activity, now=now, derived=self.derived)
 
     def due_at(self, now: datetime) -> datetime | None:
         return next_change(self.activity, self.oldest_in_window, now=now)
@@ -59,12 +62,14 @@ class Aggregator:
         self.bound = bound
         self.mapping = bound.mapping
         self.queries = SegmentQueries(bound, now, dialect)
+        advise_index(bound, dialect)
         q = self.queries
         u, a = self.mapping.users, self.mapping.activity
         self._zones = tuple(
             _unless_utc(q.zone(name, table))
             for name, table in ((u.created_at, bound.users), (u.last_login, bound.users), (a.timestamp, bound.activity))
         )
+        self._idle: tuple[Any, ...] = ()  # the rules' properties of a user without entries (the activity query's NULL row)
         self._where = tuple(
             f"{table.name}.{name}"
             for table, name in (
@@ -75,14 +80,18 @@ class Aggregator:
             )
         )
 
-    def fetch_users(self, conn: Connection, *, problems: list[Problem], **where: Any) -> list[tuple[Any, ...]]:
+    def fetch_users(
+        self, conn: Connection, *, problems: list[Problem], derive: bool = False, **where: Any
+    ) -> list[tuple[Any, ...]]:
         """:meth:`~.queries.SegmentQueries.users` rows as Python values: text decoded (with replacement when
-        it is not UTF-8), each value that was not readable as it is reported in ``problems``. The last column (what PostgreSQL
-        read as NULL) is dropped."""
+        it is not UTF-8), each value that was not readable as it is reported in ``problems``. The column of what
+        PostgreSQL read as NULL is dropped; with ``derive``, the database's age properties follow, as a dict."""
         u = self.mapping.users
         table = self.bound.users.name
         out = []
-        for uid, created_at, last_login, role, auth, admin, out_of_range in conn.execute(self.queries.users(**where)):
+        for uid, created_at, last_login, role, auth, admin, out_of_range, *days in conn.execute(
+            self.queries.users(derive=derive, **where)
+        ):
             created_at, last_login = decode(created_at)[0], decode(last_login)[0]
             texts = []
             for name, value in ((u.role, role), (u.auth_method, auth)):
@@ -93,16 +102,38 @@ class Aggregator:
             if out_of_range:
                 for name in str(out_of_range).split(","):
                     problems.append(Problem(str(uid), f"{table}.{name}", "date outside years 1-9999, read as NULL"))
-            out.append((uid, created_at, last_login, texts[0], texts[1], admin))
+            row = (uid, created_at, last_login, texts[0], texts[1], admin)
+            out.append((*row, dict(zip((*sql_rules.AGE, "days_since_last_login"), days, strict=True))) if derive else row)
         return out
 
+    def fetch_batch(
+        self, conn: Connection, *, after: Any, limit: int, problems: list[Problem]
+    ) -> tuple[list[tuple[Any, ...]], bool]:
+        """The next keyset batch of :meth:`fetch_users` (with the derived columns), and whether it holds every user:
+        the first batch reads one user more to know it, which lets one scan serve it (``plan.py``)."""
+        read: list[Problem] = []
+        users = self.fetch_users(conn, after=after, limit=limit + (after is None), problems=read, derive=True)
+        whole = after is None and len(users) <= limit
+        if not whole and len(users) > limit:
+            dropped = str(users[-1][0])  # read again by the next batch, with its problems
+            users, read = users[:limit], [p for p in read if p.user_id != dropped]
+        problems.extend(read)
+        return users, whole
+
     def safe_batch(
-        self, conn: Connection, users: Sequence[Any], problems: list[Problem], *, ids: Sequence[Any] | None = None
+        self,
+        conn: Connection,
+        users: Sequence[Any],
+        problems: list[Problem],
+        *,
+        ids: Sequence[Any] | None = None,
+        whole: bool = False,
     ) -> Iterator[AggregatedUser]:
-        """:meth:`batch`, or when it fails, :meth:`bisect` over its users: one poisoned user never stops the others."""
+        """:meth:`batch`, or when it fails, :meth:`bisect` over its users: one poisoned user never stops the others.
+        ``whole``: ``users`` are every user of the table (see :func:`.plan.activity_shape`)."""
         mark = len(problems)
         try:
-            built = self.batch(conn, users, ids=ids, problems=problems)
+            built = self.batch(conn, users, ids=ids, problems=problems, whole=whole)
         except (*ROW_ERRORS, StageError) as error:
             del problems[mark:]  # the bisection reports them again, for the users it computes
             recover(conn, error.error if isinstance(error, StageError) else error)
@@ -124,7 +155,7 @@ class Aggregator:
             part = stack.pop()
             mark = len(problems)
             try:
-                users = self.fetch_users(conn, ids=part, problems=problems)
+                users = self.fetch_users(conn, ids=part, problems=problems, derive=True)
                 done.extend(self.batch(conn, users, ids=part, problems=problems))
             except (*ROW_ERRORS, StageError) as failure:
                 del problems[mark:]
@@ -170,15 +201,21 @@ class Aggregator:
         return table
 
     def batch(
-        self, conn: Connection, users: Sequence[Any], *, ids: Sequence[Any] | None, problems: list[Problem] | None = None
+        self,
+        conn: Connection,
+        users: Sequence[Any],
+        *,
+        ids: Sequence[Any] | None,
+        problems: list[Problem] | None = None,
+        whole: bool = False,
     ) -> Iterator[AggregatedUser]:
         """The users' aggregates (rows of :meth:`fetch_users`), streamed: the queries run at once, and a failing
         one raises :class:`StageError` naming its table."""
-        activity, tasks = self.fetch(conn, users, ids)
+        activity, tasks = self.fetch(conn, users, ids, whole=whole)
         return self.build(users, activity, tasks, problems if problems is not None else [])
 
     def fetch(
-        self, conn: Connection, users: Sequence[Any], ids: Sequence[Any] | None
+        self, conn: Connection, users: Sequence[Any], ids: Sequence[Any] | None, *, whole: bool = False
     ) -> tuple[dict[Any, Any], dict[Any, Any] | None]:
         """The activity and task rows of ``users`` (of ``ids`` when given, else of their id range), by user."""
         lo, hi = users[0][0], users[-1][0]
@@ -189,7 +226,8 @@ class Aggregator:
             except ROW_ERRORS as error:
                 raise StageError(table.name, error) from error
 
-        activity = rows(self.bound.activity, self.queries.activity(lo, hi, ids))
+        activity = rows(self.bound.activity, self.queries.activity(lo, hi, ids, whole=whole))
+        self._idle = tuple(activity.pop(None)[DERIVED:])
         tasks = rows(self.bound.tasks, self.queries.tasks(lo, hi, ids)) if self.bound.tasks is not None else None
         return activity, tasks
 
@@ -219,7 +257,7 @@ class Aggregator:
         a = self.mapping.activity
         created_zone, login_zone, entry_zone = self._zones
         created_where, login_where, entry_where, duration_where = self._where
-        uid, created_at, last_login, role, auth, admin = user
+        uid, created_at, last_login, role, auth, admin, ages = user
 
         def when(value: Any, zone: tzinfo | None, where: str) -> datetime | None:
             read = read_datetime(value, zone)
@@ -261,6 +299,7 @@ class Aggregator:
         if act and act[BAD_DATES]:
             cause_ = f"{act[BAD_DATES]} entries dated outside years 1-9999: counted, dates read as NULL"
             problems.append(Problem(str(uid), entry_where, cause_))
+        derived = sql_rules.read_properties(row, act[DERIVED:] if act else self._idle, ages, self.queries.now)
         oldest = {w: when(act[OLDEST + i], entry_zone, entry_where) if act else None for i, w in enumerate(WINDOWS)}
         t = tasks.get(uid) if tasks is not None else None
         inputs = fingerprint(
@@ -268,7 +307,7 @@ class Aggregator:
             (act[1], act[KEY_SUM]) if act else (0, None),
             (t[1], t[2]) if t else None,
         )
-        return AggregatedUser(activity=row, oldest_in_window=oldest, inputs=inputs)
+        return AggregatedUser(activity=row, oldest_in_window=oldest, inputs=inputs, derived=derived)
 
 
 def _unless_utc(zone: tzinfo | None) -> tzinfo | None:

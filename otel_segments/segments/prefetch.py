@@ -30,10 +30,12 @@ from .driver_values import ROW_ERRORS, Problem, StageError
 class BatchReader(Protocol):
     """What this thread reads through (``batch.Aggregator``; a protocol, as ``aggregate`` imports both)."""
 
-    def fetch_users(self, conn: Connection, *, problems: list[Problem], **where: Any) -> list[tuple[Any, ...]]: ...
+    def fetch_batch(
+        self, conn: Connection, *, after: Any, limit: int, problems: list[Problem]
+    ) -> tuple[list[tuple[Any, ...]], bool]: ...
 
     def fetch(
-        self, conn: Connection, users: Sequence[Any], ids: Sequence[Any] | None
+        self, conn: Connection, users: Sequence[Any], ids: Sequence[Any] | None, *, whole: bool = False
     ) -> tuple[dict[Any, Any], dict[Any, Any] | None]: ...
 
 
@@ -82,10 +84,10 @@ def batches(engine: Engine, reader: BatchReader, batch_size: int) -> Iterator[Fe
                 while True:
                     found: list[Problem] = []
                     try:
-                        users = reader.fetch_users(conn, after=last, limit=batch_size, problems=found)
+                        users, whole = reader.fetch_batch(conn, after=last, limit=batch_size, problems=found)
                         if not users:
                             break
-                        activity, tasks = reader.fetch(conn, users, None)
+                        activity, tasks = reader.fetch(conn, users, None, whole=whole)
                     except (*ROW_ERRORS, StageError):
                         slot.put(Resume(last))
                         return

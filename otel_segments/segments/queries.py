@@ -27,22 +27,27 @@ from sqlalchemy import (
     func,
     literal,
     not_,
+    null,
     select,
     true,
     type_coerce,
 )
 from sqlalchemy.types import NullType
 
+from . import sql_rules
 from .binding import BoundSchema
+from .plan import SCAN, activity_shape, not_indexed
 from .rules import WINDOWS
 
 ID_CHUNK = 5_000  # ids per IN (...) list: well under SQLite's and PostgreSQL's parameter limits
 #: Positions in :meth:`SegmentQueries.activity` rows: user id, count, one count per window, timer, manual,
-#: seconds, then the oldest entry per window, the key sum, PostgreSQL's unreadable dates, projects used and active.
+#: seconds, then the oldest entry per window, the key sum, PostgreSQL's unreadable dates, projects used and active,
+#: then the rules' properties.
 OLDEST = 8
 KEY_SUM = OLDEST + len(WINDOWS)
 BAD_DATES = KEY_SUM + 1
 PROJECTS = BAD_DATES + 1
+DERIVED = PROJECTS + 2  # then :data:`.sql_rules.ACTIVITY`
 PER_SECONDS = 6  # the seconds in the roll-up's columns (no user id)
 # Dates PostgreSQL may hold that its driver can hand over as a Python datetime (years 1-9999); outside them a value
 # reads as NULL, like ``infinity``. A timezone-aware value is converted to the session's zone first: a day of margin.
@@ -58,6 +63,7 @@ class SegmentQueries:
         self.now = now
         self.mapping = bound.mapping
         self.dialect = dialect
+        self.shape = activity_shape(bound, dialect)
 
     def coerce_ids(self, user_ids: Iterable[str]) -> list[Any]:
         """distinct_ids are strings; compare them as the id column's own type, sorted and unique."""
@@ -84,7 +90,11 @@ class SegmentQueries:
     def zone(self, name: str | None, table: Any) -> tzinfo | None:
         return self.bound.zone(table.c[name]) if name else None
 
-    def users(self, *, after: Any = None, limit: int | None = None, ids: Sequence[Any] | None = None) -> Any:
+    def users(
+        self, *, after: Any = None, limit: int | None = None, ids: Sequence[Any] | None = None, derive: bool = False
+    ) -> Any:
+        """The users' columns; with ``derive``, then :data:`.sql_rules.AGE` and ``days_since_last_login`` (NULL
+        where unknown or left to the reference)."""
         u = self.mapping.users
         t = self.bound.users
         uid = t.c[u.id]
@@ -95,6 +105,9 @@ class SegmentQueries:
             columns.append(self.readable_text(t.c[name]) if name else literal(None))
         columns.append(self._is_admin())
         columns.append(self._out_of_range(t, (u.created_at, u.last_login)))
+        if derive:
+            created, login = (self._days(t.c[name]) if name else literal(None) for name in (u.created_at, u.last_login))
+            columns += [*sql_rules.age_properties(created), login]
         query = select(*columns).where(uid.is_not(None))  # a NULL id names no one (possible in views and legacy tables)
         if ids is not None:
             query = query.where(uid.in_(ids))
@@ -147,9 +160,11 @@ class SegmentQueries:
             return case((self._in_range(column), column), else_=None)  # infinity and years beyond 1-9999
         return column
 
+    def _days(self, column: Any) -> Any:
+        return sql_rules.whole_days(column, self.bound.zone(column), self.now, self.dialect, self._in_range)
+
     def _in_range(self, column: Any) -> ColumnElement[bool]:
-        first, last = _AWARE_RANGE if getattr(column.type, "timezone", False) else _NAIVE_RANGE
-        return and_(column >= literal(first, column.type), column <= literal(last, column.type))
+        return in_range(column)
 
     def _out_of_range(self, table: Any, names: Sequence[str | None]) -> Any:
         """PostgreSQL: the names of the date columns (comma-separated) that :meth:`_readable_time` reads as NULL
@@ -171,7 +186,7 @@ class SegmentQueries:
     def owned_by(self, column: Any, lo: Any, hi: Any, ids: Sequence[Any] | None) -> ColumnElement[bool]:
         return column.in_(ids) if ids is not None else and_(column >= lo, column <= hi)
 
-    def activity(self, lo: Any, hi: Any, ids: Sequence[Any] | None) -> Any:
+    def activity(self, lo: Any, hi: Any, ids: Sequence[Any] | None, *, whole: bool = False) -> Any:
         """Each user's entries in one scan: counts per window, sources, seconds, the oldest entry per window, the
         key sum and (when projects are mapped) the projects used and active. Positions: :data:`OLDEST` onwards.
 
@@ -181,6 +196,10 @@ class SegmentQueries:
         a, p = self.mapping.activity, self.mapping.projects
         t, pt = self.bound.activity, self.bound.projects
         uid, ts = t.c[a.user_id], t.c[a.timestamp]
+        owned: Any = self.owned_by(uid, lo, hi, ids)
+        if whole and self.shape == SCAN:
+            uid = not_indexed(uid)
+            owned = uid.is_not(None)  # a NULL user's entries would take the place of the row of a user without any
         in_window = [ts >= self._time(ts, self.now - w) for w in WINDOWS]
         per: list[Any] = [func.count(), *[func.sum(case((cond, 1), else_=0)) for cond in in_window]]
         if a.source:
@@ -206,10 +225,10 @@ class SegmentQueries:
         if pt is None or p is None or not a.project_id:
             columns = [literal(None) if c is None else self.readable_time(c) if i in mins else c for i, c in enumerate(per)]
             columns = [uid, *columns, literal(None), literal(None)]
-            return select(*columns).where(self.owned_by(uid, lo, hi, ids)).group_by(uid)
+            return self._derived(select(*columns).where(owned).group_by(uid), per)
         pid = t.c[a.project_id]
         labelled = [uid.label("uid"), pid.label("pid")] + [c.label(f"c{i}") for i, c in enumerate(per) if c is not None]
-        rolled = select(*labelled).where(self.owned_by(uid, lo, hi, ids)).group_by(uid, pid).subquery("per_project")
+        rolled = select(*labelled).where(owned).group_by(uid, pid).subquery("per_project")
         r = rolled.c
         columns = [r.uid]
         for i, c in enumerate(per):
@@ -222,7 +241,19 @@ class SegmentQueries:
         active = case((pt.c[p.status].in_(p.active_values), 1), else_=None)
         columns += [func.count(pt.c[p.id]), func.count(active)]
         joined = rolled.outerjoin(pt, pt.c[p.id] == r.pid)
-        return select(*columns).select_from(joined).group_by(r.uid)
+        return self._derived(select(*columns).select_from(joined).group_by(r.uid), per)
+
+    def _derived(self, aggregates: Any, per: list[Any]) -> Any:
+        """``aggregates`` then :data:`.sql_rules.ACTIVITY`, evaluated over its columns (each aggregate computed once),
+        and one more row whose user id is NULL: the properties of a user without entries (zeros in)."""
+        inner = aggregates.subquery("aggregates")
+        c = list(inner.c)
+        timer, manual, seconds = ((c[i] if per[i - 1] is not None else None) for i in (5, 6, 7))
+        derived = sql_rules.activity_properties(c[3], c[4], c[1], timer, manual, seconds, self.dialect)
+        zero = literal(0)
+        timer_, manual_, seconds_ = (None if column is None else zero for column in (timer, manual, seconds))
+        idle = sql_rules.activity_properties(zero, zero, zero, timer_, manual_, seconds_, self.dialect)
+        return select(*c, *derived).union_all(select(*[null()] * len(c), *idle))
 
     def _sum(self, value: Any) -> Any:
         """SQLite's integer sum raises on overflow, for the whole query; total() sums as a float."""
@@ -246,6 +277,12 @@ class SegmentQueries:
             .where(self.owned_by(assignee, lo, hi, ids))
             .group_by(assignee)
         )
+
+
+def in_range(column: Any) -> ColumnElement[bool]:
+    """PostgreSQL: the dates its driver can hand over as a Python datetime (not ``infinity``, years 1-9999)."""
+    first, last = _AWARE_RANGE if getattr(column.type, "timezone", False) else _NAIVE_RANGE
+    return and_(column >= literal(first, column.type), column <= literal(last, column.type))
 
 
 def column_time(bound: BoundSchema, column: Any, value: datetime) -> datetime:

@@ -38,6 +38,14 @@ VERY_HIGH_ENGAGEMENT_MIN = 20
 HIGH_ENGAGEMENT_MIN = 10
 MEDIUM_ENGAGEMENT_MIN = 3
 LOW_ENGAGEMENT_MIN = 1
+#: (at least, level) from the highest; below the last: ``INACTIVE``. ``sql_rules.py`` builds its CASE from this.
+ENGAGEMENT_LEVELS = (
+    (VERY_HIGH_ENGAGEMENT_MIN, "very_high"),
+    (HIGH_ENGAGEMENT_MIN, "high"),
+    (MEDIUM_ENGAGEMENT_MIN, "medium"),
+    (LOW_ENGAGEMENT_MIN, "low"),
+)
+INACTIVE = "inactive"
 
 # activity_trend: 7-day entries against the 30-day count divided by these.
 INCREASING_DIVISOR = 4  # 7d > 30d / 4: increasing
@@ -46,26 +54,24 @@ DECREASING_DIVISOR = 5  # 7d < 30d / 5: decreasing
 # preferred_tracking_method: timer share of timer + manual entries, in percent, strictly above.
 TIMER_PERCENT_ABOVE = 70
 MIXED_PERCENT_ABOVE = 30
+#: (strictly above, in tenths of a percent, method) from the highest; otherwise ``MANUAL``.
+TRACKING_METHODS = ((TIMER_PERCENT_ABOVE * 10, "timer"), (MIXED_PERCENT_ABOVE * 10, "mixed"))
+MANUAL = "manual"
 
 # account_age_category: days, strictly below.
 NEW_ACCOUNT_DAYS = 7
 RECENT_ACCOUNT_DAYS = 30
 ESTABLISHED_ACCOUNT_DAYS = 180
 ACCOUNT_AGE_EDGES = (NEW_ACCOUNT_DAYS, RECENT_ACCOUNT_DAYS, ESTABLISHED_ACCOUNT_DAYS)
+#: (strictly below, category) from the lowest; otherwise ``LONG_TERM``.
+ACCOUNT_AGE_CATEGORIES = ((NEW_ACCOUNT_DAYS, "new"), (RECENT_ACCOUNT_DAYS, "recent"), (ESTABLISHED_ACCOUNT_DAYS, "established"))
+LONG_TERM = "long_term"
 
 POWER_USER_MIN_7D = HIGH_ENGAGEMENT_MIN
 
 
 def engagement_level(entries_7d: int) -> str:
-    if entries_7d >= VERY_HIGH_ENGAGEMENT_MIN:
-        return "very_high"
-    if entries_7d >= HIGH_ENGAGEMENT_MIN:
-        return "high"
-    if entries_7d >= MEDIUM_ENGAGEMENT_MIN:
-        return "medium"
-    if entries_7d >= LOW_ENGAGEMENT_MIN:
-        return "low"
-    return "inactive"
+    return next((level for least, level in ENGAGEMENT_LEVELS if entries_7d >= least), INACTIVE)
 
 
 def activity_trend(entries_7d: int, entries_30d: int) -> str:
@@ -90,28 +96,29 @@ def is_at_risk(entries_7d: int, entries_all_time: int) -> bool:
     return entries_7d == 0 and entries_all_time > 0
 
 
-def timer_usage_percent(timer_entries: int, manual_entries: int) -> float:
+def timer_usage_tenths(timer_entries: int, manual_entries: int) -> int:
+    """The timer share in tenths of a percent, rounded half up from the exact ratio (integers only).
+
+    The reference rounds a float with ``round(x, 1)``, whose ties depend on the binary value
+    (``round(0.15, 1) == 0.1``, ``round(0.25, 1) == 0.2``, both halves): no database rounds like that, so the
+    exact ratio is the definition both evaluations share.
+    """
     total = timer_entries + manual_entries
-    return round(timer_entries / total * 100, 1) if total else 0.0
+    return (2000 * timer_entries + total) // (2 * total) if total else 0
+
+
+def timer_usage_percent(timer_entries: int, manual_entries: int) -> float:
+    return timer_usage_tenths(timer_entries, manual_entries) / 10
 
 
 def preferred_tracking_method(timer_percent: float) -> str:
     """From the rounded percentage, as the reference does."""
-    if timer_percent > TIMER_PERCENT_ABOVE:
-        return "timer"
-    if timer_percent > MIXED_PERCENT_ABOVE:
-        return "mixed"
-    return "manual"
+    tenths = round(timer_percent * 10)
+    return next((method for above, method in TRACKING_METHODS if tenths > above), MANUAL)
 
 
 def account_age_category(age_days: int) -> str:
-    if age_days < NEW_ACCOUNT_DAYS:
-        return "new"
-    if age_days < RECENT_ACCOUNT_DAYS:
-        return "recent"
-    if age_days < ESTABLISHED_ACCOUNT_DAYS:
-        return "established"
-    return "long_term"
+    return next((category for below, category in ACCOUNT_AGE_CATEGORIES if age_days < below), LONG_TERM)
 
 
 def is_new_user(age_days: int) -> bool:
@@ -122,8 +129,18 @@ def is_established_user(age_days: int) -> bool:
     return age_days >= RECENT_ACCOUNT_DAYS
 
 
+#: total_hours_tracked in tenths of an hour: ``floor((seconds + HALF_TENTH) / TENTH_OF_AN_HOUR)`` (half up).
+TENTH_OF_AN_HOUR = 360
+HALF_TENTH = TENTH_OF_AN_HOUR // 2
+
+
+def hours_tenths(total_seconds: float) -> int:
+    """Half up, in the same floating-point steps the SQL takes (one addition, one division), so both agree."""
+    return math.floor((float(total_seconds) + HALF_TENTH) / TENTH_OF_AN_HOUR)
+
+
 def total_hours(total_seconds: float) -> float:
-    return round(total_seconds / 3600, 1)
+    return hours_tenths(total_seconds) / 10
 
 
 def whole_days(since: datetime, now: datetime) -> int:
@@ -174,8 +191,52 @@ class UserActivity:
     completed_tasks: int | None = None
 
 
-def person_properties(row: UserActivity, *, now: datetime) -> UserSegment:
-    """The full ``$set`` / ``$set_once`` of one user, with every reference property that is known."""
+def derive(row: UserActivity, *, now: datetime) -> dict[str, object]:
+    """The properties the rules compute from a user's aggregates, those that are known: the reference.
+
+    Production reads them from the aggregation query (``sql_rules.py`` builds the same rules as SQL from the
+    thresholds above); a property-based test proves both agree on SQLite and PostgreSQL.
+    """
+    now = utc(now)
+    e7, e30, total = row.entries_7d, row.entries_30d, row.entries_all_time
+    out: dict[str, object] = dict(
+        engagement_level=engagement_level(e7),
+        activity_trend=activity_trend(e7, e30),
+        is_active_user=is_active_user(e7),
+        is_power_user=is_power_user(e7),
+        is_at_risk=is_at_risk(e7, total),
+    )
+    if row.timer_entries is not None and row.manual_entries is not None:
+        percent = timer_usage_percent(row.timer_entries, row.manual_entries)
+        out.update(
+            timer_usage_percent=percent,
+            preferred_tracking_method=preferred_tracking_method(percent),
+            uses_timer=row.timer_entries > 0,
+            uses_manual_entry=row.manual_entries > 0,
+        )
+    if row.total_seconds is not None and math.isfinite(row.total_seconds) and row.total_seconds >= 0:
+        out["total_hours_tracked"] = total_hours(row.total_seconds)
+    if row.created_at is not None:
+        out.update(age_properties(age_days(utc(row.created_at), now)))
+    if row.last_login is not None:
+        out["days_since_last_login"] = age_days(utc(row.last_login), now)
+    return out
+
+
+def age_properties(age: int) -> dict[str, object]:
+    return dict(
+        account_age_days=age,
+        account_age_category=account_age_category(age),
+        is_new_user=is_new_user(age),
+        is_established_user=is_established_user(age),
+    )
+
+
+def person_properties(row: UserActivity, *, now: datetime, derived: dict[str, object] | None = None) -> UserSegment:
+    """The full ``$set`` / ``$set_once`` of one user, with every reference property that is known.
+
+    ``derived``: what :func:`derive` returns, as the database computed it; evaluated here when not given.
+    """
     now = utc(now)
     props: dict[str, object] = {}
     if row.role is not None:
@@ -184,20 +245,12 @@ def person_properties(row: UserActivity, *, now: datetime) -> UserSegment:
         props["is_admin"] = row.is_admin
     if row.auth_method is not None:
         props["auth_method"] = row.auth_method
-
-    e7, e30, total = row.entries_7d, row.entries_30d, row.entries_all_time
     props.update(
         entries_last_24h=row.entries_24h,
-        entries_last_7_days=e7,
-        entries_last_30_days=e30,
-        entries_all_time=total,
-        engagement_level=engagement_level(e7),
-        activity_trend=activity_trend(e7, e30),
-        is_active_user=is_active_user(e7),
-        is_power_user=is_power_user(e7),
-        is_at_risk=is_at_risk(e7, total),
+        entries_last_7_days=row.entries_7d,
+        entries_last_30_days=row.entries_30d,
+        entries_all_time=row.entries_all_time,
     )
-
     if row.total_projects is not None:
         props["active_projects_count"] = row.active_projects or 0
         props["total_projects_count"] = row.total_projects
@@ -205,29 +258,10 @@ def person_properties(row: UserActivity, *, now: datetime) -> UserSegment:
         props["assigned_tasks_count"] = row.assigned_tasks
         props["completed_tasks_count"] = row.completed_tasks or 0
     if row.timer_entries is not None and row.manual_entries is not None:
-        percent = timer_usage_percent(row.timer_entries, row.manual_entries)
-        props.update(
-            timer_entries_count=row.timer_entries,
-            manual_entries_count=row.manual_entries,
-            timer_usage_percent=percent,
-            preferred_tracking_method=preferred_tracking_method(percent),
-            uses_timer=row.timer_entries > 0,
-            uses_manual_entry=row.manual_entries > 0,
-        )
-    if row.total_seconds is not None and math.isfinite(row.total_seconds) and row.total_seconds >= 0:
-        props["total_hours_tracked"] = total_hours(row.total_seconds)
-
-    if row.created_at is not None:
-        age = age_days(utc(row.created_at), now)
-        props.update(
-            account_age_days=age,
-            account_age_category=account_age_category(age),
-            is_new_user=is_new_user(age),
-            is_established_user=is_established_user(age),
-        )
+        props.update(timer_entries_count=row.timer_entries, manual_entries_count=row.manual_entries)
+    props.update(derive(row, now=now) if derived is None else derived)
     if row.last_login is not None:
         props["last_login"] = iso(row.last_login)
-        props["days_since_last_login"] = age_days(utc(row.last_login), now)
     props["last_segment_update"] = now.isoformat()
 
     once: dict[str, object] = {}

@@ -6,7 +6,9 @@ again here on purpose), so agreement between the two means something.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
+from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import text
@@ -88,14 +90,16 @@ def expected(
                 p["completed_tasks_count"] = sum(1 for s in statuses if s in k.done_values)
             timer = sum(1 for e in entries if e[a.source] in a.timer_values)
             manual = sum(1 for e in entries if e[a.source] in a.manual_values)
-            percent = round(timer / (timer + manual) * 100, 1) if timer + manual else 0.0
+            # rounded half up from the exact ratio (the reference's round() of a float has binary ties)
+            percent = math.floor(Fraction(timer * 1000, timer + manual) + Fraction(1, 2)) / 10 if timer + manual else 0.0
             p["timer_entries_count"] = timer
             p["manual_entries_count"] = manual
             p["timer_usage_percent"] = percent
             p["preferred_tracking_method"] = "timer" if percent > 70 else "mixed" if percent > 30 else "manual"
             p["uses_timer"] = timer > 0
             p["uses_manual_entry"] = manual > 0
-            p["total_hours_tracked"] = round(sum(max(e[a.duration_seconds] or 0, 0) for e in entries) / 3600, 1)
+            seconds = sum(max(e[a.duration_seconds] or 0, 0) for e in entries)
+            p["total_hours_tracked"] = math.floor(Fraction(seconds) / 360 + Fraction(1, 2)) / 10
             created = _utc(user[u.created_at])
             once: dict[str, Any] = {}
             if created is not None:

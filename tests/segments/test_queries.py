@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 
+from otel_segments.segments import plan
 from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.binding import bind
 from otel_segments.segments.schema import TIMETRACKER, ActivityTable, SchemaError, SchemaMapping, UsersTable, load_schema
@@ -23,7 +25,13 @@ def _as_dict(segments) -> dict[str, dict]:
 def _assert_same(got: dict[str, dict], want: dict[str, dict]) -> None:
     assert set(got) == set(want)
     for uid in want:
-        assert got[uid] == want[uid], uid
+        for part in ("$set", "$set_once"):
+            differ = {
+                k: (got[uid][part].get(k), want[uid][part].get(k))
+                for k in {*got[uid][part], *want[uid][part]}
+                if got[uid][part].get(k, ...) != want[uid][part].get(k, ...)
+            }
+            assert not differ, (uid, part, differ)
 
 
 @pytest.mark.parametrize("batch_size", [7, 10_000])
@@ -143,3 +151,48 @@ def test_naive_timestamps_are_utc(sqlite_engine: Engine) -> None:
     s = next(compute_segments(sqlite_engine, TIMETRACKER, now=NOW, user_ids=["1"]))
     assert s.set["entries_last_24h"] == 1
     assert s.set["last_segment_update"].endswith("+00:00")
+
+
+def test_shape_follows_the_indexes_and_stays_exact(engine: Engine, caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
+    """The app's own user_id index only: on SQLite a batch holding every user is read by one scan that no index
+    serves (PostgreSQL's planner chooses itself), and the job says once, at INFO, which index would help; after
+    running that very statement, the batch's range through it; the same segments in every case."""
+    monkeypatch.setattr(plan, "_advised", set())
+    fill_timetracker(engine)
+    dialect = engine.dialect.name
+    want = expected(engine, TIMETRACKER, NOW)
+    bound = bind(TIMETRACKER, engine)
+    assert plan.activity_shape(bound, dialect) == (plan.SCAN if dialect == "sqlite" else plan.ROLL_UP)
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    with caplog.at_level(logging.INFO, logger="otel_segments.segments.plan"):
+        _assert_same(_as_dict(compute_segments(engine, bound, now=NOW, batch_size=7)), want)
+        batched = [s for s in statements if "time_entries" in s and "GROUP BY" in s]
+        statements.clear()
+        _assert_same(_as_dict(compute_segments(engine, bound, now=NOW, batch_size=60)), want)  # exactly every user
+        whole = [s for s in statements if "time_entries" in s and "GROUP BY" in s]
+    assert len(batched) == 9 and not any("+ time_entries.user_id" in s for s in batched)
+    assert len(whole) == 1 and ("+ time_entries.user_id" in whole[0]) == (dialect == "sqlite")
+    advice = [r.getMessage() for r in caplog.records if "CREATE INDEX" in r.getMessage()]
+    assert len(advice) == 1, advice
+    statement = advice[0].split("Create it with: ")[1]
+    assert statement == plan.covering_statement(bound, dialect)
+    with engine.begin() as conn:
+        conn.execute(text(statement))
+    covered = bind(TIMETRACKER, engine)
+    assert plan.activity_shape(covered, dialect) == plan.ROLL_UP
+    assert plan.covering_statement(covered, dialect) is None
+    statements.clear()
+    _assert_same(_as_dict(compute_segments(engine, covered, now=NOW)), want)
+    assert not any("+ time_entries.user_id" in s for s in statements)
+
+
+def test_no_index_on_the_user_keeps_the_range_and_advises(sqlite_engine: Engine) -> None:
+    """With no index on the user at all the range is read by a scan anyway: the roll-up stays, exact; the advice stays."""
+    fill_timetracker(sqlite_engine)
+    with sqlite_engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_time_entries_user_id"))
+    bound = bind(TIMETRACKER, sqlite_engine)
+    assert plan.activity_shape(bound, "sqlite") == plan.ROLL_UP
+    assert plan.covering_statement(bound, "sqlite") is not None
+    _assert_same(_as_dict(compute_segments(sqlite_engine, bound, now=NOW)), expected(sqlite_engine, TIMETRACKER, NOW))

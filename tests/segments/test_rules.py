@@ -64,6 +64,17 @@ def test_timer_percent_rounds_before_the_threshold() -> None:
     assert rules.timer_usage_percent(0, 0) == 0.0
 
 
+def test_ties_round_half_up_from_the_exact_value() -> None:
+    # 3 of 2000 = 0.15 exactly: 0.2 (round(0.15, 1) would give 0.1, from 0.15's binary value); 1 of 2000 = 0.05: 0.1
+    assert rules.timer_usage_percent(3, 1997) == 0.2
+    assert rules.timer_usage_percent(1, 1999) == 0.1
+    assert rules.timer_usage_percent(1, 2000) == 0.0  # 0.04997...: down
+    assert rules.timer_usage_percent(1401, 599) == 70.1  # 70.05 exactly: up, and so "timer"
+    assert rules.preferred_tracking_method(rules.timer_usage_percent(1401, 599)) == "timer"
+    # 180 s = 0.05 h exactly: 0.1; 540 s = 0.15 h: 0.2; 179 s: 0.0; fractional seconds just below a tie: down
+    assert [rules.total_hours(s) for s in (180, 540, 179, 539.999, 0, 5400)] == [0.1, 0.2, 0.0, 0.1, 0.0, 1.5]
+
+
 @pytest.mark.parametrize(
     ("days", "category", "new", "established"),
     [
