@@ -23,6 +23,7 @@ and urllib3's connection classes.
 
 from __future__ import annotations
 
+import netrc  # noqa: F401 - requests imports it at a session's first request: here, at start-up, not in the job's thread
 import os
 import socket
 import threading
