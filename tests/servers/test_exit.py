@@ -10,7 +10,7 @@ each interpreter it finds.
 Each model serves ``tests/apps/server_app.py`` under ``opentelemetry-instrument``
 (a plain script calls ``configure()`` and returns instead), all at once, each
 with its own small SQLite database; once its job delivered every user to
-PostHog and OTLP, the process is stopped as its operator would: the script
+PostHog and OTLP and it answers requests, the process is stopped as its operator would: the script
 returns (atexit), gunicorn gets SIGTERM, uvicorn SIGINT (Ctrl-C). Asserted for
 each: it exits with status 0, prints no traceback, the lease row is released
 (expired, so the next process takes over at once), nothing is left pending for
@@ -23,6 +23,7 @@ exit with the plugin active, and on Python 3.10 and 3.12 its exit sometimes outl
 
 from __future__ import annotations
 
+import http.client
 import os
 import platform
 import shutil
@@ -49,7 +50,7 @@ from tests.sinks.conftest import Capture
 
 APP = Path(__file__).resolve().parent.parent / "apps" / "server_app.py"
 USERS = 60
-SETTLE_S = 60.0
+SETTLE_S = 120.0  # from the start of all of them: under load (scripts/test runs three Pythons at once) start-up is slow
 TOKEN = "tok-exit-4c2"
 GREEN = ("gevent",)
 NONE_PENDING = {"posthog": 0, "otlp": 0}
@@ -130,6 +131,19 @@ class Process:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
+    def serving(self) -> bool:
+        """The server answers (a plain script always "serves"): only then has it set up its signal handlers."""
+        if self.model == "script":
+            return True
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            connection.request("GET", "/work/1")
+            return connection.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            connection.close()
+
     def log(self) -> str:
         return (self.folder / "out.log").read_text(errors="replace")
 
@@ -199,7 +213,11 @@ def exited(
             for model, process in list(waiting.items()):
                 if process.process is not None and process.process.poll() is not None:  # died: nothing to wait for
                     del waiting[model]
-                elif len(_delivered(posthog, process.api_key)) == USERS and _pending(process.database) == NONE_PENDING:
+                elif (
+                    len(_delivered(posthog, process.api_key)) == USERS
+                    and _pending(process.database) == NONE_PENDING
+                    and process.serving()
+                ):
                     process.settled = True
                     process.stop()
                     del waiting[model]
