@@ -108,7 +108,10 @@ class OwnEngine(Engine):
 @functools.cache
 def _own_pool(pool_class: type[Pool]) -> type[Pool]:
     """The dialect's pool class, less the listeners registered on ``Pool`` (or any pool class) by the app."""
-    return type(f"Own{pool_class.__name__}", (pool_class,), {"_sa_propagate_class_events": False, "__module__": __name__})
+    # In the pool class's module: SQLAlchemy names a pool's logger after its class, and pool messages stay under
+    # "sqlalchemy.pool", where an app's logging set-up looks for them, not under ours.
+    namespace = {"_sa_propagate_class_events": False, "__module__": pool_class.__module__}
+    return type(f"Own{pool_class.__name__}", (pool_class,), namespace)
 
 
 def _own(engine: Engine) -> OwnEngine:
