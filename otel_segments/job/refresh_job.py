@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from opentelemetry.metrics import CallbackOptions, Observation
 from sqlalchemy.engine import Engine
 
-from ..runtime import native
+from ..runtime import native, watchdog
 from ..runtime.untraced import untraced
 from ..segments.binding import BoundSchema, bind
 from ..segments.refresh import DEFAULT_MAX_AGE, RefreshResult, refresh
@@ -142,6 +142,7 @@ class RefreshJob:
             self._reporter.stuck(self._cycle_started, self.lease_ttl)
             return False
         if self._thread is None or not self._thread.is_alive():
+            watchdog.start()  # now, while threads can start: the stop at exit needs its timers (Python 3.12 starts none then)
             self._thread = native.Thread(self._work)
             self._thread.start()
         self._wake.set()

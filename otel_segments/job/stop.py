@@ -2,7 +2,8 @@
 
 A delivery in flight gets :data:`STOP_GRACE` of the bound to finish, then the sinks end it (they abort their
 requests); a running refresh is not cut short by the grace, only by the bound. The flush that follows (what is
-pending, then the lease released) is ended the same way just before the bound, by an :class:`~.alarm.Alarm`.
+pending, then the lease released) is ended the same way just before the bound, by a timer of the
+:mod:`~otel_segments.runtime.watchdog` (whose thread already runs: Python 3.12 starts none at exit).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from _thread import LockType
 from collections.abc import Callable
 from typing import Protocol
 
-from ..runtime import native
-from .alarm import Alarm
+from ..runtime import native, watchdog
 
 #: At shutdown, the share of its bound that a sink's delivery in flight gets to finish before the sinks end it
 #: (2 s of the 5 s at exit): a slow but healthy peer answers within it; one that took the connection and never
@@ -64,7 +64,7 @@ def stop_within(
                 ended = True
         worker.join(timeout=max(0.0, deadline - time.monotonic()))
     if not paused() and cycle_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-        alarm = Alarm(max(0.0, deadline - _STOP_MARGIN_S - time.monotonic()), lambda: delivery.shutdown_sinks(deadline))
+        alarm = watchdog.call_later(deadline - _STOP_MARGIN_S - time.monotonic(), lambda: delivery.shutdown_sinks(deadline))
         try:
             flush(deadline, deliver=not ended)
         finally:

@@ -4,16 +4,40 @@ A URL names a driver, sometimes implicitly: plain ``postgresql://`` is psycopg2 
 SQLAlchemy 2.0 and psycopg 3 on 2.1. When that driver is not installed, the
 user needs its name and the command that installs it, not "is not a usable
 URL". Messages never quote the URL: it may carry a password.
+
+Our engines are the app's guests, not its engines: listeners the app registers on
+SQLAlchemy's ``Engine``, ``Connection`` or ``Pool`` *classes* (a slow-query logger
+that touches ``flask.g``, a per-connection PRAGMA) would otherwise run on every
+query of ours, log our SQL as the app's and, when they raise, fail our cycle.
+SQLAlchemy's event registry offers the switch itself: a class whose
+``_sa_propagate_class_events`` is false gets none of its base classes' listeners,
+neither those registered before it was made nor after (``event/attr.py``,
+``_ClsLevelDispatch``; ``engine/base.py``'s ``OptionEngine`` uses it). Our engine
+and our pool are such subclasses; listeners on an instance (a URL's plugins) still
+run. The cost: the class check SQLAlchemy does at each event point anyway, and an
+app's class-level ``connect`` listener (e.g. a SQLite ``PRAGMA``) does not set up
+our connections, which read and write with SQLAlchemy's defaults. Listeners on the
+``Dialect`` class (``do_execute``, ``do_connect``) are not isolated: create_engine
+builds the dialect from the URL, with no class of ours to give it.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from typing import Any
 
+# Not used here, imported so it is whole before the job's threads start. Importing any part of SQLAlchemy's ORM
+# registers its inspectors with SQLAlchemy Core at once, and every select() of ours consults them: while the app's
+# main thread was still importing the ORM, the job's first cycle hit a half-made sqlalchemy.orm.exc
+# ("partially initialized module ... has no attribute 'UnmappedClassError'"). Imported here, in the thread that
+# calls configure(), the app's own import of the ORM later is a lookup. It costs the ORM's import time (0.2 s
+# measured on a busy 2-core machine) in an app that does not use the ORM.
+import sqlalchemy.orm  # noqa: F401
 from sqlalchemy import create_engine, make_url
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.pool import Pool
 
 #: SQLAlchemy's driver name -> (module it imports, how to install it).
 DRIVERS: dict[str, tuple[str, str]] = {
@@ -58,11 +82,49 @@ def engine_for(url: str) -> Engine:
         )
     try:
         # pre_ping: a database restarted between cycles costs one reconnect, not a failed cycle.
-        return create_engine(parsed, pool_pre_ping=True, connect_args=_connect_args(parsed))
+        engine = create_engine(
+            parsed, pool_pre_ping=True, connect_args=_connect_args(parsed), poolclass=_own_pool(dialect.get_pool_class(parsed))
+        )
     except ImportError as error:
         raise DatabaseURLError(_missing_driver(parsed, dialect.driver, error)) from None
     except (ArgumentError, ValueError, TypeError) as error:
         raise DatabaseURLError(f"has a malformed part ({type(error).__name__}; {EXAMPLE})") from None
+    return _own(engine)
+
+
+class OwnConnection(Connection):
+    """A :class:`~sqlalchemy.engine.Connection` that listeners on the ``Connection`` class never see."""
+
+    _sa_propagate_class_events = False
+
+
+class OwnEngine(Engine):
+    """An :class:`~sqlalchemy.engine.Engine` that listeners on the ``Engine`` or ``Connection`` class never see."""
+
+    _sa_propagate_class_events = False
+    _connection_cls = OwnConnection
+
+
+@functools.cache
+def _own_pool(pool_class: type[Pool]) -> type[Pool]:
+    """The dialect's pool class, less the listeners registered on ``Pool`` (or any pool class) by the app."""
+    # In the pool class's module: SQLAlchemy names a pool's logger after its class, and pool messages stay under
+    # "sqlalchemy.pool", where an app's logging set-up looks for them, not under ours.
+    namespace = {"_sa_propagate_class_events": False, "__module__": pool_class.__module__}
+    return type(f"Own{pool_class.__name__}", (pool_class,), namespace)
+
+
+def _own(engine: Engine) -> OwnEngine:
+    """``engine`` as an :class:`OwnEngine`: create_engine takes no Engine class, so the instance changes class.
+
+    Its own listeners (a URL's plugins) are carried over; its dispatch is made again only if create_engine
+    already made it for the ``Engine`` class, whose class-level listeners it would otherwise keep.
+    """
+    made = vars(engine).pop("dispatch", None)
+    engine.__class__ = OwnEngine
+    if made is not None:
+        engine.dispatch._update(made, only_propagate=False)
+    return engine  # type: ignore[return-value]
 
 
 #: ``application_name`` of our PostgreSQL connections: an operator finds them in ``pg_stat_activity``.

@@ -23,6 +23,7 @@ and urllib3's connection classes.
 
 from __future__ import annotations
 
+import netrc  # noqa: F401 - requests imports it at a session's first request: here, at start-up, not in the job's thread
 import os
 import socket
 import threading
@@ -37,7 +38,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from ..runtime import native
+from ..runtime import native, watchdog
 from ..settings.values import safe_url
 
 #: The deadline of a request made without a timeout (the SDKs always give one; this is a floor of safety).
@@ -89,19 +90,16 @@ class _Request:
     ended: str | None = None  # "deadline" or "aborted" once the watchdog or abort() ended it
     _done: bool = False
     _lock: Any = field(default_factory=native.Lock)
-    _wake: native.Event = field(default_factory=native.Event)
+    _timer: watchdog.Timer | None = None
 
     def start(self) -> None:
-        native.Thread(self._watch).start()
-
-    def _watch(self) -> None:
-        if not self._wake.wait(self.seconds):
-            self.end("deadline")
+        self._timer = watchdog.call_later(self.seconds, lambda: self.end("deadline"))
 
     def finish(self) -> None:
         with self._lock:
             self._done = True
-        self._wake.set()
+        if self._timer is not None:
+            self._timer.cancel()
 
     def end(self, why: str) -> None:
         with self._lock:
@@ -110,7 +108,6 @@ class _Request:
             self.ended = why
             for sock in self.sockets:
                 _shut(sock)
-        self._wake.set()
 
     def track(self, sock: Any) -> None:
         with self._lock:
