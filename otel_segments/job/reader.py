@@ -44,7 +44,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricReader, MetricsData
 from opentelemetry.sdk.resources import Resource
 
-from ..runtime import native
+from ..runtime import native, watchdog
 from ..runtime.untraced import untraced
 from .cohort_sizes import GAUGE
 from .refresh_job import RefreshJob
@@ -86,6 +86,8 @@ class SegmentsMetricReader(MetricReader):
         self._exit_deadline = exit_deadline
         self._export_lock = native.Lock()
         self._shut = False
+        self._exporter_shut = False
+        self._exporter_lock = native.Lock()
         self._start()
         if hasattr(os, "register_at_fork"):
             ref = weakref.ref(self)
@@ -142,10 +144,26 @@ class SegmentsMetricReader(MetricReader):
         if not self._thread.is_current():
             self._thread.join(max(0.0, deadline - time.monotonic()))  # a periodic export in flight ends with the rest
         last = native.Thread(self._last_collection)
-        last.start()
-        last.join(max(0.0, deadline - time.monotonic()))
+        try:
+            last.start()
+        except RuntimeError:  # Python 3.12 at exit starts no thread: collect here, the watchdog ends it at the deadline
+            timer = watchdog.call_later(deadline - time.monotonic(), self._shut_exporter)
+            try:
+                self._last_collection()
+            finally:
+                timer.cancel()
+        else:
+            last.join(max(0.0, deadline - time.monotonic()))
+        self._shut_exporter(max(0.0, deadline - time.monotonic()))
+
+    def _shut_exporter(self, seconds: float = 0.0) -> None:
+        """Shut the exporter down once (a second call would log the SDK's "already shutdown" warning)."""
+        with self._exporter_lock:
+            if self._exporter_shut:
+                return
+            self._exporter_shut = True
         with untraced():
-            self._exporter.shutdown(timeout_millis=max(0.0, deadline - time.monotonic()) * 1000)
+            self._exporter.shutdown(timeout_millis=seconds * 1000)
 
     def _last_collection(self) -> None:
         try:
