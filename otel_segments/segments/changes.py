@@ -46,7 +46,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .batch import Aggregator
 from .binding import BoundSchema
-from .driver_values import decode, read_datetime
+from .driver_values import as_text, decode, from_text, read_datetime
 from .fingerprints import fingerprint
 from .queries import ID_CHUNK, column_time
 from .state import RefreshState
@@ -111,10 +111,12 @@ def find(app_engine: Engine, bound: BoundSchema, state: RefreshState, *, now: da
         after, per_user = None, sweep.get("per_user")
         if SWEEP_USERS > 0:  # 0: no sweep, the maximum age alone catches what it would
             size = sweep_size(per_user)
-            fingerprints, after, entries = input_fingerprints(reader, conn, after=sweep.get("after"), limit=size)
+            uid = bound.users.c[bound.mapping.users.id]
+            start = from_text(uid, sweep.get("after"))
+            fingerprints, after, entries = input_fingerprints(reader, conn, after=start, limit=size)
             if fingerprints:
                 per_user = entries / len(fingerprints)
-    out.cursors[SWEEP] = {"after": after, "per_user": per_user}
+    out.cursors[SWEEP] = {"after": as_text(after), "per_user": per_user}
     known = state.inputs([uid for uid, _ in fingerprints])
     out.user_ids.update(uid for uid, fp in fingerprints if known.get(uid) != fp)  # type: ignore[union-attr]
     out.user_ids.update(state.due(now))  # type: ignore[union-attr]
@@ -192,11 +194,11 @@ def _scan(
             older = [i for i, (at, _) in enumerate(scans) if at <= cut]
             first = older[-1] if older else 0
             new_scans = scans[first:]
-            lo = new_scans[0][1]  # None: the table was empty
+            lo = from_text(source.key, new_scans[0][1])  # None: the table was empty
             rows += conn.execute(select(*columns).where(source.key > lo if lo is not None else source.key.is_not(None))).all()
         top = conn.execute(select(func.max(source.key))).scalar()
-        highest = max([k for _, k in new_scans if k is not None] + ([top] if top is not None else []), default=None)
-        new_scans = [*new_scans, [now.isoformat(), highest]]
+        keys = [from_text(source.key, k) for _, k in new_scans if k is not None] + ([top] if top is not None else [])
+        new_scans = [*new_scans, [now.isoformat(), as_text(max(keys, default=None))]]
     for i, stamp in enumerate(source.stamps):
         high = datetime.fromisoformat(highs[stamp.name]) if stamp.name in highs else now
         since = column_time(bound, stamp, min(high, now) - SLACK)
