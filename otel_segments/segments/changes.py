@@ -14,10 +14,11 @@ names (``key``: grows on insert; ``updated_at``: moves on every change):
   values (stored in the state), so a row is recomputed once, not on every cycle it stays in the window. A
   row that moved to another user (an entry or task reassigned) makes both its old owner (when the previous
   scan saw it) and its new owner candidates;
-- ``users``: the key finds new users at once; ``last_login`` is its change stamp; a digest of every user's
-  (id, created_at) in buckets (:func:`_missing_users`) finds users missing from the state whatever their ids
-  and dates (an import), users deleted from the app (their state rows are removed), and a user deleted and
-  another added, or an id reused for a new account, in one cycle;
+- ``users``: the key finds new users at once; ``last_login`` is its change stamp; a digest of every
+  user's (id, created_at) in buckets (:func:`presence`, one aggregate in the database) finds users
+  missing from the state whatever their ids and dates (an import), users deleted from the app (their
+  state rows are removed), and a user deleted and another added, or an id reused for a new account, in
+  one cycle;
 - ``projects``: a changed project makes every user with entries in it a candidate;
 - **the sweep**: each cycle, the next slice of users in id order (:func:`sweep_size`: as many as have about
   :data:`SWEEP_ENTRIES` entries, from :data:`SWEEP_MIN_USERS` to :data:`SWEEP_USERS`) have their rule inputs
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, func, select
+from sqlalchemy import Column, Integer, Text, cast, func, select
 from sqlalchemy.engine import Connection, Engine
 
 from .batch import Aggregator
@@ -60,7 +61,7 @@ PREFIX = "changes:"
 SWEEP = PREFIX + "sweep"
 #: The state's row count after the last refresh (``refresh.py`` keeps it).
 STATE_USERS = PREFIX + "state_users"
-#: The app's users' presence digest (:func:`_missing_users`), in this many buckets by id.
+#: The app's users' :func:`presence`, in this many buckets by id (a power of two).
 PRESENCE = PREFIX + "presence"
 PRESENCE_BUCKETS = 64
 
@@ -185,35 +186,88 @@ def _project_users(conn: Connection, bound: BoundSchema, projects: set[Any]) -> 
 
 
 def _missing_users(
-    conn: Connection, reader: Aggregator, state: RefreshState, state_users: int | None, presence: list[int] | None
-) -> tuple[set[str], set[str], int, int, list[int]]:
+    conn: Connection, reader: Aggregator, state: RefreshState, state_users: int | None, stored: dict[str, list[int]] | None
+) -> tuple[set[str], set[str], int, int, dict[str, list[int]] | None]:
     """Users of the app without a state row or whose account is not the one the state holds, state rows of users the
-    app no longer has, the state's row count, the app's, and the app's presence digest to store.
+    app no longer has, the state's row count, the app's, and the app's :func:`presence` to store.
 
-    Presence is an order-free digest of every user's (id, created_at), in :data:`PRESENCE_BUCKETS` buckets by id: a
-    user deleted and another added in one cycle, or an id reused for a new account, change it though the count
-    stays. Only when a bucket or the count changed are the state's ids read; the app's users in a changed bucket
-    are candidates (a reused id among them). ``state_users`` is the state's count as the last refresh left it."""
+    Only when the presence or the count changed are the ids read: the app's users of a changed bucket are candidates
+    (an id reused for a new account among them), and the app's ids are compared with the state's. ``state_users`` is
+    the state's count as the last refresh left it (counting the state's rows costs a scan of its table each cycle)."""
+    uid = reader.bound.users.c[reader.mapping.users.id]
+    now = presence(conn, reader)
+    if now is None:  # a dialect without a hash function: the count alone
+        app_count = conn.execute(select(func.count()).where(uid.is_not(None))).scalar() or 0
+    else:
+        app_count = sum(n for n, _ in now.values())
+    if app_count == state_users and now == stored:
+        return set(), set(), app_count, app_count, now
+    app_ids = {str(row[0]) for row in conn.execution_options(yield_per=ID_CHUNK).execute(select(uid).where(uid.is_not(None)))}
+    known = state.user_ids()
+    missing = app_ids - known
+    if now is not None and stored is not None:
+        changed = sorted({int(b) for b in set(now) | set(stored) if now.get(b) != stored.get(b)})
+        if changed:
+            bucket = _bucket(conn, reader)
+            query = select(uid).where(uid.is_not(None), bucket.in_(changed))
+            missing |= {str(row[0]) for row in conn.execution_options(yield_per=ID_CHUNK).execute(query)}
+    return missing, known - app_ids, len(known), app_count, now
+
+
+def presence(conn: Connection, reader: Aggregator) -> dict[str, list[int]] | None:
+    """Per bucket of users by a hash of their id: [users, sum of a hash of (id, created_at)], computed where the rows
+    are (one aggregate, no row leaves the database). A user deleted and another added in one cycle, or an id reused
+    for a new account, change it though the count stays. None where the database has no hash function for us."""
     u = reader.mapping.users
     uid = reader.bound.users.c[u.id]
-    created = reader.queries.readable_time(reader.bound.users.c[u.created_at]) if u.created_at else None
-    query = select(uid, created) if created is not None else select(uid, uid)
-    buckets = [0] * PRESENCE_BUCKETS
-    app_ids: dict[str, int] = {}
-    for row in conn.execution_options(yield_per=ID_CHUNK).execute(query.where(uid.is_not(None))):
-        user = str(decode(row[0])[0])
-        digest = hashlib.blake2b(f"{user}\x00{decode(row[1])[0]}".encode(errors="surrogatepass"), digest_size=8).digest()
-        bucket = int.from_bytes(digest[:1], "big") % PRESENCE_BUCKETS
-        buckets[bucket] = (buckets[bucket] + int.from_bytes(digest, "big")) % 2**64
-        app_ids[user] = bucket
-    if len(app_ids) == state_users and buckets == presence:
-        return set(), set(), state_users, state_users, buckets
-    changed = (
-        set(range(PRESENCE_BUCKETS)) if presence is None else {b for b in range(PRESENCE_BUCKETS) if buckets[b] != presence[b]}
-    )
-    known = state.user_ids()
-    missing = {user for user, bucket in app_ids.items() if bucket in changed} if presence is not None else set()
-    return missing | (set(app_ids) - known), known - set(app_ids), len(known), len(app_ids), buckets
+    if _integers(conn, uid):  # SQLite, integer ids: arithmetic, no call into Python per row
+        stamp = func.coalesce(func.julianday(reader.bound.users.c[u.created_at]), 0) if u.created_at else 0
+        mixed = (uid * 2654435761 + cast(stamp * 86_400_000, Integer)) % 2147483647
+        query = select(uid.op("&")(PRESENCE_BUCKETS - 1), func.count(), func.sum(mixed))
+    else:
+        hashed = _hash_function(conn)
+        if hashed is None:
+            return None
+        ident = cast(uid, Text)
+        if u.created_at:
+            ident = ident.concat("|").concat(func.coalesce(cast(reader.bound.users.c[u.created_at], Text), ""))
+        query = select(_bucket(conn, reader), func.count(), func.sum(hashed(ident)))
+    buckets = conn.execute(query.where(uid.is_not(None)).group_by(query.selected_columns[0]))
+    return {str(int(b)): [int(n), int(total or 0)] for b, n, total in buckets}
+
+
+def _integers(conn: Connection, uid: Any) -> bool:
+    try:
+        return conn.dialect.name == "sqlite" and uid.type.python_type is int
+    except NotImplementedError:
+        return False
+
+
+def _bucket(conn: Connection, reader: Aggregator) -> Any:
+    uid = reader.bound.users.c[reader.mapping.users.id]
+    if _integers(conn, uid):
+        return uid.op("&")(PRESENCE_BUCKETS - 1)
+    hashed = _hash_function(conn)
+    assert hashed is not None
+    return hashed(cast(uid, Text)).op("&")(PRESENCE_BUCKETS - 1)
+
+
+def _hash_function(conn: Connection) -> Any:
+    """PostgreSQL's ``hashtext``; on SQLite (which has none) ours, registered on the connection; else None."""
+    if conn.dialect.name == "postgresql":
+        return func.hashtext
+    if conn.dialect.name == "sqlite":
+        raw = conn.connection.driver_connection
+        create = getattr(raw, "create_function", None)
+        if create is not None:
+            create("otel_segments_hash", 1, _hash31, deterministic=True)
+            return func.otel_segments_hash
+    return None
+
+
+def _hash31(value: Any) -> int:
+    text = value if isinstance(value, str) else str(decode(value)[0])
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=4).digest(), "big") >> 1
 
 
 def input_fingerprints(reader: Aggregator, conn: Connection, *, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any, int]:
