@@ -74,9 +74,11 @@ def scan(
     stamps: dict[str, list[list[Any]]] = {}
     for stamp in source.stamps:
         history = _since(cursor.get("stamps", {}).get(stamp.name) or _upgraded(cursor, stamp.name, now), cut)
-        if history:
-            windows.append(_after(bound, source, stamp, history[0][1], now))
-        stamps[stamp.name] = [*history, [now.isoformat(), _position(conn, bound, source, stamp, now)]]
+        position = _position(conn, bound, reader, source, stamp, now)
+        # the first scan reads what the next one will read again (ties at the position, rows ahead of our clock),
+        # so that those rows are known, not taken for changes
+        windows.append(_after(bound, source, stamp, history[0][1] if history else position, now))
+        stamps[stamp.name] = [*history, [now.isoformat(), position]]
     rows: list[Any] = []
     unreadable: set[Any] = set()
     for where in windows:
@@ -112,9 +114,13 @@ def _upgraded(cursor: dict[str, Any], name: str, now: datetime) -> list[list[Any
     return [[(now - 2 * SLACK).isoformat(), [(min(datetime.fromisoformat(high), now) - SLACK).isoformat(), None]]]
 
 
-def _position(conn: Connection, bound: BoundSchema, source: Source, stamp: Column, now: datetime) -> list[Any] | None:
-    """The highest ``(stamp, key)`` at or before ``now`` (as an instant, and the key as text); None: no such row."""
-    top = conn.execute(select(func.max(stamp)).where(stamp <= column_time(bound, stamp, now))).scalar()
+def _position(
+    conn: Connection, bound: BoundSchema, reader: Aggregator, source: Source, stamp: Column, now: datetime
+) -> list[Any] | None:
+    """The highest ``(stamp, key)`` at or before ``now`` (as an instant, and the key as text); None: no such row.
+    The maximum is read as the driver can hand it over (SQLite's date columns hold any text)."""
+    highest = reader.queries.readable_time(func.max(stamp))
+    top = conn.execute(select(highest).where(stamp <= column_time(bound, stamp, now))).scalar()
     instant = read_datetime(top, bound.zone(stamp))
     if instant is None:
         return None
