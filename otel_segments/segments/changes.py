@@ -4,26 +4,28 @@ No step compares the app's timestamps with this process's clock, so clocks that 
 server's, a zone the mapping does not know) hide no change. Per table, with the columns the mapping
 names (``key``: grows on insert; ``updated_at``: moves on every change):
 
-- **inserts**: rows whose key is above the highest key seen by the scan at least :data:`SLACK` ago on
-  *our* clock, so a row whose id was taken before that scan but committed after it is still found;
-- **edits**: rows whose ``updated_at`` is at or after ``min(highest seen, now) - SLACK``, in the
-  column's zone: the window follows the data's own clock (a writer behind ours is not left behind)
-  and a stamp in the future stays inside it;
-- both windows re-read their recent rows every cycle; a row counts as changed only when it is not
-  among the rows the previous scan returned with the same values (stored in the state), so a row is
-  recomputed once, not on every cycle it stays in the window. A row that moved to another user
-  (an entry or task reassigned) makes both its old owner (when the previous scan saw it) and its
-  new owner candidates;
-- ``users``: the key finds new users at once; ``last_login`` is its change stamp; the count of users
-  against the state's rows finds users missing from the state whatever their ids and dates (an
-  import), and users deleted from the app (their state rows are removed);
+- **inserts and edits** (``windows.py``): rows past the position (highest key; highest ``(updated_at, key)``
+  at or before our ``now``) that a scan recorded at least :data:`~.windows.SLACK` ago on *our* clock. Positions
+  are read from the data each cycle, so the window follows the data's own clock (a writer behind ours, a row
+  stamped in the future), a fall-back's repeated hour is covered, and once the slack has passed a bulk import
+  or update is behind them: a quiet cycle reads only rows written in the last slack (plus rows stamped ahead
+  of our clock). A row that fails to read makes its owner a candidate, which the aggregation sets aside;
+- a row counts as changed only when it is not among the rows the previous scan returned with the same
+  values (stored in the state), so a row is recomputed once, not on every cycle it stays in the window. A
+  row that moved to another user (an entry or task reassigned) makes both its old owner (when the previous
+  scan saw it) and its new owner candidates;
+- ``users``: the key finds new users at once; ``last_login`` is its change stamp; a digest of every
+  user's (id, created_at) in buckets (:func:`presence`, one aggregate in the database) finds users
+  missing from the state whatever their ids and dates (an import), users deleted from the app (their
+  state rows are removed), and a user deleted and another added, or an id reused for a new account, in
+  one cycle;
 - ``projects``: a changed project makes every user with entries in it a candidate;
 - **the sweep**: each cycle, the next slice of users in id order (:func:`sweep_size`: as many as have about
   :data:`SWEEP_ENTRIES` entries, from :data:`SWEEP_MIN_USERS` to :data:`SWEEP_USERS`) have their rule inputs
   that no column above reveals fingerprinted (their users row with admin roles, open/done task
   counts, entry count and key sum) and compared with the fingerprint stored when they were last
   computed. It finds role, auth and admin changes (``users`` has no ``updated_at``), deleted entries
-  and tasks, a task's previous assignee, rows committed more than :data:`SLACK` late, within
+  and tasks, a task's previous assignee, rows committed more than :data:`~.windows.SLACK` late, within
   ``ceil(users / slice)`` cycles;
 - **the clock**: users whose stored ``due_at`` passed (a window edge, a day tick, the maximum age).
 
@@ -35,24 +37,21 @@ Every query is one per table and column, on the column the mapping names (index 
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, func, select
+from sqlalchemy import Column, Integer, Text, cast, func, select
 from sqlalchemy.engine import Connection, Engine
 
 from .batch import Aggregator
 from .binding import BoundSchema
-from .driver_values import decode, read_datetime
+from .driver_values import as_text, decode, from_text
 from .fingerprints import fingerprint
-from .queries import ID_CHUNK, column_time
+from .queries import ID_CHUNK
 from .state import RefreshState
+from .windows import Source, scan
 
-#: How far back the windows look: commits this late, and writers' clocks this far apart, are still seen at once.
-SLACK = timedelta(minutes=5)
 #: Users fingerprinted by the sweep per cycle at most (0: no sweep) ...
 SWEEP_USERS = 1_000
 #: ... and at least, sized so that a slice reads about this many entries (its cost) by the last slice's entries per user.
@@ -62,6 +61,9 @@ PREFIX = "changes:"
 SWEEP = PREFIX + "sweep"
 #: The state's row count after the last refresh (``refresh.py`` keeps it).
 STATE_USERS = PREFIX + "state_users"
+#: The app's users' :func:`presence`, in this many buckets by id (a power of two).
+PRESENCE = PREFIX + "presence"
+PRESENCE_BUCKETS = 64
 
 
 @dataclass
@@ -76,18 +78,6 @@ class Changes:
     app_users: int = 0  # the app's users then
 
 
-@dataclass(frozen=True)
-class _Source:
-    name: str
-    ident: Column | None  # what names a row (the key, or None: its owner and stamps)
-    owner: Column | None  # the user the row belongs to (projects: the project)
-    key: Column | None
-    stamps: tuple[Column, ...]
-    inputs: tuple[
-        Column, ...
-    ] = ()  # what the rules read of a row: an edit inside the window shows even if its stamp did not move
-
-
 def find(app_engine: Engine, bound: BoundSchema, state: RefreshState, *, now: datetime, limit: int) -> Changes:
     """Candidates since the stored cursors, and the cursors to store once the refresh that uses them succeeded."""
     out = Changes()
@@ -97,24 +87,28 @@ def find(app_engine: Engine, bound: BoundSchema, state: RefreshState, *, now: da
     with app_engine.connect() as conn:
         for source in _sources(bound):
             key = PREFIX + source.name
-            owners, cursor = _scan(conn, bound, reader, source, stored.get(key), now)
+            owners, cursor = scan(conn, bound, reader, source, stored.get(key), now)
             out.cursors[key] = cursor
             if key not in stored:
                 out.complete = False
             (projects if source.name == "projects" else out.user_ids).update(owners)  # type: ignore[union-attr]
         if projects:
             out.user_ids.update(_project_users(conn, bound, projects))  # type: ignore[union-attr]
-        missing, out.removed, out.state_users, out.app_users = _missing_users(conn, bound, state, stored.get(STATE_USERS))
+        missing, out.removed, out.state_users, out.app_users, out.cursors[PRESENCE] = _missing_users(
+            conn, reader, state, stored.get(STATE_USERS), stored.get(PRESENCE)
+        )
         out.user_ids.update(missing)  # type: ignore[union-attr]
         fingerprints: list[tuple[str, str]] = []
         sweep = stored.get(SWEEP) or {}
         after, per_user = None, sweep.get("per_user")
         if SWEEP_USERS > 0:  # 0: no sweep, the maximum age alone catches what it would
             size = sweep_size(per_user)
-            fingerprints, after, entries = input_fingerprints(reader, conn, after=sweep.get("after"), limit=size)
+            uid = bound.users.c[bound.mapping.users.id]
+            start = from_text(uid, sweep.get("after"))
+            fingerprints, after, entries = input_fingerprints(reader, conn, after=start, limit=size)
             if fingerprints:
                 per_user = entries / len(fingerprints)
-    out.cursors[SWEEP] = {"after": after, "per_user": per_user}
+    out.cursors[SWEEP] = {"after": as_text(after), "per_user": per_user}
     known = state.inputs([uid for uid, _ in fingerprints])
     out.user_ids.update(uid for uid, fp in fingerprints if known.get(uid) != fp)  # type: ignore[union-attr]
     out.user_ids.update(state.due(now))  # type: ignore[union-attr]
@@ -131,7 +125,7 @@ def sweep_size(entries_per_user: float | None) -> int:
     return max(min(SWEEP_MIN_USERS, SWEEP_USERS), min(SWEEP_USERS, int(SWEEP_ENTRIES / entries_per_user)))
 
 
-def _sources(bound: BoundSchema) -> list[_Source]:
+def _sources(bound: BoundSchema) -> list[Source]:
     m = bound.mapping
     sources = []
     users_key, _ = bound.change_columns.get(bound.users.name, (None, None))
@@ -139,7 +133,7 @@ def _sources(bound: BoundSchema) -> list[_Source]:
     uid = bound.users.c[m.users.id]
     u = m.users
     user_inputs = _named(bound.users, u.created_at, u.role, u.auth_method)
-    sources.append(_Source("users", uid, uid, bound.users.c[users_key] if users_key else None, tuple(login), user_inputs))
+    sources.append(Source("users", uid, uid, bound.users.c[users_key] if users_key else None, tuple(login), user_inputs))
     a, act = m.activity, bound.activity
     key, updated = bound.change_columns.get(act.name, (None, None))
     stamps = [act.c[updated]] if updated else []
@@ -147,7 +141,7 @@ def _sources(bound: BoundSchema) -> list[_Source]:
         stamps.append(act.c[a.timestamp])  # without a key, inserts show by their timestamp
     entry_inputs = _named(act, a.timestamp, a.source, a.duration_seconds, a.project_id)
     sources.append(
-        _Source(
+        Source(
             "activity", act.c[key] if key else None, act.c[a.user_id], act.c[key] if key else None, tuple(stamps), entry_inputs
         )
     )
@@ -156,12 +150,12 @@ def _sources(bound: BoundSchema) -> list[_Source]:
         key, updated = bound.change_columns.get(t.name, (None, None))
         owner = t.c[m.tasks.assignee]
         k = t.c[key] if key else None
-        sources.append(_Source("tasks", k, owner, k, _cols(t, updated), _named(t, m.tasks.status)))
+        sources.append(Source("tasks", k, owner, k, _cols(t, updated), _named(t, m.tasks.status)))
     if bound.projects is not None and m.projects is not None:
         p = bound.projects
         key, updated = bound.change_columns.get(p.name, (None, None))
         pid = p.c[m.projects.id]
-        sources.append(_Source("projects", pid, pid, p.c[key] if key else None, _cols(p, updated), _named(p, m.projects.status)))
+        sources.append(Source("projects", pid, pid, p.c[key] if key else None, _cols(p, updated), _named(p, m.projects.status)))
     return [s for s in sources if s.key is not None or s.stamps]
 
 
@@ -171,76 +165,6 @@ def _cols(table: Any, name: str | None) -> tuple[Column, ...]:
 
 def _named(table: Any, *names: str | None) -> tuple[Column, ...]:
     return tuple(table.c[name] for name in names if name)
-
-
-def _scan(
-    conn: Connection, bound: BoundSchema, reader: Aggregator, source: _Source, cursor: dict[str, Any] | None, now: datetime
-) -> tuple[set[Any], dict[str, Any]]:
-    """The owners of rows that changed since ``cursor``, and the new cursor. No cursor: record one, report nothing."""
-    cursor = cursor or {}
-    seen: dict[str, list[Any]] = cursor.get("seen", {})
-    highs: dict[str, str] = dict(cursor.get("high", {}))
-    scans: list[list[Any]] = cursor.get("scans", [])
-    columns = [source.ident if source.ident is not None else source.owner, source.owner]
-    columns += [reader.queries.readable_time(c) for c in source.stamps]
-    columns += [reader.queries.readable_time(c) if _is_time(c) else reader.queries.readable_text(c) for c in source.inputs]
-    rows: list[Any] = []
-    new_scans: list[list[Any]] = []
-    if source.key is not None:
-        if scans:
-            cut = (now - SLACK).isoformat()
-            older = [i for i, (at, _) in enumerate(scans) if at <= cut]
-            first = older[-1] if older else 0
-            new_scans = scans[first:]
-            lo = new_scans[0][1]  # None: the table was empty
-            rows += conn.execute(select(*columns).where(source.key > lo if lo is not None else source.key.is_not(None))).all()
-        top = conn.execute(select(func.max(source.key))).scalar()
-        highest = max([k for _, k in new_scans if k is not None] + ([top] if top is not None else []), default=None)
-        new_scans = [*new_scans, [now.isoformat(), highest]]
-    for i, stamp in enumerate(source.stamps):
-        high = datetime.fromisoformat(highs[stamp.name]) if stamp.name in highs else now
-        since = column_time(bound, stamp, min(high, now) - SLACK)
-        found = conn.execute(select(*columns).where(stamp >= since)).all()
-        rows += found
-        zone = bound.zone(stamp)
-        values = [v for v in (read_datetime(row[2 + i], zone) for row in found) if v is not None]
-        if values:
-            top_stamp = max(values).astimezone(timezone.utc)
-            if stamp.name not in highs or top_stamp > datetime.fromisoformat(highs[stamp.name]):
-                highs[stamp.name] = top_stamp.isoformat()
-    owners: set[Any] = set()
-    new_seen: dict[str, list[Any]] = {}
-    for row in _unique(rows):  # the key and updated_at windows mostly return the same rows
-        ident = str(row[0]) if source.ident is not None else _hash(row[1:])
-        digest = _hash(row)
-        owner = None if row[1] is None else str(row[1])
-        new_seen[ident] = [digest, owner]
-        before = seen.get(ident)
-        if cursor and (before is None or before[0] != digest):
-            owners.add(owner)
-            if before is not None:
-                owners.add(before[1])
-    owners.discard(None)
-    return owners, {"scans": new_scans, "high": highs, "seen": new_seen}
-
-
-def _unique(rows: list[Any]) -> list[Any]:
-    """``rows`` without repeats, in order (rows with a value Python cannot hash are all kept)."""
-    try:
-        return list(dict.fromkeys(tuple(row) for row in rows))
-    except TypeError:
-        return rows
-
-
-def _is_time(column: Column) -> bool:
-    try:
-        return column.type.python_type is datetime
-    except NotImplementedError:
-        return False
-
-
-def _hash(values: Iterable[Any]) -> str:
-    return hashlib.sha256(json.dumps([None if v is None else str(decode(v)[0]) for v in values]).encode()).hexdigest()[:16]
 
 
 def _project_users(conn: Connection, bound: BoundSchema, projects: set[Any]) -> set[str]:
@@ -262,18 +186,88 @@ def _project_users(conn: Connection, bound: BoundSchema, projects: set[Any]) -> 
 
 
 def _missing_users(
-    conn: Connection, bound: BoundSchema, state: RefreshState, state_users: int | None
-) -> tuple[set[str], set[str], int, int]:
-    """Users of the app without a state row, state rows of users the app no longer has (both empty when the counts
-    agree), the state's row count and the app's. ``state_users`` is that count as the last refresh left it (counting the
-    state's rows costs a scan of its table each cycle); when it is unknown or disagrees, the rows are counted."""
-    uid = bound.users.c[bound.mapping.users.id]
-    app_count = conn.execute(select(func.count()).where(uid.is_not(None))).scalar() or 0
-    if app_count == state_users:
-        return set(), set(), app_count, app_count
+    conn: Connection, reader: Aggregator, state: RefreshState, state_users: int | None, stored: dict[str, list[int]] | None
+) -> tuple[set[str], set[str], int, int, dict[str, list[int]] | None]:
+    """Users of the app without a state row or whose account is not the one the state holds, state rows of users the
+    app no longer has, the state's row count, the app's, and the app's :func:`presence` to store.
+
+    Only when the presence or the count changed are the ids read: the app's users of a changed bucket are candidates
+    (an id reused for a new account among them), and the app's ids are compared with the state's. ``state_users`` is
+    the state's count as the last refresh left it (counting the state's rows costs a scan of its table each cycle)."""
+    uid = reader.bound.users.c[reader.mapping.users.id]
+    now = presence(conn, reader)
+    if now is None:  # a dialect without a hash function: the count alone
+        app_count = conn.execute(select(func.count()).where(uid.is_not(None))).scalar() or 0
+    else:
+        app_count = sum(n for n, _ in now.values())
+    if app_count == state_users and now == stored:
+        return set(), set(), app_count, app_count, now
     app_ids = {str(row[0]) for row in conn.execution_options(yield_per=ID_CHUNK).execute(select(uid).where(uid.is_not(None)))}
     known = state.user_ids()
-    return app_ids - known, known - app_ids, len(known), app_count
+    missing = app_ids - known
+    if now is not None and stored is not None:
+        changed = sorted({int(b) for b in set(now) | set(stored) if now.get(b) != stored.get(b)})
+        if changed:
+            bucket = _bucket(conn, reader)
+            query = select(uid).where(uid.is_not(None), bucket.in_(changed))
+            missing |= {str(row[0]) for row in conn.execution_options(yield_per=ID_CHUNK).execute(query)}
+    return missing, known - app_ids, len(known), app_count, now
+
+
+def presence(conn: Connection, reader: Aggregator) -> dict[str, list[int]] | None:
+    """Per bucket of users by a hash of their id: [users, sum of a hash of (id, created_at)], computed where the rows
+    are (one aggregate, no row leaves the database). A user deleted and another added in one cycle, or an id reused
+    for a new account, change it though the count stays. None where the database has no hash function for us."""
+    u = reader.mapping.users
+    uid = reader.bound.users.c[u.id]
+    if _integers(conn, uid):  # SQLite, integer ids: arithmetic, no call into Python per row
+        stamp = func.coalesce(func.julianday(reader.bound.users.c[u.created_at]), 0) if u.created_at else 0
+        mixed = (uid * 2654435761 + cast(stamp * 86_400_000, Integer)) % 2147483647
+        query = select(uid.op("&")(PRESENCE_BUCKETS - 1), func.count(), func.sum(mixed))
+    else:
+        hashed = _hash_function(conn)
+        if hashed is None:
+            return None
+        ident = cast(uid, Text)
+        if u.created_at:
+            ident = ident.concat("|").concat(func.coalesce(cast(reader.bound.users.c[u.created_at], Text), ""))
+        query = select(_bucket(conn, reader), func.count(), func.sum(hashed(ident)))
+    buckets = conn.execute(query.where(uid.is_not(None)).group_by(query.selected_columns[0]))
+    return {str(int(b)): [int(n), int(total or 0)] for b, n, total in buckets}
+
+
+def _integers(conn: Connection, uid: Any) -> bool:
+    try:
+        return conn.dialect.name == "sqlite" and uid.type.python_type is int
+    except NotImplementedError:
+        return False
+
+
+def _bucket(conn: Connection, reader: Aggregator) -> Any:
+    uid = reader.bound.users.c[reader.mapping.users.id]
+    if _integers(conn, uid):
+        return uid.op("&")(PRESENCE_BUCKETS - 1)
+    hashed = _hash_function(conn)
+    assert hashed is not None
+    return hashed(cast(uid, Text)).op("&")(PRESENCE_BUCKETS - 1)
+
+
+def _hash_function(conn: Connection) -> Any:
+    """PostgreSQL's ``hashtext``; on SQLite (which has none) ours, registered on the connection; else None."""
+    if conn.dialect.name == "postgresql":
+        return func.hashtext
+    if conn.dialect.name == "sqlite":
+        raw = conn.connection.driver_connection
+        create = getattr(raw, "create_function", None)
+        if create is not None:
+            create("otel_segments_hash", 1, _hash31, deterministic=True)
+            return func.otel_segments_hash
+    return None
+
+
+def _hash31(value: Any) -> int:
+    text = value if isinstance(value, str) else str(decode(value)[0])
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=4).digest(), "big") >> 1
 
 
 def input_fingerprints(reader: Aggregator, conn: Connection, *, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any, int]:

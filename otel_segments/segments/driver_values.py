@@ -8,11 +8,14 @@ over (bytes, NULL), and these functions finish the job; what could not be read a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+_QUOTED = re.compile(r'"[^"]*"?|\'[^\']*\'?')  # a quoted value, or its start when the line cut it
 
 #: What a poisoned row raises while it is read or computed: the batch is bisected to set its users aside.
 ROW_ERRORS = (SQLAlchemyError, ValueError, OverflowError, TypeError, ArithmeticError)
@@ -77,8 +80,32 @@ def decode(value: Any) -> tuple[Any, bool]:
         return raw.decode("utf-8", "replace"), True
 
 
+def as_text(value: Any) -> str | None:
+    """An id or key as the state stores it (JSON takes no ``uuid.UUID``, ``Decimal``, ...): its text."""
+    return None if value is None else str(decode(value)[0])
+
+
+def from_text(column: Any, value: str | None) -> Any:
+    """What :func:`as_text` stored, as a parameter of ``column``'s type again (``uuid.UUID``, ``int``, ``Decimal``...);
+    the text itself when the type has no Python type or does not take it (the database then compares text)."""
+    if value is None:
+        return None
+    try:
+        kind = column.type.python_type
+    except NotImplementedError:
+        return value
+    if kind is str or not isinstance(value, str):
+        return value
+    try:
+        return kind(value)
+    except (TypeError, ValueError, ArithmeticError):
+        return value
+
+
 def cause(error: BaseException) -> str:
-    """The error's class and first line, from the driver's own error when SQLAlchemy wraps one (no SQL, no parameters)."""
+    """The error's class and first line, from the driver's own error when SQLAlchemy wraps one (no SQL, no parameters),
+    with what it quotes left out: PostgreSQL quotes the value it could not take (``invalid input syntax for type
+    integer: "..."``), and a row's value may be anything a user typed."""
     inner = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
-    text = str(inner).strip().splitlines()[0][:200] if str(inner).strip() else ""
+    text = _QUOTED.sub("<value>", str(inner).strip().splitlines()[0])[:200] if str(inner).strip() else ""
     return f"{type(inner).__name__}: {text}" if text else type(inner).__name__

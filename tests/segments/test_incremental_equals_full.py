@@ -2,11 +2,13 @@
 the state an incremental refresh leaves equals a full recompute at the same ``now``, on SQLite and PostgreSQL.
 
 The app writes ``users`` and ``projects`` in UTC and ``time_entries`` and ``tasks`` in its local zone (a zone drawn
-per history, west and east of UTC, with and without daylight saving), from writers whose clocks are up to 4 minutes
-apart, as TimeTracker does. Users are created with any ``created_at`` (past, future, now) and some are imported with
-ids below the newest; entries are inserted (any time, back-dated or ahead), edited, moved and deleted; tasks are
-assigned, reassigned, completed, reopened and deleted; roles and admin grants change; users log in; projects are
-archived; the clock jumps across window and day edges.
+per history, west and east of UTC, with and without daylight saving; a spring-forward or a fall-back inside the run),
+from writers whose clocks are up to 4 minutes apart, as TimeTracker does, and whose clock is behind or ahead of the
+job's by up to days (issue 21). Users are created with any ``created_at`` (past, future, now) and some are imported with
+ids below the newest; a user is deleted and another created in one step, with the old id or an import's; entries
+are inserted (any time, back-dated or ahead), edited, moved and deleted; thousands of entries are imported or updated
+in one statement with one stamp; tasks are assigned, reassigned, completed, reopened and deleted; roles and admin
+grants change; users log in; projects are archived; the clock jumps across window and day edges.
 
 The one difference the design accepts is named: ``silent_fix``, a hand edit in SQL that moves no ``updated_at`` and
 changes no count or key (a duration corrected in place). Such a user may stay stale until the maximum age, never longer.
@@ -32,8 +34,12 @@ from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
 
 START = datetime(2025, 3, 29, 23, 30, tzinfo=timezone.utc)  # a day before Europe's clocks change
+FALL = datetime(2025, 11, 1, 23, 30, tzinfo=timezone.utc)  # a day before New York's fall back (06:00 UTC, Nov 2)
 MAX_AGE = timedelta(hours=24)
-ZONES = ("UTC", "America/Los_Angeles", "Europe/Berlin", "Asia/Kolkata", "Pacific/Kiritimati")
+ZONES = ("UTC", "America/Los_Angeles", "Europe/Berlin", "Asia/Kolkata", "Pacific/Kiritimati", "America/New_York")
+# The app's writers' clock against ours, for a whole history: behind or ahead by minutes to days (the writers then
+# differ among themselves by half SKEW at most: windows need writers within SLACK of each other, not of us).
+WRITER = st.sampled_from([0, 0, -600, 600, -2 * 86400, 3 * 86400]).map(lambda s: timedelta(seconds=s))
 SKEW = st.integers(-240, 240).map(lambda s: timedelta(seconds=s))  # writers' clocks, seconds from ours
 OFFSET = st.one_of(
     st.integers(-45 * 86400, 2 * 3600),  # any time from 45 days back to 2 hours ahead
@@ -74,6 +80,7 @@ class History(RuleBasedStateMachine):
                 [{"id": p, "name": f"p{p}", "status": "active", "updated_at": naive(START, timezone.utc)} for p in PROJECTS],
             )
         self.now = START
+        self.writer = timedelta(0)
         self.users: list[int] = []
         self.entries: list[int] = []
         self.tasks: list[int] = []
@@ -83,20 +90,26 @@ class History(RuleBasedStateMachine):
         self.next_task = 1
         self.stale_until: dict[str, datetime] = {}  # silent fixes: the user may be stale until then
 
-    @initialize(zone=st.sampled_from(ZONES))
-    def start(self, zone: str) -> None:
+    @initialize(zone=st.sampled_from(ZONES), fall=st.booleans(), writer=WRITER)
+    def start(self, zone: str, fall: bool, writer: timedelta) -> None:
         self.zone = ZoneInfo(zone)
+        self.now = FALL if fall else START  # a spring-forward (Europe) or a fall-back (America) inside the run
+        self.writer = writer
         self.bound = bind(TIMETRACKER, self.engine, app_timezone=zone)
         self.state = RefreshState(self.engine)
         self.refresh()
 
     # -- the app's writes ------------------------------------------------------------------------------------
 
+    def clock(self, skew: timedelta) -> datetime:
+        """The writing app's clock: ours, plus the history's offset, plus this write's skew."""
+        return self.now + self.writer + (skew / 2 if self.writer else skew)
+
     def local(self, skew: timedelta = timedelta(0)) -> datetime:
-        return naive(self.now + skew, self.zone)
+        return naive(self.clock(skew), self.zone)
 
     def utc(self, skew: timedelta = timedelta(0)) -> datetime:
-        return naive(self.now + skew, timezone.utc)
+        return naive(self.clock(skew), timezone.utc)
 
     def write(self, statement, rows=None) -> None:
         with self.engine.begin() as conn:
@@ -224,6 +237,55 @@ class History(RuleBasedStateMachine):
     @rule(project=st.sampled_from(PROJECTS), status=st.sampled_from(("active", "archived", "inactive")), skew=SKEW)
     def set_project_status(self, project: int, status: str, skew: timedelta) -> None:
         self.write(update(projects).where(projects.c.id == project).values(status=status, updated_at=self.utc(skew)))
+
+    @precondition(lambda self: self.users)
+    @rule(data=st.data(), reuse=st.booleans(), role=st.sampled_from(("user", "admin", "viewer")))
+    def replace_user(self, data, reuse: bool, role: str) -> None:
+        """A user deleted and another created in the same step; the new account takes the old id, or an import's."""
+        old = data.draw(st.sampled_from(self.users))
+        if reuse:
+            uid = old
+        else:
+            uid, self.next_import = self.next_import, self.next_import - 1
+        with self.engine.begin() as conn:
+            gone = [row.id for row in conn.execute(time_entries.select().where(time_entries.c.user_id == old))]
+            conn.execute(delete(time_entries).where(time_entries.c.user_id == old))
+            conn.execute(update(tasks).where(tasks.c.assigned_to == old).values(assigned_to=None, updated_at=self.local()))
+            conn.execute(delete(user_roles).where(user_roles.c.user_id == old))
+            conn.execute(delete(users).where(users.c.id == old))
+            created = naive(self.now - data.draw(OFFSET), timezone.utc)
+            conn.execute(insert(users), [{"id": uid, "username": f"n{uid}", "role": role, "created_at": created}])
+        self.entries = [e for e in self.entries if e not in gone]
+        self.users.remove(old)
+        self.users.append(uid)
+
+    @precondition(lambda self: self.users)
+    @rule(data=st.data(), count=st.sampled_from((300, 2_000)), skew=SKEW)
+    def bulk_insert(self, data, count: int, skew: timedelta) -> None:
+        """An import: thousands of entries with one stamp."""
+        owners = data.draw(st.lists(st.sampled_from(self.users), min_size=1, max_size=5))
+        stamp = self.local(skew)
+        rows = [
+            {
+                "id": self.next_entry + i,
+                "user_id": owners[i % len(owners)],
+                "start_time": stamp,
+                "created_at": stamp,
+                "source": "import",
+                "duration_seconds": 60,
+                "updated_at": stamp,
+            }
+            for i in range(count)
+        ]
+        self.write(insert(time_entries), rows)
+        self.entries += [row["id"] for row in rows]
+        self.next_entry += count
+
+    @precondition(lambda self: self.entries)
+    @rule(skew=SKEW, duration=st.integers(0, 9000))
+    def bulk_update(self, skew: timedelta, duration: int) -> None:
+        """One UPDATE of every entry, one stamp for all."""
+        self.write(update(time_entries).values(duration_seconds=duration, updated_at=self.local(skew)))
 
     @rule(
         step=st.one_of(
