@@ -38,7 +38,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ..runtime import native
-from ..settings.values import safe_url
+from ..settings.values import host_of, is_loopback, safe_url
 
 #: The deadline of a request made without a timeout (the SDKs always give one; this is a floor of safety).
 DEFAULT_DEADLINE_S = 10.0
@@ -82,11 +82,18 @@ class _Request:
 
     Sockets, not connections: once a response says it closes the connection, http.client
     drops the connection's socket while the response goes on reading the body from it.
+
+    The watchdog holds a duplicate descriptor of each socket, taken by the thread that owns the
+    socket when it is handed over and closed when the request ends. Reading ``fileno()`` from the
+    watchdog's thread instead would race the owner's ``close()``: the number, freed, may already
+    name another thread's socket (an incoming request, a database connection), which the watchdog
+    would then shut down. A duplicate we hold can name nothing else until we close it.
     """
 
     seconds: float
-    sockets: list[Any] = field(default_factory=list)
+    duplicates: list[socket.socket] = field(default_factory=list)
     ended: str | None = None  # "deadline" or "aborted" once the watchdog or abort() ended it
+    _known: list[Any] = field(default_factory=list)
     _done: bool = False
     _lock: Any = field(default_factory=native.Lock)
     _wake: native.Event = field(default_factory=native.Event)
@@ -99,8 +106,12 @@ class _Request:
             self.end("deadline")
 
     def finish(self) -> None:
+        """End the watch (in the request's thread): no shutdown can happen after this, and the duplicates close."""
         with self._lock:
             self._done = True
+            duplicates, self.duplicates = self.duplicates, []
+        for duplicate in duplicates:
+            duplicate.close()
         self._wake.set()
 
     def end(self, why: str) -> None:
@@ -108,53 +119,68 @@ class _Request:
             if self._done or self.ended:
                 return
             self.ended = why
-            for sock in self.sockets:
-                _shut(sock)
+            for duplicate in self.duplicates:
+                _shut(duplicate)
         self._wake.set()
 
     def track(self, sock: Any) -> None:
+        """Take a duplicate of ``sock``'s descriptor; called by the thread that owns ``sock``, while it is open."""
         with self._lock:
-            if not any(known is sock for known in self.sockets):
-                self.sockets.append(sock)
+            if self._done or any(known is sock for known in self._known):
+                return
+            duplicate = _duplicate(sock)
+            if duplicate is None:
+                return
+            self._known.append(sock)
+            self.duplicates.append(duplicate)
             if self.ended:
-                _shut(sock)
+                _shut(duplicate)
 
 
-def _shut(sock: Any) -> None:
-    """Shut a socket down from another thread: a blocked read returns at once (closing it there would not be safe).
+def _duplicate(sock: Any) -> socket.socket | None:
+    """A socket object on a new descriptor of ``sock``'s socket (a shutdown acts on the socket, whichever names it).
 
-    Through a duplicate of its descriptor (a shutdown acts on the socket, whichever descriptor names it), so no
-    wrapper's state is touched from this thread: not an ``SSLSocket``'s TLS state, nor a gevent or eventlet
-    socket's hub, which belongs to the thread that reads.
+    Through a duplicate, no wrapper's state is touched from the watchdog's thread: not an ``SSLSocket``'s TLS
+    state, nor a gevent or eventlet socket's hub, which belongs to the thread that reads.
     """
-    if sock is None:
-        return
     try:
-        fd = sock.fileno()  # -1 once closed: a closed socket's number, maybe reused since, is never touched
+        fd = sock.fileno()
         if fd < 0:
-            return
-        with socket.socket(fileno=os.dup(fd)) as duplicate:
-            duplicate.shutdown(socket.SHUT_RDWR)
+            return None
+        return socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+
+
+def _shut(duplicate: socket.socket) -> None:
+    """Shut a socket down from another thread: a blocked read returns at once (closing it there would not be safe)."""
+    try:
+        duplicate.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
 
 
-def _track(connection: HTTPConnection) -> None:
+def _track(sock: Any) -> None:
     request = getattr(_local, "request", None)
-    if request is not None and connection.sock is not None:
-        request.track(connection.sock)
+    if request is not None and sock is not None:
+        request.track(sock)
 
 
 class _Tracked:
-    """Hands each socket a connection opens or reuses to the request's watchdog."""
+    """Hands each socket a connection opens or reuses to the request's watchdog, the moment it exists.
 
-    def connect(self) -> None:
-        _track(self)  # type: ignore[arg-type]
-        super().connect()  # type: ignore[misc]
-        _track(self)  # type: ignore[arg-type]
+    At ``_new_conn``, before anything is sent on it: through a proxy, ``connect()`` goes on to send
+    ``CONNECT`` and wait for the proxy's answer (and a TLS handshake) on that socket, and a proxy that
+    drips that answer must meet the deadline too.
+    """
+
+    def _new_conn(self) -> Any:
+        sock = super()._new_conn()  # type: ignore[misc]
+        _track(sock)
+        return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _track(self)  # type: ignore[arg-type]
+        _track(self.sock)  # type: ignore[attr-defined]
         super().request(*args, **kwargs)  # type: ignore[misc]
 
 
@@ -178,7 +204,17 @@ _POOLS = {"http": _Pool, "https": _TLSPool}
 
 
 class _Adapter(HTTPAdapter):
-    """An adapter whose connections (direct or through an HTTP proxy) can be shut down by a request's watchdog."""
+    """An adapter whose connections (direct or through an HTTP proxy) can be shut down by a request's watchdog.
+
+    A request to this machine never goes through a proxy, whatever ``HTTP_PROXY``/``HTTPS_PROXY`` say and
+    ``NO_PROXY`` leaves out: a loopback ``http://`` endpoint is plain text only because nothing leaves the
+    machine, and through a proxy the bearer token, PostHog's ``api_key`` and every person property would.
+    """
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        if kwargs.get("proxies") and is_loopback(host_of(request.url or "")):
+            kwargs["proxies"] = {}
+        return super().send(request, *args, **kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
