@@ -5,6 +5,11 @@ the lease holder refreshes. The lease is a row updated with a compare-and-set
 ``UPDATE``, which every SQL database runs atomically, so SQLite and PostgreSQL
 behave the same. A holder that dies stops renewing and another takes over once
 the lease expires.
+
+Expiry is judged by one clock, the database's (``now()`` on PostgreSQL): judged by
+each host's own, a host whose clock runs ahead by more than the TTL would take a
+live lease, and two holders would deliver at once. SQLite lives on one machine, so
+its clock is the host's.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import os
 import socket
 import uuid
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, and_, insert, or_, update
+from sqlalchemy import Column, DateTime, Interval, MetaData, String, Table, and_, func, insert, literal, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -41,9 +47,11 @@ class Lease:
         metadata.create_all(engine, tables=[lease_table])
 
     def acquire(self, ttl: timedelta, now: datetime | None = None) -> bool:
-        """Take or renew the lease for ``ttl``; False when another live holder has it."""
-        now = _naive_utc(now or datetime.now(timezone.utc))
-        expires = now + ttl
+        """Take or renew the lease for ``ttl``; False when another live holder has it.
+
+        ``now`` (tests) stands for the database's clock.
+        """
+        now, expires = self._clock(ttl, now)
         with self.engine.begin() as conn:
             taken = conn.execute(
                 update(lease_table)
@@ -63,6 +71,14 @@ class Lease:
             return True
         except IntegrityError:
             return False
+
+    def _clock(self, ttl: timedelta, now: datetime | None) -> tuple[Any, Any]:
+        """The moment to judge expiry by and the new expiry: values, or SQL that reads the database's clock."""
+        if now is None and self.engine.dialect.name == "postgresql":
+            database_now = func.timezone("UTC", func.now())
+            return database_now, database_now + literal(ttl, Interval())
+        moment = _naive_utc(now or datetime.now(timezone.utc))
+        return moment, moment + ttl
 
     def release(self) -> None:
         with self.engine.begin() as conn:
