@@ -23,12 +23,10 @@ and urllib3's connection classes.
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
 
@@ -39,6 +37,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ..runtime import native
 from ..settings.values import host_of, is_loopback, safe_url
+from .watchdog import Request
 
 #: The deadline of a request made without a timeout (the SDKs always give one; this is a floor of safety).
 DEFAULT_DEADLINE_S = 10.0
@@ -72,92 +71,29 @@ class PeerAbortedError(requests.ConnectionError):
     """The request was ended by :meth:`PeerSession.abort` (the sink is shutting down)."""
 
 
+class FencedError(requests.ConnectionError):
+    """The request was not sent: the caller's fence (see :func:`fenced`) said this process may no longer send."""
+
+
+@contextmanager
+def fenced(may_send: Callable[[], bool]) -> Iterator[None]:
+    """Ask ``may_send()`` right before each request of this thread leaves; when False, it fails with :class:`FencedError`.
+
+    The job's delivery fences its sends with its lease: a holder frozen between taking the lease and
+    sending (SIGSTOP, a debugger, a stalled VM) must not send, on resuming, an update older than the
+    one its successor delivered meanwhile. Asked as late as a public hook allows: just before the
+    request line is written to a connected socket.
+    """
+    previous = getattr(_local, "fence", None)
+    _local.fence = may_send
+    try:
+        yield
+    finally:
+        _local.fence = previous
+
+
 class DeadlineExceededError(requests.Timeout):
     """The peer did not answer, to the last byte, within the request's total deadline."""
-
-
-@dataclass(eq=False)
-class _Request:
-    """One request in flight: its sockets, and a watchdog that shuts them down when time is up.
-
-    Sockets, not connections: once a response says it closes the connection, http.client
-    drops the connection's socket while the response goes on reading the body from it.
-
-    The watchdog holds a duplicate descriptor of each socket, taken by the thread that owns the
-    socket when it is handed over and closed when the request ends. Reading ``fileno()`` from the
-    watchdog's thread instead would race the owner's ``close()``: the number, freed, may already
-    name another thread's socket (an incoming request, a database connection), which the watchdog
-    would then shut down. A duplicate we hold can name nothing else until we close it.
-    """
-
-    seconds: float
-    duplicates: list[socket.socket] = field(default_factory=list)
-    ended: str | None = None  # "deadline" or "aborted" once the watchdog or abort() ended it
-    _known: list[Any] = field(default_factory=list)
-    _done: bool = False
-    _lock: Any = field(default_factory=native.Lock)
-    _wake: native.Event = field(default_factory=native.Event)
-
-    def start(self) -> None:
-        native.Thread(self._watch).start()
-
-    def _watch(self) -> None:
-        if not self._wake.wait(self.seconds):
-            self.end("deadline")
-
-    def finish(self) -> None:
-        """End the watch (in the request's thread): no shutdown can happen after this, and the duplicates close."""
-        with self._lock:
-            self._done = True
-            duplicates, self.duplicates = self.duplicates, []
-        for duplicate in duplicates:
-            duplicate.close()
-        self._wake.set()
-
-    def end(self, why: str) -> None:
-        with self._lock:
-            if self._done or self.ended:
-                return
-            self.ended = why
-            for duplicate in self.duplicates:
-                _shut(duplicate)
-        self._wake.set()
-
-    def track(self, sock: Any) -> None:
-        """Take a duplicate of ``sock``'s descriptor; called by the thread that owns ``sock``, while it is open."""
-        with self._lock:
-            if self._done or any(known is sock for known in self._known):
-                return
-            duplicate = _duplicate(sock)
-            if duplicate is None:
-                return
-            self._known.append(sock)
-            self.duplicates.append(duplicate)
-            if self.ended:
-                _shut(duplicate)
-
-
-def _duplicate(sock: Any) -> socket.socket | None:
-    """A socket object on a new descriptor of ``sock``'s socket (a shutdown acts on the socket, whichever names it).
-
-    Through a duplicate, no wrapper's state is touched from the watchdog's thread: not an ``SSLSocket``'s TLS
-    state, nor a gevent or eventlet socket's hub, which belongs to the thread that reads.
-    """
-    try:
-        fd = sock.fileno()
-        if fd < 0:
-            return None
-        return socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return None
-
-
-def _shut(duplicate: socket.socket) -> None:
-    """Shut a socket down from another thread: a blocked read returns at once (closing it there would not be safe)."""
-    try:
-        duplicate.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def _track(sock: Any) -> None:
@@ -181,6 +117,11 @@ class _Tracked:
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         _track(self.sock)  # type: ignore[attr-defined]
+        fence = getattr(_local, "fence", None)
+        request = getattr(_local, "request", None)
+        if fence is not None and request is not None and not fence():
+            request.ended = "fenced"
+            raise OSError("the fence refused the request")  # urllib3 wraps it; PeerSession.request names it
         super().request(*args, **kwargs)  # type: ignore[misc]
 
 
@@ -240,7 +181,7 @@ class PeerSession(requests.Session):
         adapter = _Adapter(pool_connections=1, pool_maxsize=1, max_retries=0)
         self.mount("https://", adapter)
         self.mount("http://", adapter)
-        self._in_flight: set[_Request] = set()
+        self._in_flight: set[Request] = set()
         self._guard = native.Lock()
         self._aborted = False
 
@@ -248,7 +189,7 @@ class PeerSession(requests.Session):
         kwargs["allow_redirects"] = False  # whatever the caller asked: see the module's docstring
         seconds = _seconds(kwargs.get("timeout"))
         kwargs["timeout"] = seconds  # connect and each read within the deadline too
-        in_flight = _Request(seconds)
+        in_flight = Request(seconds)
         with self._guard:
             if self._aborted:
                 raise PeerAbortedError("the session was aborted: the sink is shut down")
@@ -263,6 +204,8 @@ class PeerSession(requests.Session):
                 raise DeadlineExceededError(f"no complete answer within {seconds:g}s") from error
             if in_flight.ended == "aborted":
                 raise PeerAbortedError("the request was aborted: the sink is shutting down") from error
+            if in_flight.ended == "fenced":
+                raise FencedError("not sent: this process no longer holds the refresh lease") from error
             raise
         finally:
             in_flight.finish()

@@ -10,7 +10,7 @@ import pytest
 import requests
 from pytest_httpserver import HTTPServer
 
-from otel_segments.sinks import transport
+from otel_segments.sinks import watchdog
 from otel_segments.sinks.transport import DeadlineExceededError, PeerAbortedError, PeerSession
 from tests.proxy import DRIP, Proxy
 
@@ -73,7 +73,7 @@ class _Reused(socket.socket):
 
 
 def test_the_watchdog_never_shuts_down_a_descriptor_it_does_not_own() -> None:
-    request = transport._Request(0.05)
+    request = watchdog.Request(0.05)
     owned, peer = socket.socketpair()
     tracked = _Reused(fileno=owned.detach())
     try:
@@ -101,21 +101,21 @@ def test_a_request_closes_every_duplicate_it_took(httpserver: HTTPServer) -> Non
     """The duplicates live exactly as long as the request: none is left open to keep a socket alive."""
     httpserver.expect_request("/v1/traces").respond_with_data("ok")
     session = PeerSession()
-    taken: list[transport._Request] = []
-    original = transport._Request.finish
+    taken: list[watchdog.Request] = []
+    original = watchdog.Request.finish
 
-    def finish(self: transport._Request) -> None:
+    def finish(self: watchdog.Request) -> None:
         taken.append(self)
         assert self.duplicates, "the request's socket was never handed to the watchdog"
         kept = list(self.duplicates)
         original(self)
         assert all(duplicate.fileno() == -1 for duplicate in kept)
 
-    transport._Request.finish = finish  # type: ignore[method-assign]
+    watchdog.Request.finish = finish  # type: ignore[method-assign]
     try:
         assert session.post(httpserver.url_for("/v1/traces"), data=b"{}", timeout=5).status_code == 200
     finally:
-        transport._Request.finish = original  # type: ignore[method-assign]
+        watchdog.Request.finish = original  # type: ignore[method-assign]
         session.close()
     assert len(taken) == 1
 
