@@ -6,8 +6,8 @@ needs room to be stated: it only ever touches descriptors it owns.
 
 from __future__ import annotations
 
+import _socket
 import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ class Request:
     """
 
     seconds: float
-    duplicates: list[socket.socket] = field(default_factory=list)
+    duplicates: list[_socket.socket] = field(default_factory=list)
     ended: str | None = None  # "deadline" or "aborted" once the watchdog or abort() ended it
     _known: list[Any] = field(default_factory=list)
     _done: bool = False
@@ -75,24 +75,25 @@ class Request:
                 _shut(duplicate)
 
 
-def _duplicate(sock: Any) -> socket.socket | None:
+def _duplicate(sock: Any) -> _socket.socket | None:
     """A socket object on a new descriptor of ``sock``'s socket (a shutdown acts on the socket, whichever names it).
 
     Through a duplicate, no wrapper's state is touched from the watchdog's thread: not an ``SSLSocket``'s TLS
-    state, nor a gevent or eventlet socket's hub, which belongs to the thread that reads.
+    state, nor a gevent or eventlet socket's hub, which belongs to the thread that reads. The duplicate is
+    the C module's own socket (``_socket``), which no green library patches: it has no hub to touch either.
     """
     try:
         fd = sock.fileno()
         if fd < 0:
             return None
-        return socket.socket(fileno=os.dup(fd))
+        return _socket.socket(fileno=os.dup(fd))
     except OSError:
         return None
 
 
-def _shut(duplicate: socket.socket) -> None:
+def _shut(duplicate: _socket.socket) -> None:
     """Shut a socket down from another thread: a blocked read returns at once (closing it there would not be safe)."""
     try:
-        duplicate.shutdown(socket.SHUT_RDWR)
+        duplicate.shutdown(_socket.SHUT_RDWR)
     except OSError:
         pass
