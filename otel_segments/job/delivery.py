@@ -18,6 +18,7 @@ from typing import Protocol
 from ..segments import UserSegment
 from ..segments.state import RefreshState
 from ..sinks import DeliveryError, RateLimitedError, Refusal, SinkUnsupportedError
+from ..sinks.transport import fenced
 from ..spans.context import pseudonymize
 from .lease import Lease
 from .reporting import cause_of
@@ -133,19 +134,27 @@ class Delivery:
         while deadline is None or time.monotonic() < deadline:
             if self._stopped() and deadline is None:
                 break
+            # The lease first, then the batch: what is read is what no other holder can deliver meanwhile.
+            if not lease.acquire(lease_ttl):
+                _logger.info("otel_segments: the refresh lease passed to another process; it delivers the rest")
+                break
             batch = state.pending(name, limit=limit, after=after)
             if not batch:
                 break
             after = batch[-1].distinct_id
-            if not lease.acquire(lease_ttl):
-                _logger.info("otel_segments: the refresh lease passed to another process; it delivers the rest")
-                break
             busy = time.thread_time()
             self.delivering_since = time.monotonic()
             try:
-                refused = sink.deliver(batch) or ()
+                # Fenced by the lease up to the moment each request leaves: see Lease.held.
+                with fenced(lease.held):
+                    if not lease.held():
+                        raise DeliveryError("not sent: the refresh lease expired before the batch left")
+                    refused = sink.deliver(batch) or ()
             except DeliveryError as error:
                 self._record(name, state, batch, error.accepted, error.refused)
+                if not lease.held():  # frozen past the lease: the successor delivers the rest, in order
+                    _logger.info("otel_segments: the refresh lease expired mid-delivery; another process delivers the rest")
+                    break
                 raise
             finally:
                 self.delivering_since = None

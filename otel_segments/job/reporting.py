@@ -57,7 +57,7 @@ class Reporter:
     def stuck(self, started: float | None, lease_ttl: timedelta) -> None:
         """Once per cycle that outlives its lease: a peer that took the connection and never answers blocks it, silently.
 
-        The database drivers have no timeout for an answer that never comes (a lock
+        The database drivers have no timeout for an answer that never comes (a
         wait, a hung server, a half-open connection), so such a cycle waits until the
         connection breaks; meanwhile the kicks that find it running say so, once.
         """

@@ -130,6 +130,17 @@ def _own(engine: Engine) -> OwnEngine:
 #: ``application_name`` of our PostgreSQL connections: an operator finds them in ``pg_stat_activity``.
 APPLICATION_NAME = "otel_segments"
 
+#: How long one of our statements waits for a lock (the lease row, the state table) before giving up. An
+#: operator's ``SELECT ... FOR UPDATE`` or a holder frozen inside the lease transaction then fails one cycle,
+#: with one line, and frees the connection, instead of holding one connection per process until the app's
+#: own role is refused for want of ``max_connections``. SQLite's busy timeout is the same wait.
+LOCK_TIMEOUT_S = 5
+#: The longest one of our statements may run: far above the refresh's batched queries on a large app.
+STATEMENT_TIMEOUT_S = 300
+#: A session of ours left idle inside a transaction (its process frozen by SIGSTOP, a debugger) is ended by
+#: the server after this long, so the locks it holds do not outlive the lease it was taken under.
+IDLE_IN_TRANSACTION_TIMEOUT_S = 60
+
 
 def _connect_args(url: URL) -> dict[str, Any]:
     if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2"):
@@ -145,7 +156,18 @@ def _connect_args(url: URL) -> dict[str, Any]:
         }
         if "application_name" not in url.query:  # the operator's own name in the URL wins
             args["application_name"] = APPLICATION_NAME
+        # Ours first: an ``options`` in the URL comes after them, and PostgreSQL lets the last -c win.
+        args["options"] = " ".join(
+            [
+                f"-c lock_timeout={LOCK_TIMEOUT_S * 1000}",
+                f"-c statement_timeout={STATEMENT_TIMEOUT_S * 1000}",
+                f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_S * 1000}",
+                *([str(url.query["options"])] if "options" in url.query else []),
+            ]
+        )
         return args
+    if url.get_backend_name() == "sqlite" and "timeout" not in url.query:
+        return {"timeout": float(LOCK_TIMEOUT_S)}  # the busy timeout: how long a write waits for another's lock
     return {}
 
 

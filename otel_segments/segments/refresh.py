@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from . import UserSegment, changes
 from .aggregate import DEFAULT_BATCH_SIZE, AggregatedUser, aggregate_users
@@ -156,21 +157,61 @@ def refresh(
     return result
 
 
+class StateWriteError(RuntimeError):
+    """The state database refused a whole write (a lock it could not get, a read-only or vanished database): the
+    refresh fails, with one line, and its cursors stay where they were, so its changes are found again."""
+
+
 def _stored(
     write: Callable[[list[_Row]], None], rows: list[_Row], user: Callable[[_Row], str], table: str, problems: list[Problem]
 ) -> list[_Row]:
     """``write(rows)``, bisected when it fails so that a row the state database refuses sets aside only its user;
-    the rows written."""
+    the rows written.
+
+    A failure of the database rather than of a row raises :class:`StateWriteError` instead: an
+    ``OperationalError`` (a lock or statement timeout, a lost connection, SQLite's locked or read-only file)
+    at once, without a retry per row; anything else once bisecting found that no row of several could be
+    written. Setting every user aside would blame each of them, one line each, and let the cycle move its
+    cursors on as if it had worked.
+    """
     try:
         write(rows)
         return rows
     except ROW_ERRORS as error:
+        if _database_wide(error):
+            raise StateWriteError(f"the state table {table} could not be written ({cause(error)})") from error
         if len(rows) <= 1:
-            if rows:
-                problems.append(Problem(user(rows[0]), table, cause(error), skipped=True))
+            problems.extend(Problem(user(row), table, cause(error), skipped=True) for row in rows)
             return []
-        half = len(rows) // 2
-        return _stored(write, rows[:half], user, table, problems) + _stored(write, rows[half:], user, table, problems)
+        refused: list[Problem] = []
+        written = _halves(write, rows, user, table, refused)
+        if not written:
+            raise StateWriteError(f"the state table {table} refused every row of a write ({cause(error)})") from error
+        problems.extend(refused)
+        return written
+
+
+def _database_wide(error: BaseException) -> bool:
+    return isinstance(error, OperationalError) or (isinstance(error, DBAPIError) and error.connection_invalidated)
+
+
+def _halves(
+    write: Callable[[list[_Row]], None], rows: list[_Row], user: Callable[[_Row], str], table: str, problems: list[Problem]
+) -> list[_Row]:
+    """Each half of ``rows`` written on its own, and each half that fails bisected down to the rows refused."""
+    written: list[_Row] = []
+    for part in (rows[: len(rows) // 2], rows[len(rows) // 2 :]):
+        try:
+            write(part)
+            written += part
+        except ROW_ERRORS as error:
+            if _database_wide(error):
+                raise StateWriteError(f"the state table {table} could not be written ({cause(error)})") from error
+            if len(part) == 1:
+                problems.append(Problem(user(part[0]), table, cause(error), skipped=True))
+            else:
+                written += _halves(write, part, user, table, problems)
+    return written
 
 
 def _due(user: AggregatedUser, now: datetime, max_age: timedelta) -> datetime:

@@ -24,12 +24,10 @@ and urllib3's connection classes.
 from __future__ import annotations
 
 import netrc  # noqa: F401 - requests imports it at a session's first request: here, at start-up, not in the job's thread
-import os
-import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
 
@@ -38,8 +36,9 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from ..runtime import native, watchdog
-from ..settings.values import safe_url
+from ..runtime import native
+from ..settings.values import host_of, is_loopback, safe_url
+from .watchdog import Request
 
 #: The deadline of a request made without a timeout (the SDKs always give one; this is a floor of safety).
 DEFAULT_DEADLINE_S = 10.0
@@ -73,85 +72,57 @@ class PeerAbortedError(requests.ConnectionError):
     """The request was ended by :meth:`PeerSession.abort` (the sink is shutting down)."""
 
 
+class FencedError(requests.ConnectionError):
+    """The request was not sent: the caller's fence (see :func:`fenced`) said this process may no longer send."""
+
+
+@contextmanager
+def fenced(may_send: Callable[[], bool]) -> Iterator[None]:
+    """Ask ``may_send()`` right before each request of this thread leaves; when False, it fails with :class:`FencedError`.
+
+    The job's delivery fences its sends with its lease: a holder frozen between taking the lease and
+    sending (SIGSTOP, a debugger, a stalled VM) must not send, on resuming, an update older than the
+    one its successor delivered meanwhile. Asked as late as a public hook allows: just before the
+    request line is written to a connected socket.
+    """
+    previous = getattr(_local, "fence", None)
+    _local.fence = may_send
+    try:
+        yield
+    finally:
+        _local.fence = previous
+
+
 class DeadlineExceededError(requests.Timeout):
     """The peer did not answer, to the last byte, within the request's total deadline."""
 
 
-@dataclass(eq=False)
-class _Request:
-    """One request in flight: its sockets, and a watchdog that shuts them down when time is up.
-
-    Sockets, not connections: once a response says it closes the connection, http.client
-    drops the connection's socket while the response goes on reading the body from it.
-    """
-
-    seconds: float
-    sockets: list[Any] = field(default_factory=list)
-    ended: str | None = None  # "deadline" or "aborted" once the watchdog or abort() ended it
-    _done: bool = False
-    _lock: Any = field(default_factory=native.Lock)
-    _timer: watchdog.Timer | None = None
-
-    def start(self) -> None:
-        self._timer = watchdog.call_later(self.seconds, lambda: self.end("deadline"))
-
-    def finish(self) -> None:
-        with self._lock:
-            self._done = True
-        if self._timer is not None:
-            self._timer.cancel()
-
-    def end(self, why: str) -> None:
-        with self._lock:
-            if self._done or self.ended:
-                return
-            self.ended = why
-            for sock in self.sockets:
-                _shut(sock)
-
-    def track(self, sock: Any) -> None:
-        with self._lock:
-            if not any(known is sock for known in self.sockets):
-                self.sockets.append(sock)
-            if self.ended:
-                _shut(sock)
-
-
-def _shut(sock: Any) -> None:
-    """Shut a socket down from another thread: a blocked read returns at once (closing it there would not be safe).
-
-    Through a duplicate of its descriptor (a shutdown acts on the socket, whichever descriptor names it), so no
-    wrapper's state is touched from this thread: not an ``SSLSocket``'s TLS state, nor a gevent or eventlet
-    socket's hub, which belongs to the thread that reads.
-    """
-    if sock is None:
-        return
-    try:
-        fd = sock.fileno()  # -1 once closed: a closed socket's number, maybe reused since, is never touched
-        if fd < 0:
-            return
-        with socket.socket(fileno=os.dup(fd)) as duplicate:
-            duplicate.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-
-
-def _track(connection: HTTPConnection) -> None:
+def _track(sock: Any) -> None:
     request = getattr(_local, "request", None)
-    if request is not None and connection.sock is not None:
-        request.track(connection.sock)
+    if request is not None and sock is not None:
+        request.track(sock)
 
 
 class _Tracked:
-    """Hands each socket a connection opens or reuses to the request's watchdog."""
+    """Hands each socket a connection opens or reuses to the request's watchdog, the moment it exists.
 
-    def connect(self) -> None:
-        _track(self)  # type: ignore[arg-type]
-        super().connect()  # type: ignore[misc]
-        _track(self)  # type: ignore[arg-type]
+    At ``_new_conn``, before anything is sent on it: through a proxy, ``connect()`` goes on to send
+    ``CONNECT`` and wait for the proxy's answer (and a TLS handshake) on that socket, and a proxy that
+    drips that answer must meet the deadline too.
+    """
+
+    def _new_conn(self) -> Any:
+        sock = super()._new_conn()  # type: ignore[misc]
+        _track(sock)
+        return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _track(self)  # type: ignore[arg-type]
+        _track(self.sock)  # type: ignore[attr-defined]
+        fence = getattr(_local, "fence", None)
+        request = getattr(_local, "request", None)
+        if fence is not None and request is not None and not fence():
+            request.ended = "fenced"
+            raise OSError("the fence refused the request")  # urllib3 wraps it; PeerSession.request names it
         super().request(*args, **kwargs)  # type: ignore[misc]
 
 
@@ -175,7 +146,17 @@ _POOLS = {"http": _Pool, "https": _TLSPool}
 
 
 class _Adapter(HTTPAdapter):
-    """An adapter whose connections (direct or through an HTTP proxy) can be shut down by a request's watchdog."""
+    """An adapter whose connections (direct or through an HTTP proxy) can be shut down by a request's watchdog.
+
+    A request to this machine never goes through a proxy, whatever ``HTTP_PROXY``/``HTTPS_PROXY`` say and
+    ``NO_PROXY`` leaves out: a loopback ``http://`` endpoint is plain text only because nothing leaves the
+    machine, and through a proxy the bearer token, PostHog's ``api_key`` and every person property would.
+    """
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        if kwargs.get("proxies") and is_loopback(host_of(request.url or "")):
+            kwargs["proxies"] = {}
+        return super().send(request, *args, **kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
@@ -201,7 +182,7 @@ class PeerSession(requests.Session):
         adapter = _Adapter(pool_connections=1, pool_maxsize=1, max_retries=0)
         self.mount("https://", adapter)
         self.mount("http://", adapter)
-        self._in_flight: set[_Request] = set()
+        self._in_flight: set[Request] = set()
         self._guard = native.Lock()
         self._aborted = False
 
@@ -209,7 +190,7 @@ class PeerSession(requests.Session):
         kwargs["allow_redirects"] = False  # whatever the caller asked: see the module's docstring
         seconds = _seconds(kwargs.get("timeout"))
         kwargs["timeout"] = seconds  # connect and each read within the deadline too
-        in_flight = _Request(seconds)
+        in_flight = Request(seconds)
         with self._guard:
             if self._aborted:
                 raise PeerAbortedError("the session was aborted: the sink is shut down")
@@ -224,6 +205,8 @@ class PeerSession(requests.Session):
                 raise DeadlineExceededError(f"no complete answer within {seconds:g}s") from error
             if in_flight.ended == "aborted":
                 raise PeerAbortedError("the request was aborted: the sink is shutting down") from error
+            if in_flight.ended == "fenced":
+                raise FencedError("not sent: this process no longer holds the refresh lease") from error
             raise
         finally:
             in_flight.finish()

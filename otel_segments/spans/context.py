@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 
 from opentelemetry import trace
 
+from .generator_steps import each_async_step_with, each_step_with
+
 _logger = logging.getLogger(__name__)
 
 USER_ID = "user.id"
@@ -256,29 +258,56 @@ def clear_user(token: Token[UserProperties | None] | None = None) -> None:
     _current_user.set(None)
 
 
+#: The scopes entered in this context, innermost last: (the ``user_context`` instance, its token). Per context,
+#: not per instance, so one instance shared by concurrent tasks or threads restores each one's own previous user.
+_scopes: ContextVar[tuple[tuple[object, Token[UserProperties | None]], ...]] = ContextVar("otel_segments_scopes", default=())
+
+
+def _restore(token: Token[UserProperties | None]) -> None:
+    """Put back the user from before ``token``; the value it recorded when the context it came from is not this one."""
+    try:
+        _current_user.reset(token)
+    except ValueError:  # made in another context (entered in one task, left in another): never raise into the app
+        _current_user.set(None if token.old_value is Token.MISSING else token.old_value)
+
+
 class user_context:  # noqa: N801 - reads as a function at call sites, like contextlib's helpers
     """Mark the code inside as working for one user; a context manager and a decorator.
 
     >>> with user_context(42, role="admin", is_admin=True):
     ...     handle_request()
+
+    One instance may be shared (a module-level ``ctx = user_context(...)`` entered by concurrent handlers): what
+    it restores on exit is kept per context. It decorates functions, coroutines, generators and async generators;
+    a generator's body runs whenever its consumer resumes it (a streaming response, after the handler returned),
+    so the user is set around each step, not around the call that made the generator.
     """
 
     def __init__(
         self, user_id: object, *, role: object = None, is_admin: object = None, auth_method: object = None, **extra: object
     ) -> None:
         self.properties = _properties(user_id, {"role": role, "is_admin": is_admin, "auth_method": auth_method, **extra})
-        self._tokens: list[Token[UserProperties | None]] = []
 
     def __enter__(self) -> UserProperties | None:
-        self._tokens.append(_current_user.set(self.properties))
+        _scopes.set((*_scopes.get(), (self, _current_user.set(self.properties))))
         _reach_local_root(self.properties)
         return self.properties
 
     def __exit__(self, *exc: object) -> None:
-        _current_user.reset(self._tokens.pop())
+        scopes = _scopes.get()
+        for index in range(len(scopes) - 1, -1, -1):
+            if scopes[index][0] is self:
+                _scopes.set(scopes[:index] + scopes[index + 1 :])
+                _restore(scopes[index][1])
+                return
+        _current_user.set(None)  # left in a context it was not entered in: forget the user rather than raise
 
     def __call__(self, func: _F) -> _F:
         props = self.properties
+        if inspect.isasyncgenfunction(func):
+            return functools.wraps(func)(each_async_step_with(_current_user, props, func))  # type: ignore[return-value]
+        if inspect.isgeneratorfunction(func):
+            return functools.wraps(func)(each_step_with(_current_user, props, func))  # type: ignore[return-value]
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
