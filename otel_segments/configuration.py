@@ -36,7 +36,7 @@ from .segments.span_properties import span_property_selection
 from .settings import config
 from .settings.config import Settings
 from .spans.cache import SegmentCache
-from .spans.context import set_privacy_policy
+from .spans.privacy import set_privacy_policy
 from .spans.processor import SuperPropertiesSpanProcessor
 from .spans.properties import detect_process_properties
 

@@ -18,14 +18,10 @@ from otel_segments.spans.context import (
     attribute_value,
     clear_user,
     current_user,
-    is_pii_key,
-    pii_allowed,
-    pseudonymize,
-    set_privacy_policy,
     set_user,
     user_context,
-    user_id_hash_key,
 )
+from otel_segments.spans.privacy import is_pii_key, pii_allowed, pseudonymize, set_privacy_policy, user_id_hash_key
 
 #: Every key README and the privacy docs promise to drop, spelled as documented.
 PERSON_KEYS = [

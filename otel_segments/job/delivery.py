@@ -19,7 +19,7 @@ from ..segments import UserSegment
 from ..segments.state import RefreshState
 from ..sinks import DeliveryError, RateLimitedError, Refusal, SinkUnsupportedError
 from ..sinks.transport import fenced
-from ..spans.context import pseudonymize
+from ..spans.privacy import pseudonymize
 from .lease import Lease
 from .reporting import cause_of
 

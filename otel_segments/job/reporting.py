@@ -14,7 +14,7 @@ from datetime import timedelta
 from sqlalchemy.exc import DBAPIError
 
 from ..segments.refresh import RefreshResult
-from ..spans.context import pseudonymize
+from ..spans.privacy import pseudonymize
 
 #: The job's own logger: its lines keep the name users already filter on.
 _logger = logging.getLogger("otel_segments.job")

@@ -38,7 +38,8 @@ from ..runtime.exporters import EXPORTERS
 from ..segments import UserSegment
 from ..settings import config
 from ..settings.config import Settings
-from ..spans.context import USER_ID, USER_PREFIX, attribute_value, is_pii_key, pii_allowed, pseudonymize
+from ..spans.context import USER_ID, USER_PREFIX, attribute_value
+from ..spans.privacy import is_pii_key, pii_allowed, pseudonymize
 from . import DeliveryError, Refusal, SinkUnsupportedError
 from .signal_support import GrpcTooLargeError, SignalSupport
 from .transport import Answer, PeerSession
@@ -78,7 +79,7 @@ class OtlpSegmentSink:
     ``exporter`` is a ``LogRecordExporter`` (build the standard one, with the token,
     with :func:`log_exporter`); ``base_resource`` is the service's Resource
     (``service.name``, ``deployment.environment.name``...). ``user.id`` goes out
-    through :func:`otel_segments.spans.context.pseudonymize`, so a configured hash key
+    through :func:`otel_segments.spans.privacy.pseudonymize`, so a configured hash key
     applies here as on spans. With ``support`` watching the exporter, a backend that
     takes no logs raises :class:`~otel_segments.sinks.SinkUnsupportedError`.
     """

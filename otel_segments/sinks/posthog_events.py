@@ -19,7 +19,7 @@ from typing import Any
 from ..runtime import native
 from ..segments import UserSegment
 from ..settings.config import Secret
-from ..spans.context import is_pii_key, pii_allowed
+from ..spans.privacy import is_pii_key, pii_allowed
 from . import DeliveryError, Refusal
 
 #: The sink's own logger: its lines keep the name users already filter on.

@@ -25,7 +25,8 @@ from typing import Any
 from opentelemetry import baggage
 from opentelemetry.context import Context, attach, detach, get_current
 
-from .context import USER_ID, USER_PREFIX, USER_ROLES, UserProperties, current_user, user_id_hash_key
+from .context import USER_ID, USER_PREFIX, USER_ROLES, UserProperties, current_user
+from .privacy import user_id_hash_key
 
 BAGGAGE_USER_ID = "app.user.id"
 BAGGAGE_USER_PSEUDO_ID = "app.user.pseudo_id"

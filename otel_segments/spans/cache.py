@@ -13,7 +13,8 @@ from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from .context import USER_PREFIX, attribute_value, is_pii_key, pii_allowed
+from .context import USER_PREFIX, attribute_value
+from .privacy import is_pii_key, pii_allowed
 
 _logger = logging.getLogger(__name__)
 

@@ -19,8 +19,6 @@ user set, not per span; the root keeps the last user set inside it.
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 import inspect
 import logging
 import math
@@ -31,6 +29,7 @@ from typing import Any, TypeVar
 from opentelemetry import trace
 
 from .generator_steps import each_async_step_with, each_step_with
+from .privacy import is_pii_key, pii_allowed, pseudonymize
 
 _logger = logging.getLogger(__name__)
 
@@ -38,66 +37,12 @@ USER_ID = "user.id"
 USER_ROLES = "user.roles"
 USER_PREFIX = "app.user."
 
-#: Keys that name a person. They are dropped from user properties unless the app
-#: opts in with ``allow_pii=True`` (``configure(allow_pii=True)``).
-PII_KEYS = frozenset(
-    {
-        "name",
-        "full_name",
-        "first_name",
-        "last_name",
-        "display_name",
-        "username",
-        "user_name",
-        "email",
-        "email_address",
-        "phone",
-        "phone_number",
-        "address",
-        "ip",
-        "ip_address",
-    }
-)
-
 #: Extra user properties sent on a span, at most. With the segment's (``cache.MAX_SEGMENT_PROPERTIES``) and the
 #: process's, this stays well under the SDK's default limit of 128 attributes a span, so the app's own fit too.
 MAX_USER_PROPERTIES = 32
 
-_PII_NAMES = frozenset(k.replace("_", "") for k in PII_KEYS)
-_SEPARATORS = str.maketrans("", "", "_-. ")
-
 _F = TypeVar("_F", bound=Callable[..., Any])
 _warned_keys: set[str] = set()
-_policy: dict[str, Any] = {"hash_key": None, "allow_pii": False}
-
-
-def set_privacy_policy(*, hash_key: bytes | None = None, allow_pii: bool = False) -> None:
-    """Choose how identity leaves the process: ``hash_key`` sends an HMAC-SHA256 of each user id instead of the id."""
-    _policy["hash_key"] = hash_key
-    _policy["allow_pii"] = allow_pii
-
-
-def pii_allowed() -> bool:
-    """Whether the app opted in to sending keys that name a person (``configure(allow_pii=True)``)."""
-    return bool(_policy["allow_pii"])
-
-
-def user_id_hash_key() -> bytes | None:
-    """The key user ids are hashed with, or None: for caches whose entries depend on the policy."""
-    return _policy["hash_key"]
-
-
-def is_pii_key(key: str) -> bool:
-    """Whether ``key`` names a person, whatever its case and separators (``firstName``, ``e-mail``, ``Full Name``)."""
-    return key.lower().translate(_SEPARATORS) in _PII_NAMES
-
-
-def pseudonymize(user_id: str) -> str:
-    """The id as it leaves the process: itself, or its keyed hash when a hash key is set."""
-    key = _policy["hash_key"]
-    if key is None:
-        return user_id
-    return hmac.new(key, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
 def _warn_once(key: str, message: str, *args: object, exc_info: bool = False) -> None:

@@ -20,7 +20,7 @@ from otel_segments import SuperPropertiesSpanProcessor, user_context
 from otel_segments.integrations.wsgi import UserContextMiddleware
 from otel_segments.spans.baggage import inject_user_baggage, user_baggage, user_from_baggage
 from otel_segments.spans.cache import SegmentCache
-from otel_segments.spans.context import set_privacy_policy
+from otel_segments.spans.privacy import set_privacy_policy
 
 from .conftest import PROCESS, Pipeline, make_pipeline, user_part
 

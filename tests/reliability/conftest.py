@@ -16,7 +16,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
 from otel_segments.spans import context
-from otel_segments.spans.context import set_privacy_policy
+from otel_segments.spans.privacy import set_privacy_policy
 from otel_segments.spans.properties import ProcessProperties
 from tests.pipeline import Pipeline
 from tests.pipeline import make_pipeline as shared_make_pipeline

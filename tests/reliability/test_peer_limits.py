@@ -27,7 +27,7 @@ from otel_segments.segments.state import RefreshState
 from otel_segments.settings.config import Settings
 from otel_segments.sinks.otlp import OtlpSegmentSink, log_exporter
 from otel_segments.sinks.posthog import PostHogSink
-from otel_segments.spans.context import set_privacy_policy
+from otel_segments.spans.privacy import set_privacy_policy
 from tests.receivers import Receiver
 from tests.segments.data import NOW
 from tests.sinks.conftest import Capture

@@ -32,7 +32,7 @@ from otel_segments.sinks.otlp import OtlpSegmentSink, log_exporter
 from otel_segments.sinks.posthog import PostHogSink
 from otel_segments.spans.baggage import inject_user_baggage
 from otel_segments.spans.cache import SegmentCache
-from otel_segments.spans.context import PII_KEYS, set_privacy_policy
+from otel_segments.spans.privacy import PII_KEYS, set_privacy_policy
 from tests.conftest import VENV_BIN, clean_env
 from tests.receivers import Receiver
 from tests.sinks.conftest import Capture

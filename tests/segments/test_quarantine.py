@@ -22,7 +22,7 @@ from otel_segments.segments.refresh import refresh
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
 from otel_segments.sinks.posthog import PostHogSink
-from otel_segments.spans.context import pseudonymize, set_privacy_policy
+from otel_segments.spans.privacy import pseudonymize, set_privacy_policy
 from tests.segments.data import NOW
 from tests.sinks.conftest import Capture
 

@@ -16,7 +16,7 @@ from otel_segments.segments import UserSegment
 from otel_segments.settings.config import Settings
 from otel_segments.sinks import DeliveryError
 from otel_segments.sinks.otlp import EVENT_NAME, OtlpSegmentSink, log_exporter
-from otel_segments.spans.context import set_privacy_policy
+from otel_segments.spans.privacy import set_privacy_policy
 from tests.receivers import GrpcReceiver, HttpReceiver, Receiver
 from tests.sinks.conftest import Bystander
 from tests.slow_peer import SlowPeer, shutdown_mid_delivery

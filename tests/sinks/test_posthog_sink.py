@@ -13,7 +13,7 @@ import pytest
 from otel_segments.segments import UserSegment
 from otel_segments.sinks import DeliveryError, Refusal
 from otel_segments.sinks.posthog import PostHogSink, RateLimitedError
-from otel_segments.spans.context import set_privacy_policy
+from otel_segments.spans.privacy import set_privacy_policy
 from tests.sinks.conftest import Bystander, Capture
 from tests.slow_peer import DRIP, SlowPeer, shutdown_mid_delivery
 
