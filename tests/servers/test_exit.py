@@ -44,7 +44,7 @@ from sqlalchemy.exc import OperationalError
 from otel_segments.job.lease import lease_table
 from otel_segments.segments.demo import create_demo_database
 from otel_segments.segments.state import RefreshState
-from tests.conftest import VENV_BIN, _free_port, clean_env
+from tests.conftest import VENV_BIN, _free_port, clean_env, report
 from tests.receivers import HttpReceiver, Receiver
 from tests.sinks.conftest import Capture
 
@@ -236,18 +236,13 @@ def exited(
 
 
 def _report(request: pytest.FixtureRequest, processes: dict[str, Process]) -> None:
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None:
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line("")
-        reporter.write_line(f"exit on Python {platform.python_version()} ({sys.executable}), not asserted:")
-        for model, process in processes.items():
-            took = f"{process.exit_s:5.1f}s" if process.exit_s is not None else "hung"
-            status = process.process.returncode if process.process else None
-            foreign = len(_tracebacks(process.log()))
-            reporter.write_line(f"  {model:<8} exit {took}, status {status}, {foreign} traceback(s) in its output")
+    lines = []
+    for model, process in processes.items():
+        took = f"{process.exit_s:5.1f}s" if process.exit_s is not None else "hung"
+        status = process.process.returncode if process.process else None
+        foreign = len(_tracebacks(process.log()))
+        lines.append(f"{model:<8} exit {took}, status {status}, {foreign} traceback(s) in its output")
+    report(request, f"exit on Python {platform.python_version()} ({sys.executable}), not asserted:", lines)
 
 
 @pytest.mark.parametrize("model", list(MODELS))

@@ -43,7 +43,7 @@ from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.demo import create_demo_database
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
-from tests.conftest import VENV_BIN, _free_port, clean_env
+from tests.conftest import VENV_BIN, _free_port, clean_env, report
 from tests.delivery import changes
 from tests.receivers import HttpReceiver, Receiver
 from tests.sinks.conftest import Capture
@@ -228,19 +228,13 @@ def servers(
 
 def _report(request: pytest.FixtureRequest, servers: dict[str, Server]) -> None:
     """How long each model took to deliver everyone, and how many requests it served meanwhile (not asserted)."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None:
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line("")
-        reporter.write_line(f"server models, {USERS} users each, all at once (not asserted):")
-        for model, server in servers.items():
-            settled = f"{server.settled_after:5.1f}s" if server.settled_after is not None else "never"
-            during = sum(bool(a and a["refreshing"]) for a in server.answers)
-            reporter.write_line(
-                f"  {model:<10} every user delivered after {settled}; {len(server.answers)} requests, {during} during a refresh"
-            )
+    lines = []
+    for model, server in servers.items():
+        settled = f"{server.settled_after:5.1f}s" if server.settled_after is not None else "never"
+        during = sum(bool(a and a["refreshing"]) for a in server.answers)
+        served = len(server.answers)
+        lines.append(f"{model:<10} every user delivered after {settled}; {served} requests, {during} during a refresh")
+    report(request, f"server models, {USERS} users each, all at once (not asserted):", lines)
 
 
 def _settled(server: Server, posthog: Capture) -> bool:
