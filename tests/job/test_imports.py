@@ -16,6 +16,7 @@ in many fresh processes; each first cycle succeeds.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
@@ -117,14 +118,24 @@ def test_no_thread_of_ours_imports_a_module_for_the_first_time(tmp_path: Path, a
 
 
 def test_the_first_cycle_races_the_apps_imports_and_succeeds(tmp_path: Path, app_env: dict[str, str]) -> None:
-    def run(_: int) -> subprocess.CompletedProcess[str]:
+    database = tmp_path / "app.db"
+
+    def run(index: int) -> subprocess.CompletedProcess[str]:
+        # Each process its own copy of the database: a lease or a lock shared between the runs is not what is tested.
+        folder = tmp_path / f"run{index}"
+        folder.mkdir()
+        shutil.copy(database, folder / "app.db")
+        env = {**app_env, "OTEL_SEGMENTS_DATABASE_URL": f"sqlite:///{folder / 'app.db'}"}
         return subprocess.run(
-            [str(VENV_BIN / "python"), "-c", RACE], cwd=tmp_path, env=app_env, capture_output=True, text=True, timeout=120
+            [str(VENV_BIN / "python"), "-c", RACE], cwd=folder, env=env, capture_output=True, text=True, timeout=120
         )
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         runs = list(pool.map(run, range(8)))
     for result in runs:
         assert result.returncode == 0, result.stderr
-        assert result.stdout.split() == ["cycles", "1", "orm"], result.stdout
+        words = result.stdout.split()
+        # at least the first cycle ran (a busy machine may fit a second one in before the shutdown), and the app's
+        # imports finished: every cycle succeeded, since a failed one logs an "otel_segments:" line
+        assert words[0] == "cycles" and int(words[1]) >= 1 and words[2:] == ["orm"], result.stdout
         assert "otel_segments:" not in result.stderr and "Traceback" not in result.stderr, result.stderr
