@@ -9,11 +9,22 @@ and leaves the consumer's own value untouched between steps.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
+
+
+@contextmanager
+def _set(var: ContextVar[_T], value: _T) -> Iterator[None]:
+    """``var`` is ``value`` for one step, and what it was again after it."""
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
 
 
 def each_step_with(
@@ -26,22 +37,17 @@ def each_step_with(
         sent: Any = None
         thrown: BaseException | None = None
         while True:
-            token = var.set(value)
             try:
-                item = generator.throw(thrown) if thrown is not None else generator.send(sent)
+                with _set(var, value):
+                    item = generator.throw(thrown) if thrown is not None else generator.send(sent)
             except StopIteration as stop:
                 return stop.value
-            finally:
-                var.reset(token)
             sent, thrown = None, None
             try:
                 sent = yield item
             except GeneratorExit:
-                token = var.set(value)
-                try:
+                with _set(var, value):
                     generator.close()
-                finally:
-                    var.reset(token)
                 raise
             except BaseException as error:  # noqa: BLE001 - thrown in by the consumer: the generator handles it
                 thrown = error
@@ -59,22 +65,17 @@ def each_async_step_with(
         sent: Any = None
         thrown: BaseException | None = None
         while True:
-            token = var.set(value)
             try:
-                item = await (generator.athrow(thrown) if thrown is not None else generator.asend(sent))
+                with _set(var, value):
+                    item = await (generator.athrow(thrown) if thrown is not None else generator.asend(sent))
             except StopAsyncIteration:
                 return
-            finally:
-                var.reset(token)
             sent, thrown = None, None
             try:
                 sent = yield item
             except GeneratorExit:
-                token = var.set(value)
-                try:
+                with _set(var, value):
                     await generator.aclose()
-                finally:
-                    var.reset(token)
                 raise
             except BaseException as error:  # noqa: BLE001 - thrown in by the consumer: the generator handles it
                 thrown = error
