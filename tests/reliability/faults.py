@@ -534,3 +534,16 @@ def set_file_size_limit(pid: int, limit: int | None) -> None:
 
     soft = resource.RLIM_INFINITY if limit is None else limit
     resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, resource.RLIM_INFINITY))
+
+
+def demo_sqlite(folder: Path, users: int) -> str:
+    """The URL of a SQLite app database in ``folder`` holding ``users`` TimeTracker-shaped users (seed 5)."""
+    from sqlalchemy import create_engine
+
+    from otel_segments.segments.demo import create_demo_database
+
+    url = f"sqlite:///{folder / 'app.db'}"
+    engine = create_engine(url)
+    create_demo_database(engine, users_count=users, seed=5)
+    engine.dispose()
+    return url

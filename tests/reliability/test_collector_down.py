@@ -14,15 +14,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
 
-from otel_segments.segments.demo import create_demo_database
 from tests.delivery import wait_until
 from tests.receivers import HttpReceiver
 from tests.sinks.conftest import Bystander
 
 from .conftest import API_KEY, TOKEN
-from .faults import HostApp, plugin_env
+from .faults import HostApp, demo_sqlite, plugin_env
 
 USERS = 30
 JOB_EXIT_BOUND_S = 5.0  # README, "Segments: the refresh job": exit delivers what is pending within 5 s
@@ -34,11 +32,7 @@ SIDE_BY_SIDE_NOISE_S = 1.0
 
 @pytest.fixture
 def app_database(tmp_path: Path) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'app.db'}"
-    engine = create_engine(url)
-    create_demo_database(engine, users_count=USERS, seed=5)
-    engine.dispose()
-    yield url
+    yield demo_sqlite(tmp_path, USERS)
 
 
 def _down_collector() -> Iterator[str]:

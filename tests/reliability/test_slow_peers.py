@@ -24,15 +24,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
 
-from otel_segments.segments.demo import create_demo_database
 from tests.delivery import wait_until
 from tests.receivers import Receiver
 from tests.slow_peer import DRIP, HANG, SlowPeer
 
 from .conftest import API_KEY, TOKEN
-from .faults import HostApp, plugin_env
+from .faults import HostApp, demo_sqlite, plugin_env
 
 USERS = 40
 EXIT_BOUND_S = 5.0  # README: exit delivers what is pending "within 5 s"; the bound, asserted as is
@@ -44,11 +42,7 @@ WARNING_MARGIN_S = 3.0
 
 @pytest.fixture
 def app_database(tmp_path: Path) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'app.db'}"
-    engine = create_engine(url)
-    create_demo_database(engine, users_count=USERS, seed=5)
-    engine.dispose()
-    yield url
+    yield demo_sqlite(tmp_path, USERS)
 
 
 def _app(tmp_path: Path, database_url: str, collector: Receiver, posthog: SlowPeer) -> HostApp:
