@@ -169,7 +169,6 @@ def test_shell_block_runs_as_written(where: str, lang: str, code: str, directive
     script, shown = _console(code) if lang == "console" else (code, [])
     env = clean_env(
         PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        REPO=str(ROOT),
         PORT=str(_free_port()),
         PHOENIX_PORT=str(_free_port()),
         PHOENIX_GRPC_PORT=str(_free_port()),

@@ -74,6 +74,9 @@ ROWS: dict[str, tuple[list[str], signal.Signals]] = {
         [
             str(VENV_BIN / "uvicorn"),
             "--workers=2",
+            # uvicorn's supervisor kills a worker that has not answered its health check within 5 s, and a worker
+            # importing every instrumentation under opentelemetry-instrument on a busy machine takes longer: the
+            # killed workers were started again and again (seen here under load)
             "--timeout-worker-healthcheck=60",
             "--host=127.0.0.1",
             "--port={port}",
