@@ -54,6 +54,8 @@ SETTLE_S = 120.0  # from the start of all of them: under load (scripts/test runs
 TOKEN = "tok-exit-4c2"
 GREEN = ("eventlet", "gevent")
 NONE_PENDING = {"posthog": 0, "otlp": 0}
+#: A cycle the eventlet master runs while eventlet patches it (before it forks) fails once; retried, nothing lost.
+EVENTLET_PATCH_RACE = "RuntimeError: cannot notify on un-acquired lock"
 EXIT_S = 45.0  # gunicorn's graceful timeout (30 s) and more: slower than this is a hang
 
 SCRIPT = """
@@ -266,6 +268,9 @@ def test_exit_releases_the_lease_loses_nothing_and_prints_no_traceback(
     if model not in GREEN:
         assert not blocks and "can't create new thread" not in log, log[-3000:]
     ours = [line for line in log.splitlines() if "otel_segments:" in line]
+    if model == "eventlet":  # as in test_server_models: the master's cycle may race eventlet's patching once (retried)
+        assert sum(line.endswith(EVENTLET_PATCH_RACE) for line in ours) <= 1, ours
+        ours = [line for line in ours if not line.endswith(EVENTLET_PATCH_RACE)]
     assert not ours, ours
     expires = _lease_expires(process.database)
     assert expires is not None and expires < datetime.now(timezone.utc).replace(tzinfo=None), expires
