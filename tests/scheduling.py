@@ -17,7 +17,9 @@ import pytest
 LONGEST = (
     "tests/segments/test_incremental_equals_full.py",
     "tests/servers/test_server_models.py",
+    "tests/test_docs.py",
     "tests/compat/test_app_venv.py",
+    "tests/servers/test_green_servers.py",
     "tests/reliability/test_faults.py",
     "tests/job/test_connection_budget.py",
     "tests/reliability/test_collector_down.py",
