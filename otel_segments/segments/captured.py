@@ -83,7 +83,7 @@ class ChangeCapture:
             self._warn([f"the change table could not be read ({type(error).__name__})"])
             return None
         if self._warned:
-            _logger.warning("otel_segments: change capture by triggers is back; the next refresh computes everyone once")
+            _logger.info("otel_segments: change capture by triggers is back; this refresh computes everyone once")
             self._warned = False
         stored = state.meta_values(PREFIX)
         out = Changes(user_ids=users, complete=stored.get(CAPTURE) == TRIGGERS)
