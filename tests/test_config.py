@@ -769,7 +769,9 @@ def test_a_posthog_host_without_scheme_is_repaired_with_one_warning_that_claims_
     assert warnings_of(caplog) == ["POSTHOG_HOST='eu.i.posthog.example' has no scheme; using 'http://eu.i.posthog.example'"]
 
 
-@pytest.mark.parametrize(("raw", "want"), [("", "windows"), ("triggers", "triggers"), (" TRIGGERS ", "triggers"), ("windows", "windows")])
+@pytest.mark.parametrize(
+    ("raw", "want"), [("", "windows"), ("triggers", "triggers"), (" TRIGGERS ", "triggers"), ("windows", "windows")]
+)
 def test_change_capture_is_windows_or_triggers(raw, want, caplog):
     caplog.set_level(logging.WARNING)
     assert Settings.from_env({"OTEL_SEGMENTS_CHANGE_CAPTURE": raw}).change_capture == want

@@ -81,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         "triggers", help="print (or apply, or drop) the triggers of exact mode (OTEL_SEGMENTS_CHANGE_CAPTURE=triggers)"
     )
     triggers.add_argument("--database-url", help=f"SQLAlchemy URL of the app's database (default ${OTEL_SEGMENTS_DATABASE_URL})")
-    triggers.add_argument("--schema", help=f"built-in name or module:object (default ${OTEL_SEGMENTS_SCHEMA} or {DEFAULT_SCHEMA})")
+    triggers.add_argument(
+        "--schema", help=f"built-in name or module:object (default ${OTEL_SEGMENTS_SCHEMA} or {DEFAULT_SCHEMA})"
+    )
     triggers.add_argument("--apply", action="store_true", help="run the statements instead of printing them")
     triggers.add_argument("--drop", action="store_true", help="the statements that remove the triggers and the change table")
     triggers.set_defaults(run=run_triggers)

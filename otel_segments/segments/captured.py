@@ -132,4 +132,3 @@ def _role_users(conn: Connection, bound: BoundSchema, roles: set[str]) -> set[st
         query = select(association.c[r.user_id]).distinct().where(column.in_(ids[start : start + ID_CHUNK]))
         out.update(str(row[0]) for row in conn.execute(query))
     return out
-

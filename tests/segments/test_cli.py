@@ -116,8 +116,8 @@ def test_a_newer_state_is_one_line_exit_2(tmp_path: Path) -> None:
 def test_triggers_print_apply_and_drop(tmp_path: Path) -> None:
     from sqlalchemy import text
 
-    from otel_segments.segments.captured import ChangeCapture
     from otel_segments.segments.binding import bind
+    from otel_segments.segments.captured import ChangeCapture
     from otel_segments.segments.triggers import CHANGE_TABLE, trigger_names
 
     db = tmp_path / "app.sqlite"

@@ -30,7 +30,10 @@ pytestmark = pytest.mark.postgres
 
 
 def test_a_raw_update_that_moves_no_timestamp_reaches_posthog_within_two_intervals(
-    tmp_path: Path, postgres_database: str, http_receiver: Receiver, capture: Capture  # noqa: F811
+    tmp_path: Path,
+    postgres_database: str,
+    http_receiver: Receiver,
+    capture: Capture,  # noqa: F811
 ) -> None:
     engine = create_engine(postgres_database)
     create_demo_database(engine, users_count=USERS, seed=43)

@@ -8,15 +8,14 @@ accepted here.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta, timezone
 from zoneinfo import ZoneInfo
-
-import os
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, precondition, rule
-from sqlalchemy import delete, insert, text, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import Engine
 
 from otel_segments.segments.binding import bind
@@ -89,10 +88,16 @@ class ExactHistory(History):
         uid = data.draw(st.sampled_from(self.users))
         self.write(update(users).where(users.c.id == uid).values(created_at=naive(self.now + created, timezone.utc)))
 
-    @rule(name=st.sampled_from(("admin", "super_admin", "viewer", "staff")), role_id=st.sampled_from((1, 2)))
-    def rename_role(self, name: str, role_id: int) -> None:
-        """A role renamed to or from an admin name: every holder's admin status changes."""
-        self.write(update(roles).where(roles.c.id == role_id).values(name=name))
+    @precondition(lambda self: self.users)
+    @rule(data=st.data())
+    def rename_held_role(self, data) -> None:
+        """Role 2 granted to a user (and refreshed), then renamed from or to an admin name: the holder's admin status
+        flips with no write to its users or user_roles rows."""
+        self.grant_role_two(data)
+        self.refresh()
+        with self.engine.begin() as conn:
+            name = conn.execute(select(roles.c.name).where(roles.c.id == 2)).scalar()
+            conn.execute(update(roles).where(roles.c.id == 2).values(name="viewer" if name == "super_admin" else "super_admin"))
 
     @precondition(lambda self: self.entries)
     @rule(duration=st.integers(0, 9000))
@@ -109,11 +114,12 @@ class ExactHistory(History):
 
     @precondition(lambda self: self.users)
     @rule(data=st.data())
-    def grant_admin(self, data) -> None:
+    def grant_role_two(self, data) -> None:
+        """The role :meth:`rename_role` renames, granted."""
         uid = data.draw(st.sampled_from(self.users))
         with self.engine.begin() as conn:
-            conn.execute(delete(user_roles).where(user_roles.c.user_id == uid, user_roles.c.role_id == 1))
-            conn.execute(insert(user_roles), [{"user_id": uid, "role_id": 1}])
+            conn.execute(delete(user_roles).where(user_roles.c.user_id == uid, user_roles.c.role_id == 2))
+            conn.execute(insert(user_roles), [{"user_id": uid, "role_id": 2}])
 
 
 def test_exact_mode_equals_full_recompute_after_every_step(engine: Engine) -> None:

@@ -31,7 +31,10 @@ RAW_EDITS = [  # (what, SQL): hand edits in SQL, none of which moves a timestamp
     ("a task reassigned", "UPDATE tasks SET assigned_to = 2 WHERE id = (SELECT min(id) FROM tasks WHERE assigned_to <> 2)"),
     ("a task completed", "UPDATE tasks SET status = 'done' WHERE id = (SELECT max(id) FROM tasks WHERE status <> 'done')"),
     ("a project archived", "UPDATE projects SET status = 'archived' WHERE id = (SELECT min(project_id) FROM time_entries)"),
-    ("an admin grant revoked", "DELETE FROM user_roles WHERE role_id = 2 AND user_id = (SELECT min(user_id) FROM user_roles WHERE role_id = 2)"),
+    (
+        "an admin grant revoked",
+        "DELETE FROM user_roles WHERE role_id = 2 AND user_id = (SELECT min(user_id) FROM user_roles WHERE role_id = 2)",
+    ),
     ("a role renamed from an admin name", "UPDATE roles SET name = 'staff' WHERE id = 2"),
     ("a role and auth method changed", "UPDATE users SET role = 'admin', auth_provider = 'oidc' WHERE id = 8"),
     ("an account's creation date corrected", "UPDATE users SET created_at = created_at - INTERVAL_ONE_YEAR WHERE id = 9"),
@@ -92,7 +95,9 @@ def test_a_bulk_update_records_each_owner_once_per_statement_on_postgresql(engin
     fill_timetracker(engine, users=40)
     _apply(engine)
     with engine.connect() as conn:
-        rows, owners = conn.execute(select(func.count(), func.count(text("DISTINCT user_id"))).select_from(text("time_entries"))).one()
+        rows, owners = conn.execute(
+            select(func.count(), func.count(text("DISTINCT user_id"))).select_from(text("time_entries"))
+        ).one()
     _sql(engine, "UPDATE time_entries SET duration_seconds = 60")
     if engine.dialect.name == "postgresql":
         assert _pending(engine) == owners
@@ -110,8 +115,11 @@ def test_missing_triggers_fall_back_to_the_windows_with_one_warning(engine: Engi
     _sql(engine, f"DROP TRIGGER {dropped}{_on(engine, dropped)}")
     with caplog.at_level(logging.WARNING, logger="otel_segments"):
         fallback = refresh(engine, state, TIMETRACKER, now=NOW + timedelta(seconds=2), capture=capture)
-        _sql(engine, "INSERT INTO time_entries (id, user_id, start_time, created_at, source, duration_seconds, updated_at) "
-             f"VALUES (999999, 4, '{naive(NOW)}', '{naive(NOW)}', 'manual', 60, '{naive(NOW)}')")
+        _sql(
+            engine,
+            "INSERT INTO time_entries (id, user_id, start_time, created_at, source, duration_seconds, updated_at) "
+            f"VALUES (999999, 4, '{naive(NOW)}', '{naive(NOW)}', 'manual', 60, '{naive(NOW)}')",
+        )
         windows = refresh(engine, state, TIMETRACKER, now=NOW + timedelta(seconds=3), capture=capture)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and dropped in warnings[0] and "otel-segments triggers --apply" in warnings[0]
@@ -166,16 +174,22 @@ def test_dropping_the_triggers_removes_them_and_the_change_table(engine: Engine)
 
 
 @pytest.mark.postgres
-def test_a_missing_change_table_never_fails_the_apps_write_on_postgresql(postgres_database: str) -> None:
+def test_nothing_of_ours_fails_the_apps_write_on_postgresql(postgres_database: str) -> None:
+    """Our change table dropped, a mapped column renamed under the triggers: the app's statements still succeed."""
     from sqlalchemy import create_engine
 
     engine = create_engine(postgres_database)
     try:
         fill_timetracker(engine, users=5)
         _apply(engine)
+        bound = bind(TIMETRACKER, engine)
+        _sql(engine, "ALTER TABLE tasks RENAME COLUMN assigned_to TO assignee_id")  # the trigger's function names the old one
+        _sql(engine, "UPDATE tasks SET status = 'done'")
         _sql(engine, f"DROP TABLE {CHANGE_TABLE}")
-        _sql(engine, "UPDATE time_entries SET duration_seconds = 5")  # the trigger fires and does nothing
+        _sql(engine, "UPDATE time_entries SET duration_seconds = 5")
         with engine.connect() as conn:
-            assert ChangeCapture().missing(conn, bind(TIMETRACKER, engine)) == [CHANGE_TABLE]
+            assert conn.execute(text("SELECT count(*) FROM tasks WHERE status <> 'done'")).scalar() == 0
+            assert conn.execute(text("SELECT count(*) FROM time_entries WHERE duration_seconds <> 5")).scalar() == 0
+            assert ChangeCapture().missing(conn, bound) == [CHANGE_TABLE]
     finally:
         engine.dispose()
