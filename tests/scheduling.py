@@ -16,6 +16,7 @@ import pytest
 
 LONGEST = (
     "tests/segments/test_incremental_equals_full.py",
+    "tests/segments/test_exact_equals_full.py",
     "tests/servers/test_server_models.py",
     "tests/test_docs.py",
     "tests/compat/test_app_venv.py",
