@@ -52,7 +52,40 @@ def work_view(request) -> HttpResponse:
         return HttpResponse(user.user_id if user else "-")
 
 
-urlpatterns = [path("login/<str:username>", login_view), path("logout", logout_view), path("work", work_view)]
+def _traced_user(name: str) -> str:
+    with _state["tracer"].start_as_current_span(name):
+        user = current_user()
+        return user.user_id if user else "-"
+
+
+async def _async_traced_user(name: str) -> str:
+    return _traced_user(name)
+
+
+async def to_thread_view(request) -> HttpResponse:
+    """An async view that runs sync code in a worker thread, as the ORM needs (``sync_to_async``)."""
+    from asgiref.sync import sync_to_async
+
+    shared = await sync_to_async(_traced_user)("in-thread")
+    own = await sync_to_async(_traced_user, thread_sensitive=False)("in-own-thread")
+    return HttpResponse(f"{shared},{own}|{_traced_user('after-hop')}")
+
+
+def to_loop_view(request) -> HttpResponse:
+    """A sync view that runs a coroutine on an event loop of asgiref's (``async_to_sync``)."""
+    from asgiref.sync import async_to_sync
+
+    inner = async_to_sync(_async_traced_user)("in-loop")
+    return HttpResponse(f"{inner}|{_traced_user('after-hop')}")
+
+
+urlpatterns = [
+    path("login/<str:username>", login_view),
+    path("logout", logout_view),
+    path("work", work_view),
+    path("to-thread", to_thread_view),
+    path("to-loop", to_loop_view),
+]
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +185,53 @@ def test_async_stack_reads_the_user_without_blocking_the_loop(users: dict[str, i
         [server] = [s for s in servers if s.context.span_id == work.parent.span_id]
         assert user_part(server) == user_part(work)
         assert user_part(work)["app.user.is_admin"] is (user_part(work)["user.id"] == str(users["ann"]))
+
+
+def test_async_to_sync_keeps_the_user_and_ends_nothing_of_the_request(
+    wsgi: Client, users: dict[str, int], pipeline: Pipeline
+) -> None:
+    wsgi.get("/login/bo", buffered=True)
+    pipeline.exporter.clear()
+    bo = str(users["bo"])
+    assert wsgi.get("/to-loop", buffered=True).get_data(as_text=True) == f"{bo}|{bo}"
+    for name in ("in-loop", "after-hop"):
+        assert user_part(pipeline.named(name)[0])["user.id"] == bo
+    assert user_part(server_span(pipeline))["user.id"] == bo
+    pipeline.exporter.clear()
+    assert Client(wsgi.application).get("/to-loop", buffered=True).get_data(as_text=True) == "-|-"
+
+
+def test_sync_to_async_keeps_each_users_own_and_ends_nothing_of_the_request(
+    users: dict[str, int], pipeline: Pipeline
+) -> None:
+    from django.core.asgi import get_asgi_application
+
+    _state["tracer"] = pipeline.provider.get_tracer("test")
+    app = AsgiTelemetry(get_asgi_application(), tracer_provider=pipeline.provider)
+
+    async def scenario() -> list[str]:
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://test") as ann,
+            httpx.AsyncClient(transport=transport, base_url="http://test") as bo,
+            httpx.AsyncClient(transport=transport, base_url="http://test") as nobody,
+        ):
+            await ann.get("/login/ann")
+            await bo.get("/login/bo")
+            pipeline.exporter.clear()
+            responses = await asyncio.gather(*(c.get("/to-thread") for c in (ann, bo, nobody) * 3))
+        return [r.text for r in responses]
+
+    ann, bo = str(users["ann"]), str(users["bo"])
+    assert asyncio.run(scenario()) == [f"{ann},{ann}|{ann}", f"{bo},{bo}|{bo}", "-,-|-"] * 3
+    servers = {s.context.span_id: s for s in pipeline.spans() if s.kind.name == "SERVER"}
+    assert len(servers) == 9
+    for name in ("in-thread", "in-own-thread", "after-hop"):
+        spans = pipeline.named(name)
+        assert len(spans) == 9
+        for span in spans:  # each span is its own request's: the user of the server span it belongs to
+            assert user_part(span) == user_part(servers[span.parent.span_id])
+    assert sorted(user_part(s).get("user.id", "-") for s in servers.values()) == sorted([ann, bo, "-"] * 3)
 
 
 def test_logout_clears_the_user_for_the_rest_of_the_request(wsgi: Client, users: dict[str, int], pipeline: Pipeline) -> None:
