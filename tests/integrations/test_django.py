@@ -201,9 +201,7 @@ def test_async_to_sync_keeps_the_user_and_ends_nothing_of_the_request(
     assert Client(wsgi.application).get("/to-loop", buffered=True).get_data(as_text=True) == "-|-"
 
 
-def test_sync_to_async_keeps_each_users_own_and_ends_nothing_of_the_request(
-    users: dict[str, int], pipeline: Pipeline
-) -> None:
+def test_sync_to_async_keeps_each_users_own_and_ends_nothing_of_the_request(users: dict[str, int], pipeline: Pipeline) -> None:
     from django.core.asgi import get_asgi_application
 
     _state["tracer"] = pipeline.provider.get_tracer("test")
