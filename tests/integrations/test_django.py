@@ -326,3 +326,55 @@ def test_admin_flag_and_auth_method_come_from_djangos_user_and_backend(
     assert integration.django_user_info(staff) == {"user_id": 5, "is_admin": False, "auth_method": "remote_user"}
     assert integration.backend_method("django.contrib.auth.backends.ModelBackend") == "password"
     assert integration.backend_method("tests.nowhere.LDAPBackend") is None  # not importable: no method, no error
+
+
+def test_role_from_groups_without_a_query_per_request(wsgi: Client, users: dict[str, int], pipeline: Pipeline) -> None:
+    """The first group (by id, not by name) is the role; read at login and kept in the session, else once per process."""
+    from django.contrib.auth.models import Group, User
+    from django.db import connection
+
+    from otel_segments.integrations import django as integration
+
+    cy = User.objects.create_user("cy", "cy@example.com", "x")
+    editors, admins = Group.objects.create(name="editors"), Group.objects.create(name="Admins")  # "Admins" sorts first
+    cy.groups.add(admins, editors)
+    group_queries: list[str] = []
+
+    def count(execute, sql, params, many, context):
+        if "auth_group" in sql:
+            group_queries.append(sql)
+        return execute(sql, params, many, context)
+
+    client = Client(wsgi.application)
+    try:
+        with connection.execute_wrapper(count):
+            assert client.get("/login/cy", buffered=True).status_code == 200
+            assert len(group_queries) == 1  # at login, once
+            pipeline.exporter.clear()
+            for _ in range(3):
+                assert client.get("/work", buffered=True).get_data(as_text=True) == str(cy.pk)
+            assert len(group_queries) == 1  # the session has it: no query per request
+            for span in (*pipeline.named("work"), *[s for s in pipeline.spans() if s.kind.name == "SERVER"]):
+                assert user_part(span)["app.user.role"] == "editors" and user_part(span)["user.roles"] == ("editors",)
+            session = client.get_cookie("sessionid")  # a session from before the upgrade: no role kept in it
+            from django.contrib.sessions.backends.db import SessionStore
+
+            store = SessionStore(session.value)
+            store.pop(integration._ROLE)
+            store.save()
+            integration._roles_read.clear()
+            pipeline.exporter.clear()
+            for _ in range(3):
+                client.get("/work", buffered=True)
+            assert len(group_queries) == 2  # once per user per process, then the process's bounded cache
+            assert {user_part(s)["app.user.role"] for s in pipeline.named("work")} == {"editors"}
+        prefetched = User.objects.prefetch_related("groups").get(pk=cy.pk)
+        group_queries.clear()
+        with connection.execute_wrapper(count):
+            assert integration.django_user_info(prefetched)["role"] == "editors"
+        assert group_queries == []  # the app's prefetched groups
+    finally:
+        cy.delete()
+        editors.delete()
+        admins.delete()
+        integration._roles_read.clear()
