@@ -378,3 +378,42 @@ def test_role_from_groups_without_a_query_per_request(wsgi: Client, users: dict[
         editors.delete()
         admins.delete()
         integration._roles_read.clear()
+
+
+def test_role_in_the_async_stack_is_read_off_the_event_loop(
+    users: dict[str, int], pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A session without the role (logged in before the upgrade): the one query runs in a worker thread, not the loop."""
+    from django.contrib.auth.models import Group, User
+    from django.core.asgi import get_asgi_application
+
+    from otel_segments.integrations import django as integration
+
+    dee = User.objects.create_user("dee", "dee@example.com", "x")
+    writers = Group.objects.create(name="writers")
+    dee.groups.add(writers)
+    _state["tracer"] = pipeline.provider.get_tracer("test")
+    app = AsgiTelemetry(get_asgi_application(), tracer_provider=pipeline.provider)
+
+    async def scenario() -> str:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            await client.get("/login/dee")
+            integration._roles_read.clear()
+            from django.contrib.sessions.backends.db import SessionStore
+
+            store = SessionStore(client.cookies["sessionid"])
+            await store.apop(integration._ROLE)
+            await store.asave()
+            pipeline.exporter.clear()
+            return (await client.get("/work")).text
+
+    try:
+        assert asyncio.run(scenario()) == str(dee.pk)
+        assert user_part(pipeline.named("work")[0])["app.user.role"] == "writers"
+        assert user_part(server_span(pipeline))["app.user.role"] == "writers"
+        assert integration._roles_read == {dee.pk: "writers"}  # read once, by the query, and kept for the process
+        assert not caplog.records
+    finally:
+        dee.delete()
+        writers.delete()
+        integration._roles_read.clear()
