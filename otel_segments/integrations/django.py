@@ -26,7 +26,7 @@ The role is named by the user's groups, as the ``django`` schema mapping names i
 (``OTEL_SEGMENTS_DJANGO_ROLES``: the first group by id, a list of ``group=role``,
 or ``none``), without a query per request: the groups are read once at login
 and kept in the session; else from groups the app prefetched; else once per
-user per process (a bounded cache of :data:`ROLE_CACHE_SIZE`), in async stacks
+user per process (a bounded cache, :mod:`.django_groups`), in async stacks
 off the event loop. A change of groups reaches the spans at the next login, or
 in a process that had not read that user yet.
 A ``login()`` during the request switches the user at once, and the request's
@@ -38,24 +38,19 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.contrib.auth.signals import user_logged_in, user_logged_out
 
-from ..settings.django_variables import GroupRoles, django_admin_flag, django_group_roles, group_role
+from ..settings.django_variables import django_admin_flag
 from ..spans.context import current_user
 from . import RequestScope, UserInfo, end_request, report_once, start_request, switch_user, user_info
+from .django_groups import ROLE, group_role_of, group_roles, read_role
 
 MIDDLEWARE_PATH = "otel_segments.integrations.django.AutoUserContextMiddleware"
 _insert_lock = threading.Lock()
-#: Users whose role this process read from the database, at most (least recently used go first).
-ROLE_CACHE_SIZE = 10_000
-_ROLE = "_otel_segments_role"  # on a user object and in the session: the role the user's groups name ("" for none)
-_roles_read: OrderedDict[Any, str] = OrderedDict()
-_roles_lock = threading.Lock()
 
 
 class UserContextMiddleware:
@@ -88,7 +83,7 @@ class UserContextMiddleware:
             return await self.get_response(request)
         try:
             user = await request.auser() if hasattr(request, "auser") else None
-            known = _group_roles() is None or group_role_of(user, request, query=False) is not None
+            known = group_roles() is None or group_role_of(user, request, query=False) is not None
             if getattr(user, "is_authenticated", False) and not known:
                 await sync_to_async(group_role_of)(user, request)  # a query, once per user per process: not on the loop
         except Exception:  # noqa: BLE001 - the host app's request must not fail because of us
@@ -149,54 +144,6 @@ def django_user_info(user: Any, request: Any = None) -> dict[str, Any] | None:
 
 
 @functools.cache
-def _group_roles() -> GroupRoles | None:
-    return django_group_roles()
-
-
-def group_role_of(user: Any, request: Any = None, *, query: bool = True) -> str | None:
-    """The role ``user``'s groups name ("" for none), kept on the user object; None when unknown without a query.
-
-    In order: kept on this user object, groups the app prefetched, the session (written at login), this
-    process's cache; then, with ``query``, one query for the user's groups. None also when roles are off.
-    """
-    roles = _group_roles()
-    if roles is None:
-        return None
-    role = getattr(user, _ROLE, None)
-    if role is None:
-        role = _known_role(user, request, roles)
-    if role is None and query:
-        role = _read_role(user, roles)
-    if role is not None:
-        setattr(user, _ROLE, role)
-    return role
-
-
-def _known_role(user: Any, request: Any, roles: GroupRoles) -> str | None:
-    prefetched = getattr(user, "_prefetched_objects_cache", {}).get("groups")
-    if prefetched is not None:
-        return group_role([(g.pk, g.name) for g in prefetched], roles) or ""
-    session = getattr(request, "session", None)
-    kept = session.get(_ROLE) if session is not None and getattr(session, "_session_cache", None) is not None else None
-    if isinstance(kept, str):
-        return kept
-    with _roles_lock:
-        role = _roles_read.get(user.pk)
-        if role is not None:
-            _roles_read.move_to_end(user.pk)
-        return role
-
-
-def _read_role(user: Any, roles: GroupRoles) -> str:
-    role = group_role(user.groups.values_list("pk", "name"), roles) or ""
-    with _roles_lock:
-        _roles_read[user.pk] = role
-        if len(_roles_read) > ROLE_CACHE_SIZE:
-            _roles_read.popitem(last=False)
-    return role
-
-
-@functools.cache
 def _admin_flag() -> str:
     return django_admin_flag()
 
@@ -247,10 +194,10 @@ def _logged_in(sender: Any, request: Any = None, user: Any = None, **_: Any) -> 
     Either way the user's role is read now, once, and kept in the session for the requests that follow.
     """
     try:
-        roles = _group_roles()
+        roles = group_roles()
         if roles is not None and user is not None and getattr(request, "session", None) is not None:
-            user.__dict__.pop(_ROLE, None)  # a login reads the groups afresh
-            request.session[_ROLE] = _read_role(user, roles)
+            user.__dict__.pop(ROLE, None)  # a login reads the groups afresh
+            request.session[ROLE] = read_role(user, roles)
         switch_user(django_user_info(user, request))
     except Exception:  # noqa: BLE001
         report_once("django.login_signal", "reading the user who just logged in failed")

@@ -334,6 +334,7 @@ def test_role_from_groups_without_a_query_per_request(wsgi: Client, users: dict[
     from django.db import connection
 
     from otel_segments.integrations import django as integration
+    from otel_segments.integrations import django_groups
 
     cy = User.objects.create_user("cy", "cy@example.com", "x")
     editors, admins = Group.objects.create(name="editors"), Group.objects.create(name="Admins")  # "Admins" sorts first
@@ -360,9 +361,9 @@ def test_role_from_groups_without_a_query_per_request(wsgi: Client, users: dict[
             from django.contrib.sessions.backends.db import SessionStore
 
             store = SessionStore(session.value)
-            store.pop(integration._ROLE)
+            store.pop(django_groups.ROLE)
             store.save()
-            integration._roles_read.clear()
+            django_groups._roles_read.clear()
             pipeline.exporter.clear()
             for _ in range(3):
                 client.get("/work", buffered=True)
@@ -377,7 +378,7 @@ def test_role_from_groups_without_a_query_per_request(wsgi: Client, users: dict[
         cy.delete()
         editors.delete()
         admins.delete()
-        integration._roles_read.clear()
+        django_groups._roles_read.clear()
 
 
 def test_role_in_the_async_stack_is_read_off_the_event_loop(
@@ -387,7 +388,7 @@ def test_role_in_the_async_stack_is_read_off_the_event_loop(
     from django.contrib.auth.models import Group, User
     from django.core.asgi import get_asgi_application
 
-    from otel_segments.integrations import django as integration
+    from otel_segments.integrations import django_groups
 
     dee = User.objects.create_user("dee", "dee@example.com", "x")
     writers = Group.objects.create(name="writers")
@@ -398,11 +399,11 @@ def test_role_in_the_async_stack_is_read_off_the_event_loop(
     async def scenario() -> str:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
             await client.get("/login/dee")
-            integration._roles_read.clear()
+            django_groups._roles_read.clear()
             from django.contrib.sessions.backends.db import SessionStore
 
             store = SessionStore(client.cookies["sessionid"])
-            await store.apop(integration._ROLE)
+            await store.apop(django_groups.ROLE)
             await store.asave()
             pipeline.exporter.clear()
             return (await client.get("/work")).text
@@ -411,9 +412,9 @@ def test_role_in_the_async_stack_is_read_off_the_event_loop(
         assert asyncio.run(scenario()) == str(dee.pk)
         assert user_part(pipeline.named("work")[0])["app.user.role"] == "writers"
         assert user_part(server_span(pipeline))["app.user.role"] == "writers"
-        assert integration._roles_read == {dee.pk: "writers"}  # read once, by the query, and kept for the process
+        assert django_groups._roles_read == {dee.pk: "writers"}  # read once, by the query, and kept for the process
         assert not caplog.records
     finally:
         dee.delete()
         writers.delete()
-        integration._roles_read.clear()
+        django_groups._roles_read.clear()
