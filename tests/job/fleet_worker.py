@@ -7,10 +7,10 @@ CycleResult) so the test can see who refreshed when. SIGTERM stops the loop and
 calls ``job.shutdown()``, as the SDK's shutdown would; the last line is
 ``{"pid": ..., "exit": "shutdown"}``.
 
-When the file ``FLEET_FREEZE_FILE`` names exists, the next process about to send
-a batch to PostHog (the lease holder, mid-cycle) removes it, prints
-``{"pid": ..., "frozen": [users]}`` and stops itself with SIGSTOP, the whole
-process at once, until the test sends SIGCONT.
+When the file ``FLEET_FREEZE_FILE`` names exists (user ids, comma-separated),
+the next process about to send a batch to PostHog with one of those users in it
+(the lease holder, mid-cycle) removes it, prints ``{"pid": ..., "frozen": [users]}``
+and stops itself with SIGSTOP, the whole process at once, until the test sends SIGCONT.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import create_engine
 
@@ -35,11 +36,15 @@ class FreezablePostHogSink(PostHogSink):
     """The real PostHog sink; the process stops itself just before a send when the test asks (see above)."""
 
     def deliver(self, batch: list[UserSegment]):
-        freeze = os.environ.get("FLEET_FREEZE_FILE")
-        if freeze:
+        freeze = Path(os.environ.get("FLEET_FREEZE_FILE", "/nonexistent"))
+        try:
+            wanted = set(freeze.read_text().split(","))
+        except FileNotFoundError:
+            wanted = set()
+        if wanted & {s.distinct_id for s in batch}:
             try:
-                os.remove(freeze)
-            except FileNotFoundError:
+                freeze.unlink()
+            except FileNotFoundError:  # another process took it
                 pass
             else:
                 print(json.dumps({"pid": os.getpid(), "frozen": [s.distinct_id for s in batch]}), flush=True)

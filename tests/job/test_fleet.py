@@ -53,7 +53,7 @@ class Fleet:
     def __init__(self, url: str, host: str, log_dir: Path) -> None:
         self.url, self.host, self.log_dir = url, host, log_dir
         self.processes: dict[int, subprocess.Popen[str]] = {}
-        self.freeze_file = log_dir / "freeze"  # created by a test: the holder stops itself before its next send
+        self.freeze_file = log_dir / "freeze"  # written by a test: the holder stops itself before sending those users
         self._lines: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
@@ -261,7 +261,7 @@ def test_sigstopped_holder_resumed_after_its_successor_delivered_sends_nothing(
     """
     wait_until(lambda: settled(capture, db) and fleet.holder_cycles(), "every user delivered", fleet)
     changed = [4, 9, 15, 22, 36]
-    fleet.freeze_file.touch()
+    fleet.freeze_file.write_text(",".join(str(u) for u in changed))  # whoever sends them next stops first
     add_entries(db, changed)  # the older change: BUSY entries each
     frozen = wait_until(lambda: [line for line in fleet.lines() if "frozen" in line], "the holder stopped before its send", fleet)
     holder = frozen[0]["pid"]
