@@ -50,13 +50,14 @@ def _plain(value: Any) -> Any:
     return value() if callable(value) else value
 
 
-def user_info(user: Any) -> dict[str, Any] | None:
+def user_info(user: Any, *, authenticated: bool = False) -> dict[str, Any] | None:
     """The user-context arguments for a framework user object (Flask-Login, Django), or None when anonymous.
 
     Reads the id and, when present, ``role``, ``is_admin`` and ``auth_method`` /
     ``auth_provider``. Nothing else: a user object's name, username and email stay in the process.
+    ``authenticated``: the caller's auth library vouched for it (a plain model object has no ``is_authenticated``).
     """
-    if user is None or not _plain(getattr(user, "is_authenticated", False)):
+    if user is None or not (authenticated or _plain(getattr(user, "is_authenticated", False))):
         return None
     get_id = getattr(user, "get_id", None)
     user_id = get_id() if callable(get_id) else getattr(user, "pk", None)

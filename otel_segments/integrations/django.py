@@ -22,7 +22,13 @@ the spans and the ``django`` schema mapping alike) and ``auth_method`` names the
 authentication backend the session was logged in with: ``password`` for
 ``ModelBackend`` and its subclasses, ``remote_user`` for ``RemoteUserBackend``,
 else the class name less ``Backend``, lowercased (``LDAPBackend`` -> ``ldap``).
-Groups are not read: that would be a database query on every request.
+The role is named by the user's groups, as the ``django`` schema mapping names it
+(``OTEL_SEGMENTS_DJANGO_ROLES``: the first group by id, a list of ``group=role``,
+or ``none``), without a query per request: the groups are read once at login
+and kept in the session; else from groups the app prefetched; else once per
+user per process (a bounded cache, :mod:`.django_groups`), in async stacks
+off the event loop. A change of groups reaches the spans at the next login, or
+in a process that had not read that user yet.
 A ``login()`` during the request switches the user at once, and the request's
 server span gets the new user even when the login runs inside a span of the
 app's own; a ``logout()`` clears it for the rest of the request.
@@ -35,12 +41,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.contrib.auth.signals import user_logged_in, user_logged_out
 
 from ..settings.django_variables import django_admin_flag
 from ..spans.context import current_user
 from . import RequestScope, UserInfo, end_request, report_once, start_request, switch_user, user_info
+from .django_groups import ROLE, group_role_of, group_roles, read_role
 
 MIDDLEWARE_PATH = "otel_segments.integrations.django.AutoUserContextMiddleware"
 _insert_lock = threading.Lock()
@@ -76,6 +83,9 @@ class UserContextMiddleware:
             return await self.get_response(request)
         try:
             user = await request.auser() if hasattr(request, "auser") else None
+            known = group_roles() is None or group_role_of(user, request, query=False) is not None
+            if getattr(user, "is_authenticated", False) and not known:
+                await sync_to_async(group_role_of)(user, request)  # a query, once per user per process: not on the loop
         except Exception:  # noqa: BLE001 - the host app's request must not fail because of us
             report_once("django.auser", "reading request.auser() failed")
             user = None
@@ -126,6 +136,10 @@ def django_user_info(user: Any, request: Any = None) -> dict[str, Any] | None:
         method = backend_method(_backend_path(user, request))
         if method is not None:
             info["auth_method"] = method
+    if "role" not in info:
+        role = group_role_of(user, request)
+        if role:
+            info["role"] = role
     return info
 
 
@@ -175,8 +189,15 @@ def _connect_signals() -> None:
 
 
 def _logged_in(sender: Any, request: Any = None, user: Any = None, **_: Any) -> None:
-    """A login inside the request: the rest of its spans are the new user's. Outside one (a shell, Client.login()): nothing."""
+    """A login inside the request: the rest of its spans are the new user's. Outside one (a shell, Client.login()): nothing.
+
+    Either way the user's role is read now, once, and kept in the session for the requests that follow.
+    """
     try:
+        roles = group_roles()
+        if roles is not None and user is not None and getattr(request, "session", None) is not None:
+            user.__dict__.pop(ROLE, None)  # a login reads the groups afresh
+            request.session[ROLE] = read_role(user, roles)
         switch_user(django_user_info(user, request))
     except Exception:  # noqa: BLE001
         report_once("django.login_signal", "reading the user who just logged in failed")

@@ -19,6 +19,14 @@ that loads the user): Flask runs ``before_request`` functions in registration or
 A ``login_user()`` during the request switches the context at once, and the
 request's server span gets the new user even when the login runs inside a span
 of the app's own; a ``logout_user()`` clears it for the rest of the request.
+
+A function wrapped in ``copy_current_request_context`` and run in a thread or a
+greenlet gets the request's user too: neither inherits the request's context
+variables, so the copy (``RequestContext.copy``) takes the user it was made
+for, and each push of the copy sets that user until its pop. Whoever runs the
+copy, a thread, a greenlet or the request itself, ends nothing of the request's:
+a scope is ended only by the request context that began it, not by a copy or a
+nested context that shares its ``g`` or its request. Both hooks install this.
 """
 
 from __future__ import annotations
@@ -28,11 +36,12 @@ from typing import Any
 
 import flask
 
-from ..spans.context import current_user
+from ..spans.context import UserProperties, carry_user, clear_user, current_user
 from . import RequestScope, UserInfo, end_request, report_once, start_request, switch_user, user_info
 
 _SCOPE = "_otel_segments_request"
 _EXTENSION = "otel_segments"
+_CARRIED = "_otel_segments_user"  # on a copied RequestContext: the user it was copied for, and its pushes' tokens
 
 
 def init_app(app: flask.Flask, user_loader: Callable[[], UserInfo | None] | None = None) -> None:
@@ -60,6 +69,7 @@ def init_app(app: flask.Flask, user_loader: Callable[[], UserInfo | None] | None
 
     app.before_request(before_request)
     app.teardown_request(_end)
+    _follow_copies()
     if follow_login:
         _connect_login_signals()
 
@@ -70,11 +80,12 @@ def instrument() -> None:
 
     wrapt.wrap_function_wrapper(flask.app.Flask, "preprocess_request", _after_before_request_hooks)
     flask.request_tearing_down.connect(_end, weak=False)
+    _follow_copies()
     _connect_login_signals()
 
 
 def uninstrument() -> None:
-    """Undo :func:`instrument`. The login receivers stay: ``init_app`` apps share them, and they act only in its requests."""
+    """Undo :func:`instrument`. The login receivers and the copy hooks stay: ``init_app`` apps share them."""
     from opentelemetry.instrumentation.utils import unwrap
 
     unwrap(flask.app.Flask, "preprocess_request")
@@ -107,18 +118,24 @@ def _start(info: UserInfo | None, follow_login: bool) -> None:
     except Exception:  # noqa: BLE001
         report_once("flask.activate", "the Flask user loader returned something that is not a user")
         return
-    setattr(flask.g, _SCOPE, (scope, flask.request._get_current_object()))
+    setattr(flask.g, _SCOPE, (scope, _request_context()))
+
+
+def _request_context() -> Any:
+    return flask.globals.request_ctx._get_current_object()
 
 
 def _end(*_: Any, **__: Any) -> None:
     """``teardown_request`` hook and ``request_tearing_down`` receiver: whichever runs first restores.
 
-    Only the request that began the scope ends it: a nested request context
+    Only the request context that began the scope ends it: a nested one
     (``with app.test_request_context(...)`` in a view, to build a URL) shares
-    ``g`` with the outer request, and its teardown must leave the outer user alone.
+    ``g`` with the outer request, and a ``copy_current_request_context`` copy
+    called in the request's own thread shares ``g`` and the request object; the
+    teardown of either must leave the outer user alone.
     """
     held: tuple[RequestScope, Any] | None = flask.g.get(_SCOPE)
-    if held is None or held[1] is not flask.request._get_current_object():
+    if held is None or held[1] is not _request_context():
         return
     flask.g.pop(_SCOPE, None)
     end_request(held[0])
@@ -162,3 +179,44 @@ def _logged_out(sender: Any, **_: Any) -> None:
         switch_user(None)
     except Exception:  # noqa: BLE001
         report_once("flask.logout_signal", "clearing the user who just logged out failed")
+
+
+_copies_followed = False
+
+
+def _follow_copies() -> None:
+    """Wrap ``RequestContext.copy``, ``push`` and ``pop`` once for the process: a copy carries its request's user."""
+    global _copies_followed
+    if _copies_followed:
+        return
+    import wrapt
+
+    _copies_followed = True
+    wrapt.wrap_function_wrapper(flask.ctx.RequestContext, "copy", _copy)
+    wrapt.wrap_function_wrapper(flask.ctx.RequestContext, "push", _push)
+    wrapt.wrap_function_wrapper(flask.ctx.RequestContext, "pop", _pop)
+
+
+def _copy(wrapped: Callable[..., Any], ctx: Any, args: Any, kwargs: Any) -> Any:
+    copied = wrapped(*args, **kwargs)
+    user = current_user()
+    if user is not None:
+        setattr(copied, _CARRIED, (user, []))
+    return copied
+
+
+def _push(wrapped: Callable[..., Any], ctx: Any, args: Any, kwargs: Any) -> Any:
+    result = wrapped(*args, **kwargs)
+    carried: tuple[UserProperties, list[Any]] | None = getattr(ctx, _CARRIED, None)
+    if carried is not None:
+        carried[1].append(carry_user(carried[0]))
+    return result
+
+
+def _pop(wrapped: Callable[..., Any], ctx: Any, args: Any, kwargs: Any) -> Any:
+    try:
+        return wrapped(*args, **kwargs)  # the teardown hooks run in here, with the user still set
+    finally:
+        carried: tuple[UserProperties, list[Any]] | None = getattr(ctx, _CARRIED, None)
+        if carried is not None and carried[1]:
+            clear_user(carried[1].pop())

@@ -1,11 +1,13 @@
-"""Instrumentors that ``opentelemetry-instrument`` loads: the user context for Flask-Login, Django, DRF, Starlette, no code.
+"""Instrumentors that ``opentelemetry-instrument`` loads: the user context for Flask-Login, Flask-JWT-Extended,
+Flask-HTTPAuth, Django, DRF, Starlette, no code.
 
 Registered under the ``opentelemetry_instrumentor`` entry point as
-``otel_segments_flask``, ``otel_segments_django``, ``otel_segments_drf`` and
-``otel_segments_starlette``, so
+``otel_segments_flask``, ``otel_segments_flask_jwt``, ``otel_segments_flask_httpauth``,
+``otel_segments_django``, ``otel_segments_drf`` and ``otel_segments_starlette``, so
 ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_segments_flask`` turns one off by
 name, as for the contrib instrumentations. What each one hooks is described in
-:mod:`otel_segments.integrations.flask`, :mod:`otel_segments.integrations.django`,
+:mod:`otel_segments.integrations.flask`, :mod:`otel_segments.integrations.flask_auth`,
+:mod:`otel_segments.integrations.django`,
 :mod:`otel_segments.integrations.rest_framework` and :mod:`otel_segments.integrations.starlette`.
 
 Three rules, each from how the launcher treats instrumentors:
@@ -87,6 +89,40 @@ class FlaskLoginInstrumentor(_UserContextInstrumentor):
         from . import flask
 
         flask.uninstrument()
+
+
+class FlaskJWTInstrumentor(_UserContextInstrumentor):
+    """Every Flask-JWT-Extended request gets the user its ``jwt_required`` check verified."""
+
+    _name = "otel_segments_flask_jwt"
+    _dependencies = ("flask >= 3", "flask-jwt-extended >= 4.6")
+
+    def _hook(self) -> None:
+        from . import flask_auth
+
+        flask_auth.instrument_jwt()
+
+    def _unhook(self) -> None:
+        from . import flask_auth
+
+        flask_auth.uninstrument_jwt()
+
+
+class FlaskHTTPAuthInstrumentor(_UserContextInstrumentor):
+    """Every Flask-HTTPAuth request gets the user its ``login_required`` check authenticated."""
+
+    _name = "otel_segments_flask_httpauth"
+    _dependencies = ("flask >= 3", "flask-httpauth >= 4.8")
+
+    def _hook(self) -> None:
+        from . import flask_auth
+
+        flask_auth.instrument_httpauth()
+
+    def _unhook(self) -> None:
+        from . import flask_auth
+
+        flask_auth.uninstrument_httpauth()
 
 
 class DjangoAuthInstrumentor(_UserContextInstrumentor):

@@ -101,8 +101,8 @@ class SegmentQueries:
         columns: list[Any] = [uid]
         for name in (u.created_at, u.last_login):
             columns.append(self.readable_time(t.c[name]) if name else literal(None))
-        for name in (u.role, u.auth_method):
-            columns.append(self.readable_text(t.c[name]) if name else literal(None))
+        columns.append(self.readable_text(t.c[u.role]) if u.role else self._group_role())
+        columns.append(self.readable_text(t.c[u.auth_method]) if u.auth_method else literal(None))
         columns.append(self._is_admin())
         columns.append(self._out_of_range(t, (u.created_at, u.last_login)))
         if derive:
@@ -124,6 +124,23 @@ class SegmentQueries:
             query = query.where(uid > after)
         return query.order_by(uid).limit(limit)
 
+    def _group_role(self) -> Any:
+        """The role the user's roles name (``RolesAssociation.role_names``; Django's groups): one correlated
+        subquery per user, on the association's user column (an index Django creates)."""
+        r = self.mapping.users.roles
+        if self.bound.roles is None or r is None or r.role_names is None:
+            return literal(None)
+        association, roles = self.bound.roles
+        t = self.bound.users
+        held = (association.c[r.user_id] == t.c[self.mapping.users.id], association.c[r.role_id] == roles.c[r.roles_id])
+        name = roles.c[r.roles_name]
+        if not r.role_names:
+            first = select(name).where(*held).order_by(association.c[r.role_id]).limit(1).scalar_subquery()
+            return self.readable_text(first)
+        rank = case(*[(name == group, index) for index, (group, _) in enumerate(r.role_names)], else_=None)
+        best = select(func.min(rank)).where(*held).scalar_subquery()
+        return case(*[(best == index, literal(role)) for index, (_, role) in enumerate(r.role_names)], else_=None)
+
     def _is_admin(self) -> Any:
         u = self.mapping.users
         t = self.bound.users
@@ -132,7 +149,7 @@ class SegmentQueries:
             conditions.append(t.c[u.admin] == true())
         if u.role:
             conditions.append(t.c[u.role].in_(u.admin_role_values))
-        if self.bound.roles is not None and u.roles is not None:
+        if self.bound.roles is not None and u.roles is not None and u.roles.admin_names:
             r = u.roles
             association, roles = self.bound.roles
             conditions.append(

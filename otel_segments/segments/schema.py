@@ -32,7 +32,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..settings.django_variables import OTEL_SEGMENTS_ACTIVITY_TABLE, django_admin_flag
+from ..settings.django_variables import OTEL_SEGMENTS_ACTIVITY_TABLE, GroupRoles, django_admin_flag, django_group_roles
 
 _logger = logging.getLogger(__name__)
 
@@ -57,6 +57,9 @@ class RolesAssociation:
     roles_id: str = "id"
     roles_name: str = "name"
     admin_names: tuple[str, ...] = ("admin", "super_admin")
+    #: None: the roles name no user's role (the users table's ``role`` column does). ``()``: the user's role is
+    #: the name of their role with the lowest id; (name, role) pairs: the role of the first listed name they hold.
+    role_names: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,13 +151,14 @@ TIMETRACKER = SchemaMapping(
 BUILTIN: dict[str, SchemaMapping] = {"timetracker": TIMETRACKER}
 
 
-def django(activity: str, admin: str = "is_superuser") -> SchemaMapping:
+def django(activity: str, admin: str = "is_superuser", group_roles: GroupRoles | None = ()) -> SchemaMapping:
     """Django's ``django.contrib.auth`` tables, with the app's activity table named as ``table:timestamp[:user_id]``.
 
     Users are ``auth_user`` (joined ``date_joined``, ``last_login``); an admin is
     whoever has the ``admin`` flag (``is_superuser``, or ``is_staff`` by
     ``OTEL_SEGMENTS_DJANGO_ADMIN``), the flag the spans read too, so both agree.
-    Groups are not read: the spans cannot know them without a query per request.
+    The role is named by the user's groups (``auth_user_groups``, ``auth_group``)
+    as ``group_roles`` says (``OTEL_SEGMENTS_DJANGO_ROLES``; None: no role), the rule the spans follow too.
     The activity's user column defaults to ``user_id``, Django's column for a
     ``ForeignKey`` named ``user``. No projects or tasks: map those by hand.
     """
@@ -173,7 +177,15 @@ def django(activity: str, admin: str = "is_superuser") -> SchemaMapping:
             role=None,
             auth_method=None,
             admin=admin,
-            roles=None,
+            roles=None
+            if group_roles is None
+            else RolesAssociation(
+                table="auth_user_groups",
+                role_id="group_id",
+                roles_table="auth_group",
+                admin_names=(),
+                role_names=group_roles,
+            ),
             key="id",
         ),
         activity=ActivityTable(
@@ -187,15 +199,16 @@ def django(activity: str, admin: str = "is_superuser") -> SchemaMapping:
 def load_schema(name: str, env: Mapping[str, str] | None = None) -> SchemaMapping:
     """A built-in mapping by name, or ``module:object`` naming a :class:`SchemaMapping`.
 
-    ``django`` reads its activity table from ``OTEL_SEGMENTS_ACTIVITY_TABLE`` and its admin flag from
-    ``OTEL_SEGMENTS_DJANGO_ADMIN`` in ``env`` (default: the process's).
+    ``django`` reads its activity table from ``OTEL_SEGMENTS_ACTIVITY_TABLE``, its admin flag from
+    ``OTEL_SEGMENTS_DJANGO_ADMIN`` and its group roles from ``OTEL_SEGMENTS_DJANGO_ROLES`` in ``env``
+    (default: the process's).
     """
     name = name.strip()
     if name == "django":
         activity = (os.environ if env is None else env).get(OTEL_SEGMENTS_ACTIVITY_TABLE, "").strip()
         if not activity:
             raise SchemaError(f"schema 'django' needs {OTEL_SEGMENTS_ACTIVITY_TABLE}=<table>:<timestamp column>")
-        return django(activity, django_admin_flag(env))
+        return django(activity, django_admin_flag(env), django_group_roles(env))
     if name in BUILTIN:
         return BUILTIN[name]
     module_name, sep, attribute = name.partition(":")

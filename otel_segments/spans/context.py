@@ -192,6 +192,11 @@ def set_user(
     return token
 
 
+def carry_user(properties: UserProperties | None) -> Token[UserProperties | None]:
+    """Make an already built user current (a copied Flask context in a thread carries its request's); undo: :func:`clear_user`."""
+    return _current_user.set(properties)
+
+
 def clear_user(token: Token[UserProperties | None] | None = None) -> None:
     """Forget the current user; with the token from :func:`set_user`, restore the one before it."""
     if token is not None:

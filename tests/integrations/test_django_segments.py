@@ -5,7 +5,8 @@ The site (``tests/apps/login_django``, no otel_segments code) runs under
 ``OTEL_SEGMENTS_ACTIVITY_TABLE=shop_order:created_at``, its own SQLite database
 as the segments' source, a real OTLP receiver and a local PostHog endpoint.
 The superuser's ``is_admin`` must be ``true`` on his spans, in PostHog and in
-the OTLP segment records alike (and the plain user's ``false`` everywhere).
+the OTLP segment records alike (and the plain user's ``false`` everywhere), and
+his role the one his first group names everywhere (the plain user has none).
 """
 
 from __future__ import annotations
@@ -50,15 +51,19 @@ def _env(folder: Path, receiver: Receiver, posthog: str) -> dict[str, str]:
 
 
 def _admin_everywhere(posthog_capture: Capture, receiver: Receiver, user_id: str) -> dict[str, Any]:
-    """What PostHog, the OTLP segment records and the user's latest segmented span say ``is_admin`` is."""
-    posthog = [e["properties"].get("$set", {}).get("is_admin") for e in posthog_capture.events() if e["distinct_id"] == user_id]
+    """What PostHog, the OTLP segment records and the user's latest segmented span say ``is_admin`` and the role are."""
+    posthog = [
+        (e["properties"].get("$set", {}).get("is_admin"), e["properties"].get("$set", {}).get("role"))
+        for e in posthog_capture.events()
+        if e["distinct_id"] == user_id
+    ]
     records = [
-        r.resource.get("app.user.is_admin")
+        (r.resource.get("app.user.is_admin"), r.resource.get("app.user.role"))
         for r in receiver.logs()
         if r.event_name == "app.user.segment" and r.resource.get("user.id") == user_id
     ]
     spans = [
-        s.attributes.get("app.user.is_admin")
+        (s.attributes.get("app.user.is_admin"), s.attributes.get("app.user.role"))
         for s in receiver.spans()
         if s.attributes.get("user.id") == user_id and "app.user.engagement_level" in s.attributes
     ]
@@ -76,7 +81,7 @@ def test_django_app_gets_segments_with_the_builtin_mapping_and_admin_agrees(
             assert ann.post("/login", data={"username": "ann"}).status_code == 200
             assert bo.post("/login", data={"username": "bo"}).status_code == 200
             deadline = time.monotonic() + 60
-            want = {ids["ann"]: [True], ids["bo"]: [False]}
+            want = {ids["ann"]: [(True, "editors")], ids["bo"]: [(False, None)]}
             while True:  # work until a refresh has delivered both users and their spans carry the segment
                 assert ann.get("/work").status_code == 200 and bo.get("/work").status_code == 200
                 seen = {uid: _admin_everywhere(capture, http_receiver, uid) for uid in want}

@@ -3,6 +3,8 @@ and the zero-code hook that the ``otel_segments_flask`` instrumentor installs.""
 
 from __future__ import annotations
 
+import threading
+
 import flask
 import pytest
 from flask_login import LoginManager, UserMixin, login_user, logout_user
@@ -14,6 +16,11 @@ from otel_segments.integrations.flask import init_app
 from otel_segments.integrations.instrumentors import FlaskLoginInstrumentor
 
 from .conftest import Pipeline, user_part
+
+try:
+    import gevent
+except ImportError:  # the greenlet case runs where the test venv has gevent (tests/servers needs it)
+    gevent = None
 
 
 class Member(UserMixin):
@@ -77,6 +84,30 @@ def build(pipeline: Pipeline, *, init: bool = True, login_manager: bool = True, 
         with tracer.start_as_current_span("after-nested"):
             user = current_user()
             return user.user_id if user else "-"
+
+    @app.get("/copied/<how>")
+    def copied(how: str) -> str:
+        """A copied request context run in a thread, a greenlet or the request itself (a helper called inline)."""
+
+        @flask.copy_current_request_context
+        def background() -> None:
+            assert flask.request.path.startswith("/copied/")  # the copy is the request's context
+            with tracer.start_as_current_span("in-copy"):
+                user = current_user()
+                seen.append(user.user_id if user else "-")
+
+        seen: list[str] = []
+        if how == "thread":
+            thread = threading.Thread(target=background)
+            thread.start()
+            thread.join(30)
+        elif how == "greenlet":
+            gevent.spawn(background).join(30)
+        else:
+            background()
+        with tracer.start_as_current_span("after-copy"):
+            user = current_user()
+            return f"{','.join(seen)}|{user.user_id if user else '-'}"
 
     @app.get("/work")
     def work() -> str:
@@ -181,6 +212,30 @@ def test_a_nested_request_context_keeps_the_outer_requests_user(app: flask.Flask
     assert client.get("/work").text == "7"
 
 
+COPIES = ["thread", pytest.param("greenlet", marks=pytest.mark.skipif(gevent is None, reason="gevent")), "inline"]
+
+
+def _copied_request_keeps_the_user(app: flask.Flask, pipeline: Pipeline, how: str) -> None:
+    client = app.test_client()
+    client.post("/login/7")
+    pipeline.exporter.clear()
+    assert client.get(f"/copied/{how}").text == "7|7"  # the copy's user, then the request's, still there
+    [in_copy] = pipeline.named("in-copy")
+    assert user_part(in_copy)["user.id"] == "7"
+    assert user_part(pipeline.named("after-copy")[0])["user.id"] == "7"
+    assert user_part(server(pipeline, "/copied/<how>"))["user.id"] == "7"
+    assert current_user() is None  # the request's own teardown still ends its user
+    client.post("/logout")
+    assert client.get(f"/copied/{how}").text == "-|-"  # anonymous: the copy carries nobody
+
+
+@pytest.mark.parametrize("how", COPIES)
+def test_a_copied_request_context_carries_the_user_and_ends_nothing_of_the_request(
+    app: flask.Flask, pipeline: Pipeline, how: str
+) -> None:
+    _copied_request_keeps_the_user(app, pipeline, how)
+
+
 @pytest.fixture
 def instrumented():
     """The zero-code hook on every Flask app, as the instrumentor installs it when the gate is open."""
@@ -216,6 +271,15 @@ def test_instrumented_nested_request_context_keeps_the_outer_requests_user(instr
         assert client.get("/nested").text == "8"
         assert user_part(pipeline.named("after-nested")[0])["user.id"] == "8"
         assert current_user() is None
+    finally:
+        FlaskInstrumentor().uninstrument_app(app)
+
+
+@pytest.mark.parametrize("how", COPIES)
+def test_instrumented_copied_request_context_carries_the_user(instrumented: None, pipeline: Pipeline, how: str) -> None:
+    app = build(pipeline, init=False)
+    try:
+        _copied_request_keeps_the_user(app, pipeline, how)
     finally:
         FlaskInstrumentor().uninstrument_app(app)
 

@@ -91,7 +91,7 @@ def test_drf_token_jwt_and_session_requests_carry_their_user_with_no_code(
     with serving(folder, DJANGO_RUNSERVER, _django_env(folder, http_receiver, **SETTINGS)) as base:
         _api_scenario(base)
         assert _stats(base)["token_checks"] == PAIRS  # once per token request: nobody authenticated a second time
-    ann = {"user.id": ids["ann"], "app.user.is_admin": True}
+    ann = {"user.id": ids["ann"], "app.user.is_admin": True, "user.roles": ("editors",), "app.user.role": "editors"}
     bo = {"user.id": ids["bo"], "app.user.is_admin": False}
     expected = {
         "client-token": {**ann, "app.user.auth_method": "token"},

@@ -249,7 +249,13 @@ def test_django_auth_app_gets_the_user_with_no_code(http_receiver: Receiver, dja
     assert_scenario(
         http_receiver,
         {
-            "client-ann": {"user.id": ids["ann"], "app.user.is_admin": True, "app.user.auth_method": "password"},
+            "client-ann": {
+                "user.id": ids["ann"],
+                "user.roles": ("editors",),  # his first group
+                "app.user.role": "editors",
+                "app.user.is_admin": True,
+                "app.user.auth_method": "password",
+            },
             "client-bo": {"user.id": ids["bo"], "app.user.is_admin": False, "app.user.auth_method": "password"},
         },
     )

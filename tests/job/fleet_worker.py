@@ -6,6 +6,11 @@ Every cycle prints one JSON line (pid, wall-clock start and end, the
 CycleResult) so the test can see who refreshed when. SIGTERM stops the loop and
 calls ``job.shutdown()``, as the SDK's shutdown would; the last line is
 ``{"pid": ..., "exit": "shutdown"}``.
+
+When the file ``FLEET_FREEZE_FILE`` names exists (user ids, comma-separated),
+the next process about to send a batch to PostHog with one of those users in it
+(the lease holder, mid-cycle) removes it, prints ``{"pid": ..., "frozen": [users]}``
+and stops itself with SIGSTOP, the whole process at once, until the test sends SIGCONT.
 """
 
 from __future__ import annotations
@@ -17,12 +22,34 @@ import sys
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import create_engine
 
 from otel_segments.job.refresh_job import RefreshJob
+from otel_segments.segments import UserSegment
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.sinks.posthog import PostHogSink
+
+
+class FreezablePostHogSink(PostHogSink):
+    """The real PostHog sink; the process stops itself just before a send when the test asks (see above)."""
+
+    def deliver(self, batch: list[UserSegment]):
+        freeze = Path(os.environ.get("FLEET_FREEZE_FILE", "/nonexistent"))
+        try:
+            wanted = set(freeze.read_text().split(","))
+        except FileNotFoundError:
+            wanted = set()
+        if wanted & {s.distinct_id for s in batch}:
+            try:
+                freeze.unlink()
+            except FileNotFoundError:  # another process took it
+                pass
+            else:
+                print(json.dumps({"pid": os.getpid(), "frozen": [s.distinct_id for s in batch]}), flush=True)
+                os.kill(os.getpid(), signal.SIGSTOP)
+        return super().deliver(batch)
 
 
 def main() -> int:
@@ -33,7 +60,7 @@ def main() -> int:
     job = RefreshJob(
         engine,
         TIMETRACKER,
-        sinks={"posthog": lambda: PostHogSink("phc_fleet_key", host, super_properties={"service.name": "fleet"})},
+        sinks={"posthog": lambda: FreezablePostHogSink("phc_fleet_key", host, super_properties={"service.name": "fleet"})},
         interval=timedelta(seconds=interval_s),
         lease_ttl=timedelta(seconds=ttl_s),
     )

@@ -5,7 +5,9 @@ the local capture endpoint, cycling every 0.3 s, and prints each CycleResult. Th
 tests assert on what the endpoint decoded and on what each process reported:
 every user arrives, each distinct change (a user with one ``$set``, not counting
 ``last_segment_update``) is accepted exactly once, and only the lease holder
-refreshes. A holder killed with SIGKILL is replaced once its lease expires.
+refreshes. A holder killed with SIGKILL is replaced once its lease expires; a
+holder stopped with SIGSTOP just before a send, and resumed after its successor
+delivered newer values, sends nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from otel_segments.segments.demo import create_demo_database
 from otel_segments.segments.state import RefreshState
 from tests import delivery
 from tests.conftest import VENV_BIN
-from tests.delivery import add_entries, busy_arrived, changes, users_in
+from tests.delivery import BUSY, add_entries, busy_arrived, changes, users_in
 from tests.sinks.conftest import Capture
 
 pytestmark = pytest.mark.postgres
@@ -51,11 +53,13 @@ class Fleet:
     def __init__(self, url: str, host: str, log_dir: Path) -> None:
         self.url, self.host, self.log_dir = url, host, log_dir
         self.processes: dict[int, subprocess.Popen[str]] = {}
+        self.freeze_file = log_dir / "freeze"  # written by a test: the holder stops itself before sending those users
         self._lines: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
     def start(self, count: int) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "POSTHOG_"))}
+        env["FLEET_FREEZE_FILE"] = str(self.freeze_file)
         for index in range(count):
             process = subprocess.Popen(
                 [str(VENV_BIN / "python"), str(WORKER), self.url, self.host, str(INTERVAL_S), str(LEASE_TTL_S)],
@@ -237,3 +241,75 @@ def test_killed_holder_is_replaced_after_the_lease_ttl_and_nothing_is_lost(fleet
     codes = fleet.stop()
     assert codes[holder] == -signal.SIGKILL
     assert {code for pid, code in codes.items() if pid != holder} == {0}, fleet.stderr()
+
+
+def _state_of(pid: int) -> str:
+    """The process's state letter in /proc (``T``: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
+def test_sigstopped_holder_resumed_after_its_successor_delivered_sends_nothing(
+    fleet: Fleet, capture: Capture, db: Engine
+) -> None:
+    """README's promise for a frozen holder (SIGSTOP, a debugger, a stalled VM), with real processes on PostgreSQL.
+
+    The holder reads the changes of some users and stops itself (SIGSTOP, the whole process) just before it sends
+    them. The users change again; after the lease TTL a successor takes over and delivers the newer values. Then
+    the holder gets SIGCONT: it must send nothing (its older ``$set`` would overwrite the newer one in PostHog),
+    nothing is lost, nothing arrives twice, and it lives on as a follower.
+    """
+    wait_until(lambda: settled(capture, db) and fleet.holder_cycles(), "every user delivered", fleet)
+    changed = [4, 9, 15, 22, 36]
+    fleet.freeze_file.write_text(",".join(str(u) for u in changed))  # whoever sends them next stops first
+    add_entries(db, changed)  # the older change: BUSY entries each
+    frozen = wait_until(lambda: [line for line in fleet.lines() if "frozen" in line], "the holder stopped before its send", fleet)
+    holder = frozen[0]["pid"]
+    assert {str(u) for u in changed} <= set(frozen[0]["frozen"])
+    wait_until(lambda: _state_of(holder) == "T", "the holder stopped", fleet)
+    add_entries(db, changed)  # the newer change: 2 x BUSY entries each, while the holder is stopped
+
+    def newer_arrived() -> bool:
+        return settled(capture, db) and busy_arrived(
+            [e for e in capture.events() if e["properties"]["$set"].get("entries_last_24h", 0) >= 2 * BUSY], changed
+        )
+
+    wait_until(newer_arrived, "the successor delivered the newer values", fleet)
+    wait_until(
+        lambda: [c for c in fleet.holder_cycles() if c["pid"] != holder and c["delivered"].get("posthog")],
+        "a successor's cycle that delivered",
+        fleet,
+    )
+    requests_before = len(capture.requests)
+    lines_before = len(fleet.lines())
+
+    os.kill(holder, signal.SIGCONT)
+    resumed = wait_until(
+        lambda: [line for line in fleet.lines()[lines_before:] if line.get("pid") == holder and "start" in line],
+        "the resumed holder finished its cycle",
+        fleet,
+    )
+    wait_until(
+        lambda: [line for line in fleet.lines()[lines_before:] if line.get("pid") == holder and "start" in line][1:],
+        "the resumed holder cycled again, as a follower",
+        fleet,
+    )
+    time.sleep(5 * INTERVAL_S)  # more cycles from everyone: none may send anything
+    assert len(capture.requests) == requests_before, "a request arrived after the holder resumed"
+    assert resumed[0]["delivered"].get("posthog", 0) == 0, resumed[0]
+
+    events = capture.events()
+    by_user = {e["distinct_id"]: e["properties"]["$set"] for e in events}  # PostHog keeps the last $set it got
+    older = [
+        e
+        for e in events
+        if e["distinct_id"] in {str(u) for u in changed} and e["properties"]["$set"].get("entries_last_24h", 0) == BUSY
+    ]
+    assert older == [], "the frozen holder's older values reached PostHog"
+    assert all(by_user[str(u)]["entries_last_24h"] >= 2 * BUSY for u in changed)
+    counts = changes(events)
+    assert {user for user, _ in counts} == ALL  # nothing lost
+    assert set(counts.values()) == {1}, [c for c, n in counts.items() if n > 1]  # nothing twice
+    assert not RefreshState(db).pending("posthog")
+
+    codes = fleet.stop()
+    assert set(codes.values()) == {0}, fleet.stderr()

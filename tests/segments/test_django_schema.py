@@ -5,7 +5,8 @@ boolean ``is_superuser``, ``auth_group``, ``auth_user_groups``) plus an app tabl
 of activity. ``is_admin`` must be what the spans say for the same user: the flag
 ``OTEL_SEGMENTS_DJANGO_ADMIN`` names (``is_superuser`` by default, or
 ``is_staff``), which the Django integration reads too; a group named ``admin``
-is not read by either.
+makes nobody an admin. The role is what the user's groups name, by the rule the
+spans follow (``group_role``): the first group by id, or ``OTEL_SEGMENTS_DJANGO_ROLES``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,18 @@ from sqlalchemy.engine import Engine
 
 from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.schema import SchemaError, load_schema
-from otel_segments.settings.django_variables import OTEL_SEGMENTS_ACTIVITY_TABLE, OTEL_SEGMENTS_DJANGO_ADMIN
+from otel_segments.settings.django_variables import (
+    OTEL_SEGMENTS_ACTIVITY_TABLE,
+    OTEL_SEGMENTS_DJANGO_ADMIN,
+    OTEL_SEGMENTS_DJANGO_ROLES,
+    django_group_roles,
+    group_role,
+)
 
 from .data import NOW
+
+GROUPS = {1: "admin", 2: "editors", 3: "Admins"}  # "Admins" sorts first by name, comes last by id
+MEMBERSHIP = [(4, 1), (3, 3), (3, 2)]
 
 
 def _django_tables(engine: Engine) -> None:
@@ -69,8 +79,8 @@ def _django_tables(engine: Engine) -> None:
                     username=f"member-{uid}", email=f"m{uid}@example.com", is_staff=staff, is_active=True, date_joined=joined,
                 )
             )  # fmt: skip
-        conn.execute(insert(groups).values([{"id": 1, "name": "admin"}, {"id": 2, "name": "editors"}]))
-        conn.execute(insert(membership).values([{"user_id": 4, "group_id": 1}, {"user_id": 3, "group_id": 2}]))
+        conn.execute(insert(groups).values([{"id": i, "name": n} for i, n in GROUPS.items()]))
+        conn.execute(insert(membership).values([{"user_id": u, "group_id": g} for u, g in MEMBERSHIP]))
         placed = [{"owner_id": uid, "placed_at": NOW - timedelta(hours=2 + n)} for uid in (1, 3) for n in range(3)]
         conn.execute(insert(orders).values(placed))
 
@@ -119,3 +129,35 @@ def test_django_mapping_user_column_defaults_to_djangos_user_foreign_key() -> No
     activity = mapping.activity
     assert (activity.table, activity.timestamp, activity.user_id) == ("shop_order", "created_at", "user_id")
     assert mapping.users.admin == "is_superuser"
+
+
+@pytest.mark.parametrize(
+    ("roles", "expected"),
+    [
+        (None, {"1": None, "2": None, "3": "editors", "4": "admin"}),  # unset: the first group by id
+        ("Admins=boss, editors=writer", {"1": None, "2": None, "3": "boss", "4": None}),  # the first listed held
+        ("none", {"1": None, "2": None, "3": None, "4": None}),
+    ],
+    ids=["first-group", "chosen", "none"],
+)
+def test_django_mapping_role_from_groups_is_the_spans_role(engine: Engine, roles: str | None, expected: dict) -> None:
+    _django_tables(engine)
+    env = {OTEL_SEGMENTS_ACTIVITY_TABLE: "shop_order:placed_at:owner_id"}
+    if roles is not None:
+        env[OTEL_SEGMENTS_DJANGO_ROLES] = roles
+    segments = {s.distinct_id: s.set for s in compute_segments(engine, load_schema("django", env), now=NOW)}
+    assert {uid: props.get("role") for uid, props in segments.items()} == expected
+    rule = django_group_roles(env)  # what the Django integration computes for each user's spans
+    spans = {
+        str(u): group_role([(g, GROUPS[g]) for m, g in MEMBERSHIP if m == u], rule) if rule is not None else None
+        for u in range(1, 5)
+    }
+    assert spans == expected
+
+
+def test_an_unreadable_roles_entry_is_reported_once_and_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    env = {OTEL_SEGMENTS_DJANGO_ROLES: "editors=writer,oops"}
+    assert django_group_roles(env) == django_group_roles(env) == (("editors", "writer"),)
+    assert [r.getMessage() for r in caplog.records] == [
+        "otel_segments: OTEL_SEGMENTS_DJANGO_ROLES entry 'oops' is not <group>=<role>; it is left out"
+    ]
