@@ -2,11 +2,11 @@
 
 The tables and their rows are ``state_tables.py``'s. ``schema_version`` (in the meta table): version 1
 is what releases before the version existed wrote (no ``schema_version`` row); version 2 adds
-``user_state.inputs``, the fingerprint the sweep compares; version 3 adds ``user_state.rows_digest``, what a full
-refresh compares in the database (``digests.py``; NULL in a migrated state until the next full refresh). A process migrates an older state in place at
-its first refresh, which runs under the lease, so once per fleet (:meth:`RefreshState.migrate`); stored
-digests stay, so nothing is resent. A process that finds a newer version than it knows raises
-:class:`StateVersionError` and runs no refresh.
+``user_state.inputs``, the fingerprint the sweep compares; version 3 adds ``user_state.rows_digest``, what a
+full refresh compares in the database (``digests.py``; NULL in a migrated state until the next full refresh).
+A process migrates an older state in place at its first refresh, which runs under the lease, so once per
+fleet (:meth:`RefreshState.migrate`); stored digests stay, so nothing is resent. A process that finds a newer
+version than it knows raises :class:`StateVersionError` and runs no refresh.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from sqlalchemy import create_engine, delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from otel_segments.segments.aggregate import compute_segments
-from otel_segments.segments.digests import digest_query
 from otel_segments.segments.binding import bind
+from otel_segments.segments.digests import digest_query
 from otel_segments.segments.queries import SegmentQueries
 from otel_segments.segments.refresh import refresh
 from otel_segments.segments.schema import TIMETRACKER
@@ -44,7 +44,7 @@ EDITS: list[tuple[int, Callable[[Connection], object]]] = [
     (7, lambda c: c.execute(update(users).where(users.c.id == 7).values(created_at=naive(NOW - timedelta(days=3))))),
     (8, lambda c: c.execute(update(users).where(users.c.id == 8).values(auth_provider="saml"))),
     (9, lambda c: c.execute(insert(user_roles).values(user_id=9, role_id=2))),  # an admin by the roles table
-    (10, lambda c: c.execute(insert(entries).values(user_id=10, project_id=1, start_time=naive(NOW), created_at=naive(NOW), source="timer"))),
+    (10, lambda c: c.execute(insert(entries).values(user_id=10, start_time=naive(NOW), created_at=naive(NOW), source="timer"))),
     (11, lambda c: c.execute(delete(entries).where(entries.c.id == _first_entry(c, 11)))),
     (12, lambda c: c.execute(update(entries).where(entries.c.id == _first_entry(c, 12)).values(duration_seconds=12_345))),
     (14, lambda c: c.execute(update(entries).where(entries.c.id == _first_entry(c, 14)).values(source="no-such-source"))),
