@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_scale.py [--users 100000] [--entries 10000000]
         [--cli-users 10000] [--cli-entries 1000000] [--databases sqlite,postgresql] [--keep DIR]
-        [--import-rows 1000000] [--quiet-only]
+        [--import-rows 1000000] [--tables main,quiet]
 
 Data is TimeTracker-shaped and stored in time order, as an app appends it (``scale_data.py``), with the
 indexes docs/segments.md recommends. PostgreSQL is a throwaway server started here (shared_buffers 1 GB,
@@ -339,7 +339,7 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="directory for the SQLite files, kept and reused (default: a temporary one)")
     parser.add_argument("--postgres-url", help="an existing PostgreSQL server's admin URL (its databases are reused)")
     parser.add_argument("--import-rows", type=int, default=1_000_000, help="entries of the bulk import of the quiet cycles")
-    parser.add_argument("--quiet-only", action="store_true", help="only the quiet cycles' table (build, then quiet_cycles)")
+    parser.add_argument("--tables", default="main,quiet", help="which tables: main (refresh and compute), quiet (quiet cycles)")
     args = parser.parse_args()
     names = [n.strip() for n in args.databases.split(",") if n.strip()]
     print(f"{args.users:,} users / {args.entries:,} entries in time order; compute at {args.cli_users:,} / {args.cli_entries:,}")
@@ -360,21 +360,25 @@ def main() -> int:
             big = create_engine(urls[name]("scale_big"))
             reuse = (args.keep or args.postgres_url) and reusable(big, args.users, args.entries)
             built = 0.0 if reuse else build(big, args.users, args.entries, datetime.now(timezone.utc))
-            forget_state(big)
-            q = quiet_cycles(big, args.users, args.import_rows)
-            quiet_rows.append(
-                f"{name:<11}{q['count_ms']:>10.1f}{q['grouped_ms']:>12.1f}{q['grouped_ms'] / q['count_ms']:>8.1f}x"
-                f"{q['total_ms']:>10.1f}{q['total_ms'] / q['count_ms']:>8.1f}x{q['quiet_ms']:>10.0f}"
-                f"{q['import_s']:>10.1f}{q['after_import_s']:>10.1f}{q['import_quiet_ms']:>12.0f}"
-                f"{q['behind_computed']:>10.0f}{q['behind_quiet_ms']:>12.0f}"
-            )
-            print(QUIET_HEADER if len(quiet_rows) == 1 else "", end="\n" if len(quiet_rows) == 1 else "")
-            print(quiet_rows[-1], flush=True)
-            if args.quiet_only:
-                big.dispose()
-                continue
-            build(big, args.users, args.entries, datetime.now(timezone.utc))  # without the imported entries
-            r = measure(big, args.users, workdir)
+            tables = {t.strip() for t in args.tables.split(",")}
+            if "quiet" not in tables:
+                r = measure(big, args.users, workdir)
+            else:
+                forget_state(big)
+                q = quiet_cycles(big, args.users, args.import_rows)
+                quiet_rows.append(
+                    f"{name:<11}{q['count_ms']:>10.1f}{q['grouped_ms']:>12.1f}{q['grouped_ms'] / q['count_ms']:>8.1f}x"
+                    f"{q['total_ms']:>10.1f}{q['total_ms'] / q['count_ms']:>8.1f}x{q['quiet_ms']:>10.0f}"
+                    f"{q['import_s']:>10.1f}{q['after_import_s']:>10.1f}{q['import_quiet_ms']:>12.0f}"
+                    f"{q['behind_computed']:>10.0f}{q['behind_quiet_ms']:>12.0f}"
+                )
+                print(QUIET_HEADER if len(quiet_rows) == 1 else "", end="\n" if len(quiet_rows) == 1 else "")
+                print(quiet_rows[-1], flush=True)
+                if "main" not in tables:
+                    big.dispose()
+                    continue
+                build(big, args.users, args.entries, datetime.now(timezone.utc))  # without the imported entries
+                r = measure(big, args.users, workdir)
             big.dispose()
             small_url = urls[name]("scale_cli")
             small = create_engine(small_url)
@@ -396,12 +400,13 @@ def main() -> int:
             )
             print(header if len(rows) == 1 else "", end="\n" if len(rows) == 1 else "")
             print(rows[-1], flush=True)
-    print(f"\nquiet cycles ({args.import_rows:,}-row import): presence = the users' presence digest, grouped in buckets")
-    print("(what every quiet cycle read before) and its total alone (what a quiet cycle reads now), best of 5, x count(*);")
-    print("quiet = an incremental cycle with nothing new (median of 5); import s = the bulk import itself; after = the")
-    print("cycle that finds it; after-import quiet = quiet cycles once the slack passed; behind = a writer 10 minutes")
-    print("behind our clock wrote 1% of users' entries (users = found by the next cycle), then quiet cycles.")
-    if args.quiet_only:
+    if "quiet" in args.tables:
+        print(f"\nquiet cycles ({args.import_rows:,}-row import): presence = the users' presence digest, grouped in buckets")
+        print("(what every quiet cycle read before) and its total alone (what a quiet cycle reads now), best of 5, x count(*);")
+        print("quiet = an incremental cycle with nothing new (median of 5); import s = the bulk import itself; after = the")
+        print("cycle that finds it; after-import quiet = quiet cycles once the slack passed; behind = a writer 10 minutes")
+        print("behind our clock wrote 1% of users' entries (users = found by the next cycle), then quiet cycles.")
+    if "main" not in args.tables:
         return 0
     print("\nfull = refresh(full=True) into an empty state (x f+r: against floor + rules, the SQL and the Python that no")
     print("refresh avoids); again = the same with the state in place, its first time (no rows digest stored yet:")
