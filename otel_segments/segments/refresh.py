@@ -101,8 +101,9 @@ def refresh(
     digests: dict[str, str] = {}  # rows digests (``digests.py``) of the users about to be computed
     app_ids: set[str] = set()
     users: Iterator[AggregatedUser]
-    if is_full and not migrated and found.state_users > 0 and app_engine.dialect.name in DIGEST_DIALECTS:
-        # the state is in place: only the users whose rows changed are computed
+    if is_full and found.state_users > 0 and app_engine.dialect.name in DIGEST_DIALECTS:
+        # the state is in place: only the users whose rows changed are computed (all of them after a migration,
+        # which stores their rows digests)
         users = changed_users(
             app_engine,
             bound,
