@@ -61,6 +61,7 @@ def start_segments(
         cache=cache,
         interval=timedelta(milliseconds=settings.refresh_interval_ms),
         max_age=timedelta(milliseconds=settings.max_segment_age_ms),
+        change_capture=settings.change_capture,
     )
     meter_provider = segments_meter_provider(job, _gauge_exporter(settings), resource)
     # Registered after the provider's own exit hook, so it runs first: the provider's last collection

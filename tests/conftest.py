@@ -16,10 +16,16 @@ from pathlib import Path
 
 import pytest
 
+from tests import scheduling
 from tests.receivers import Receiver, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    scheduling.assign(items)
 
 
 @pytest.fixture

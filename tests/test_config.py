@@ -767,3 +767,21 @@ def test_a_posthog_host_without_scheme_is_repaired_with_one_warning_that_claims_
     settings = Settings.from_env({"POSTHOG_HOST": "eu.i.posthog.example", "POSTHOG_API_KEY": "k"})
     assert settings.posthog_host == "http://eu.i.posthog.example"
     assert warnings_of(caplog) == ["POSTHOG_HOST='eu.i.posthog.example' has no scheme; using 'http://eu.i.posthog.example'"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"), [("", "windows"), ("triggers", "triggers"), (" TRIGGERS ", "triggers"), ("windows", "windows")]
+)
+def test_change_capture_is_windows_or_triggers(raw, want, caplog):
+    caplog.set_level(logging.WARNING)
+    assert Settings.from_env({"OTEL_SEGMENTS_CHANGE_CAPTURE": raw}).change_capture == want
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize("raw", ["trigger", "exact", "true"])
+def test_an_unknown_change_capture_is_the_windows_with_one_warning(raw, caplog):
+    caplog.set_level(logging.WARNING)
+    assert Settings.from_env({"OTEL_SEGMENTS_CHANGE_CAPTURE": raw}).change_capture == "windows"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"OTEL_SEGMENTS_CHANGE_CAPTURE={raw!r} is not one of windows, triggers; using the default windows"
+    ]

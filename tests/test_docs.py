@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, VENV_BIN, clean_env
+from tests.conftest import ROOT, VENV_BIN, _free_port, clean_env
 from tests.receivers import Receiver
 from tests.sinks.conftest import Bystander
 
@@ -143,19 +145,48 @@ def _console(code: str) -> tuple[str, list[list[str]]]:
     return "\n".join(commands) + "\n", shown
 
 
-@pytest.mark.parametrize(
-    ("where", "lang", "code", "directive"), SHELL_BLOCKS, ids=[w for w, _, _, _ in SHELL_BLOCKS]
-)
+def _checkout(folder: Path) -> Path:
+    """``folder`` as the checkout a reader pastes into: every top-level entry of the repository linked, not copied, so
+    ``examples/``, ``scripts/``, ``.venv/`` and ``.venv-phoenix/`` are where the docs say, and what a block writes
+    (databases, cookie jars, logs) lands in ``folder``, never in the repository."""
+    folder.mkdir()
+    for entry in ROOT.iterdir():
+        if entry.name != ".git" and entry.suffix != ".db":
+            (folder / entry.name).symlink_to(entry)
+    return folder
+
+
+@pytest.mark.parametrize(("where", "lang", "code", "directive"), SHELL_BLOCKS, ids=[w for w, _, _, _ in SHELL_BLOCKS])
 def test_shell_block_runs_as_written(where: str, lang: str, code: str, directive: str | None, tmp_path: Path) -> None:
-    """In a fresh bash (``-euo pipefail``) from an empty folder, the package's venv first on PATH, no OTEL_ variable:
-    as a new user pastes it. A ```console block's shown output must be what its command prints (``...`` elides)."""
+    """In a fresh bash (``-euo pipefail``) from a checkout's folder, the package's venv first on PATH, no OTEL_ variable:
+    as a new user pastes it. A ```console block's shown output must be what its command prints (``...`` elides).
+
+    The ports a block's servers listen on are the variables it names with their usual value as default (``PORT``,
+    ``PHOENIX_PORT``, ``PHOENIX_GRPC_PORT``): here free ones, so runs side by side never share one. Whatever a block
+    left running (a server it started with ``&``) is stopped with its process group when the block ends."""
     if directive is not None:
         pytest.skip(f"{where}: {directive}")
     script, shown = _console(code) if lang == "console" else (code, [])
-    env = clean_env(PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", REPO=str(ROOT))
+    env = clean_env(
+        PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        PORT=str(_free_port()),
+        PHOENIX_PORT=str(_free_port()),
+        PHOENIX_GRPC_PORT=str(_free_port()),
+    )
     env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    folder = _checkout(tmp_path / "checkout")
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        bash = subprocess.Popen(
+            ["bash", "-euo", "pipefail", "-c", script], cwd=folder, env=env, stdout=stdout, stderr=stderr,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            bash.wait(timeout=300)
+        finally:
+            _stop_group(bash.pid)
+    result = subprocess.CompletedProcess(
+        bash.args, bash.returncode, out.read_text(errors="replace"), err.read_text(errors="replace")
     )
     assert result.returncode == 0, f"{where} fails as written:\n{code}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     printed = result.stdout.splitlines()
@@ -164,5 +195,21 @@ def test_shell_block_runs_as_written(where: str, lang: str, code: str, directive
             if line.strip() != "...":
                 assert line in printed, f"{where}: shown {line!r}, printed:\n{result.stdout[-3000:]}"
     for written in re.findall(r"> (\S+\.jsonl)", code):  # what a block says it writes, it writes: one user a line
-        rows = [json.loads(row) for row in (tmp_path / written).read_text().splitlines()]
+        rows = [json.loads(row) for row in (folder / written).read_text().splitlines()]
         assert rows and all(set(row) == {"distinct_id", "$set", "$set_once"} for row in rows), f"{where}: {written}"
+
+
+def _stop_group(pid: int) -> None:
+    """SIGTERM to what the block left running, then SIGKILL to what outlives a few seconds."""
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, how)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)

@@ -1,4 +1,4 @@
-"""``otel-segments``: compute segments, export cohort definitions, or try it all on a demo database.
+"""``otel-segments``: compute segments, export cohort definitions, manage exact mode's triggers, or try it all on a demo database.
 
 Bad input (a malformed URL, a missing table or column, an unreachable server)
 is one line on stderr and exit status 2, never a traceback. Database URLs are
@@ -23,6 +23,7 @@ from ..segments.state import StateVersionError
 from ..settings.config import DEFAULT_SCHEMA, OTEL_SEGMENTS_DATABASE_URL, OTEL_SEGMENTS_SCHEMA, OTEL_SEGMENTS_STATE_URL
 from .commands import EXIT_USAGE, CliError, one_line, run_cohorts, run_compute
 from .demo import run_demo
+from .triggers import run_triggers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,6 +76,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     cohorts.add_argument("--format", choices=FORMATS, default="json")
     cohorts.set_defaults(run=run_cohorts)
+
+    triggers = sub.add_parser(
+        "triggers", help="print (or apply, or drop) the triggers of exact mode (OTEL_SEGMENTS_CHANGE_CAPTURE=triggers)"
+    )
+    triggers.add_argument("--database-url", help=f"SQLAlchemy URL of the app's database (default ${OTEL_SEGMENTS_DATABASE_URL})")
+    triggers.add_argument(
+        "--schema", help=f"built-in name or module:object (default ${OTEL_SEGMENTS_SCHEMA} or {DEFAULT_SCHEMA})"
+    )
+    triggers.add_argument("--apply", action="store_true", help="run the statements instead of printing them")
+    triggers.add_argument("--drop", action="store_true", help="the statements that remove the triggers and the change table")
+    triggers.set_defaults(run=run_triggers)
 
     demo = sub.add_parser("demo", help="build a synthetic TimeTracker database, refresh it, show the cohorts")
     demo.add_argument("--users", type=_positive, default=500, help="number of users (default 500)")

@@ -35,6 +35,7 @@ from sqlalchemy.engine import Engine
 from ..runtime import native, watchdog
 from ..runtime.untraced import untraced
 from ..segments.binding import BoundSchema, bind
+from ..segments.captured import TRIGGERS, ChangeCapture
 from ..segments.refresh import DEFAULT_MAX_AGE, RefreshResult, refresh
 from ..segments.schema import SchemaMapping
 from ..segments.state import RefreshState, StateVersionError
@@ -87,6 +88,7 @@ class RefreshJob:
         max_age: timedelta = DEFAULT_MAX_AGE,
         lease_ttl: timedelta | None = None,
         delivery_batch: int = DEFAULT_DELIVERY_BATCH,
+        change_capture: str = "windows",
     ) -> None:
         self.app_engine = app_engine
         self.state_engine = state_engine or app_engine
@@ -97,6 +99,8 @@ class RefreshJob:
         # Renewed before every delivery batch; long enough that a live holder never loses it between cycles.
         self.lease_ttl = lease_ttl or max(2 * interval, MIN_LEASE_TTL)
         self.delivery_batch = delivery_batch
+        #: Exact mode (``OTEL_SEGMENTS_CHANGE_CAPTURE=triggers``): changes recorded by the app database's triggers.
+        self._capture = ChangeCapture() if change_capture == TRIGGERS else None
         self._state: RefreshState | None = None
         self._bound: BoundSchema | None = None
         self._lease: Lease | None = None
@@ -192,7 +196,9 @@ class RefreshJob:
             self._counts = None  # only the holder reports cohort sizes, so a fleet reports each once
             self._sync_cache(state)
             return CycleResult(holder=False)
-        refreshed = refresh(self.app_engine, state, self._ensure_bound(), now=now, max_age=self.max_age)
+        refreshed = refresh(
+            self.app_engine, state, self._ensure_bound(), now=now, max_age=self.max_age, capture=self._capture
+        )
         self._reporter.problems(refreshed)
         if refreshed.changed or self._counts is None:
             self._counts = count(state.segments())

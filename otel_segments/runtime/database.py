@@ -19,6 +19,14 @@ app's class-level ``connect`` listener (e.g. a SQLite ``PRAGMA``) does not set u
 our connections, which read and write with SQLAlchemy's defaults. Listeners on the
 ``Dialect`` class (``do_execute``, ``do_connect``) are not isolated: create_engine
 builds the dialect from the URL, with no class of ours to give it.
+
+Our connections are the driver's own, not an instrumentation's: OpenTelemetry's DB-API instrumentations (sqlite3,
+psycopg, psycopg2) wrap the driver's ``connect`` and, for every connection, build an integration that asks the
+global TracerProvider for a tracer under its lock, suppressed or not. Under eventlet that lock is a green one
+(eventlet swaps the locks it finds when it patches), and the job connects from an OS thread: a request of the app
+waiting for that lock while our thread held it would be woken on our thread's hub, which cannot switch to it
+(``greenlet.error: Cannot switch to a different thread``, the waiter asleep for good). Our I/O is never traced
+anyway (:mod:`otel_segments.runtime.untraced`), so the engine connects through what the wrappers wrap.
 """
 
 from __future__ import annotations
@@ -34,8 +42,8 @@ from typing import Any
 # calls configure(), the app's own import of the ORM later is a lookup. It costs the ORM's import time (0.2 s
 # measured on a busy 2-core machine) in an app that does not use the ORM.
 import sqlalchemy.orm  # noqa: F401
-from sqlalchemy import create_engine, make_url
-from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy import create_engine, event, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import Pool
 
@@ -89,7 +97,18 @@ def engine_for(url: str) -> Engine:
         raise DatabaseURLError(_missing_driver(parsed, dialect.driver, error)) from None
     except (ArgumentError, ValueError, TypeError) as error:
         raise DatabaseURLError(f"has a malformed part ({type(error).__name__}; {EXAMPLE})") from None
+    event.listen(engine, "do_connect", _driver_connect)
     return _own(engine)
+
+
+def _driver_connect(dialect: Dialect, record: Any, cargs: tuple[Any, ...], cparams: dict[str, Any]) -> Any:
+    """Connect as SQLAlchemy's default dialect does, through the driver's own ``connect``, not a wrapper of it."""
+    connect = dialect.loaded_dbapi.connect
+    # OpenTelemetry's DB-API instrumentations wrap with wrapt, whose proxy types carry ``__wrapped__`` (a function's
+    # own ``__wrapped__``, from functools.wraps, is the driver's business and stays)
+    while hasattr(type(connect), "__wrapped__"):
+        connect = connect.__wrapped__
+    return connect(*cargs, **cparams)
 
 
 class OwnConnection(Connection):

@@ -92,7 +92,7 @@ def find(app_engine: Engine, bound: BoundSchema, state: RefreshState, *, now: da
                 out.complete = False
             (projects if source.name == "projects" else out.user_ids).update(owners)  # type: ignore[union-attr]
         if projects:
-            out.user_ids.update(_project_users(conn, bound, projects))  # type: ignore[union-attr]
+            out.user_ids.update(project_users(conn, bound, projects))  # type: ignore[union-attr]
         missing, out.removed, out.state_users, out.app_users, out.cursors[PRESENCE] = _missing_users(
             conn, reader, state, stored.get(STATE_USERS), stored.get(PRESENCE)
         )
@@ -166,7 +166,7 @@ def _named(table: Any, *names: str | None) -> tuple[Column, ...]:
     return tuple(table.c[name] for name in names if name)
 
 
-def _project_users(conn: Connection, bound: BoundSchema, projects: set[Any]) -> set[str]:
+def project_users(conn: Connection, bound: BoundSchema, projects: set[Any]) -> set[str]:
     """Users with entries in any of ``projects`` (whose status may have changed their active-projects count)."""
     a = bound.mapping.activity
     assert a.project_id

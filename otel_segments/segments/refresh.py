@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from . import UserSegment, changes
 from .aggregate import DEFAULT_BATCH_SIZE, AggregatedUser, aggregate_users
 from .binding import BoundSchema, bind
+from .captured import CAPTURE, WINDOWS, ChangeCapture, windows_after_triggers
 from .digests import DIALECTS as DIGEST_DIALECTS
 from .digests import changed_users
 from .driver_values import ROW_ERRORS, Problem, cause
@@ -75,6 +76,7 @@ def refresh(
     max_age: timedelta = DEFAULT_MAX_AGE,
     on_change: Callable[[UserSegment], None] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    capture: ChangeCapture | None = None,
 ) -> RefreshResult:
     """Recompute the users who can have changed (all of them when ``full`` or on the first run).
 
@@ -83,13 +85,21 @@ def refresh(
     ``state.pending(sink)`` / ``state.mark_delivered(sink, ...)``. The change
     cursors advance only when the whole refresh succeeded. Run it under the
     lease: it migrates an older state first (raising :class:`~.state.StateVersionError`
-    for a newer one).
+    for a newer one). With ``capture`` (exact mode), the candidates are the users the app database's triggers
+    recorded, and the change rows read are cleared once the refresh is stored (``captured.py``).
     """
     started = time.perf_counter()
     migrated = state.migrate()
     bound = schema if isinstance(schema, BoundSchema) else bind(schema, app_engine)
     now = utc(now or datetime.now(timezone.utc))
-    found = changes.find(app_engine, bound, state, now=now, limit=MAX_CANDIDATES)
+    exact = None if capture is None else capture.find(app_engine, bound, state, now=now, limit=MAX_CANDIDATES)
+    if exact is None:
+        after_triggers = windows_after_triggers(state)
+        found = changes.find(app_engine, bound, state, now=now, limit=MAX_CANDIDATES)
+        found.complete = found.complete and not after_triggers
+        found.cursors[CAPTURE] = WINDOWS
+    else:
+        found, captured = exact
     retry = state.meta_values(QUARANTINE).get(QUARANTINE) or []
     if found.user_ids is not None:
         found.user_ids.update(str(uid) for uid in retry)
@@ -167,6 +177,8 @@ def refresh(
         rows = state.count()
     cursors = {**found.cursors, changes.STATE_USERS: rows, QUARANTINE: set_aside[:_QUARANTINE_KEPT]}
     state.set_watermark(now, **cursors)
+    if exact is not None and capture is not None and captured:
+        capture.clear(app_engine, captured)
     result = RefreshResult(
         full=is_full,
         computed=computed,

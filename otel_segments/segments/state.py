@@ -109,6 +109,11 @@ class RefreshState:
             rows = conn.execute(select(self.meta.c.key, self.meta.c.value).where(self.meta.c.key.startswith(prefix)))
             return {row[0]: json.loads(row[1]) for row in rows}
 
+    def forget(self, prefix: str, *, keep: Sequence[str] = ()) -> None:
+        """Delete the meta values whose key starts with ``prefix``, but those in ``keep``."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(self.meta).where(self.meta.c.key.startswith(prefix), self.meta.c.key.not_in(list(keep))))
+
     def inputs(self, user_ids: Sequence[str]) -> dict[str, str | None]:
         """The stored input fingerprint of each of ``user_ids`` that has a state row (None: not recorded yet)."""
         return self._by_user(self.users.c.inputs, user_ids)

@@ -35,7 +35,7 @@ from .otlp_variables import (
     warn_plain_text_endpoints,
     with_scheme,
 )
-from .values import Secret, boolean, positive_int, read, secret
+from .values import Secret, boolean, choice, positive_int, read, secret
 
 _logger = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ OTEL_SEGMENTS_TRUST_BAGGAGE = "OTEL_SEGMENTS_TRUST_BAGGAGE"
 OTEL_SEGMENTS_USER_ID_HASH_KEY = "OTEL_SEGMENTS_USER_ID_HASH_KEY"
 OTEL_SEGMENTS_DATABASE_TIMEZONE = "OTEL_SEGMENTS_DATABASE_TIMEZONE"
 OTEL_SEGMENTS_SPAN_PROPERTIES = "OTEL_SEGMENTS_SPAN_PROPERTIES"
+OTEL_SEGMENTS_CHANGE_CAPTURE = "OTEL_SEGMENTS_CHANGE_CAPTURE"
 POSTHOG_API_KEY = "POSTHOG_API_KEY"
 POSTHOG_HOST = "POSTHOG_HOST"
 
@@ -76,6 +77,10 @@ DEFAULT_MAX_SEGMENT_AGE_MS = 24 * 3600 * 1000
 DEFAULT_CACHE_SIZE = 10_000
 DEFAULT_SPAN_PROPERTIES = "default"  # cache.span_property_selection() reads it: default, all, none or a list of names
 DEFAULT_POSTHOG_HOST = "https://us.i.posthog.com"
+#: How the refresh finds changed users: ``windows`` (no set-up, see segments/changes.py) or ``triggers`` (exact mode:
+#: the app database's triggers record them, see segments/captured.py; create them with ``otel-segments triggers``).
+CHANGE_CAPTURES = ("windows", "triggers")
+DEFAULT_CHANGE_CAPTURE = "windows"
 
 
 #: Every variable :meth:`Settings.from_env` reads: the same values give the same settings.
@@ -91,6 +96,7 @@ SETTINGS_VARIABLES = (
     OTEL_SEGMENTS_CACHE_SIZE,
     OTEL_SEGMENTS_TRUST_BAGGAGE,
     OTEL_SEGMENTS_USER_ID_HASH_KEY,
+    OTEL_SEGMENTS_CHANGE_CAPTURE,
     POSTHOG_API_KEY,
     POSTHOG_HOST,
 )
@@ -116,6 +122,7 @@ class Settings:
     cache_size: int = DEFAULT_CACHE_SIZE
     span_properties: str = DEFAULT_SPAN_PROPERTIES
     trust_baggage: bool = False
+    change_capture: str = DEFAULT_CHANGE_CAPTURE
     user_id_hash_key: Secret | None = field(default=None, repr=False)
     posthog_api_key: Secret | None = field(default=None, repr=False)
     posthog_host: str | None = DEFAULT_POSTHOG_HOST
@@ -168,6 +175,7 @@ class Settings:
             cache_size=positive_int(env, OTEL_SEGMENTS_CACHE_SIZE, DEFAULT_CACHE_SIZE),
             span_properties=read(env, OTEL_SEGMENTS_SPAN_PROPERTIES) or DEFAULT_SPAN_PROPERTIES,
             trust_baggage=boolean(env, OTEL_SEGMENTS_TRUST_BAGGAGE, False),
+            change_capture=choice(env, OTEL_SEGMENTS_CHANGE_CAPTURE, CHANGE_CAPTURES, DEFAULT_CHANGE_CAPTURE),
             user_id_hash_key=secret(env, OTEL_SEGMENTS_USER_ID_HASH_KEY),
             posthog_api_key=posthog_api_key,
             posthog_host=posthog_host,

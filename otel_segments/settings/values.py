@@ -87,6 +87,17 @@ def boolean(env: Mapping[str, object], name: str, default: bool) -> bool:
     return default
 
 
+def choice(env: Mapping[str, object], name: str, choices: tuple[str, ...], default: str) -> str:
+    """One of ``choices`` (in any case); anything else is the default, with one warning naming the choices."""
+    raw = read(env, name).lower()
+    if not raw:
+        return default
+    if raw in choices:
+        return raw
+    _logger.warning("%s=%r is not one of %s; using the default %s", name, raw[:64], ", ".join(choices), default)
+    return default
+
+
 #: Characters of a URL shown in a log line, at most.
 SHOWN_URL_LENGTH = 200
 

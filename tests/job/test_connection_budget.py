@@ -92,7 +92,7 @@ def test_forty_processes_never_take_the_apps_connections(tmp_path: Path, http_re
             for log in logs
         ]
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 300  # a hang, not slowness: forty interpreters start on two cores
             while len(capture.by_user()) < USERS and time.monotonic() < deadline:
                 time.sleep(0.2)
             delivered_at = time.monotonic()
@@ -122,4 +122,4 @@ def test_forty_processes_never_take_the_apps_connections(tmp_path: Path, http_re
         outputs.append(log.read())
         log.close()
     assert not any("Traceback" in output for output in outputs), next(o for o in outputs if "Traceback" in o)
-    assert delivered_at < deadline
+    assert delivered_at < deadline, f"{len(capture.by_user())} of {USERS} users delivered within 300 s"

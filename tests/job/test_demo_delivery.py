@@ -23,7 +23,7 @@ def test_demo_delivers_to_posthog_and_otlp(capture: Capture, http_receiver: Rece
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # a hang, not slowness: the demo takes seconds, far longer beside a full test run
     )
     assert result.returncode == 0, result.stderr
     assert "60 to posthog, 60 to otlp" in result.stdout, result.stdout

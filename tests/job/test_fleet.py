@@ -42,7 +42,7 @@ USERS = 40
 ALL = {str(i) for i in range(1, USERS + 1)}
 INTERVAL_S = 0.3
 LEASE_TTL_S = 2.0
-DEADLINE_S = 30.0  # for anything to happen; a fleet that hangs fails here, not at the suite's timeout
+DEADLINE_S = 120.0  # for anything to happen; a fleet that hangs fails here, not at the suite's timeout
 
 
 class Fleet:
@@ -193,7 +193,6 @@ def test_killed_holder_is_replaced_after_the_lease_ttl_and_nothing_is_lost(fleet
     """
     wait_until(lambda: settled(capture, db) and fleet.holder_cycles(), "every user delivered", fleet)
     before = len(capture.requests)
-    (holder,) = {c["pid"] for c in fleet.holder_cycles()}
 
     capture.delay_s = 3.0  # PostHog takes its time answering: the holder sits in delivery, between accept and record
     changed = [2, 5, 13, 17, 29, 31]
@@ -204,9 +203,14 @@ def test_killed_holder_is_replaced_after_the_lease_ttl_and_nothing_is_lost(fleet
         "the holder's batch with the changes",
         fleet,
     )[0]
+    # the process holding the lease now is the one sending (each post is fenced by the lease); on a busy machine
+    # it need not be the first holder: a cycle longer than the TTL hands the lease on, as designed
     with db.connect() as conn:
         lease = conn.execute(select(lease_table)).one()
-    assert lease.holder.startswith(f"{socket.gethostname()}:{holder}:")
+    host, pid, _ = lease.holder.split(":", 2)
+    assert host == socket.gethostname()
+    holder = int(pid)
+    killed_at = time.time()
     fleet.processes[holder].kill()
     fleet.processes[holder].wait()
     capture.delay_s = 0.0
@@ -214,7 +218,7 @@ def test_killed_holder_is_replaced_after_the_lease_ttl_and_nothing_is_lost(fleet
 
     wait_until(lambda: busy_arrived(capture.events(), changed) and settled(capture, db), "the changes delivered again", fleet)
     time.sleep(5 * INTERVAL_S)
-    successors = [c for c in fleet.holder_cycles() if c["pid"] != holder]
+    successors = [c for c in fleet.holder_cycles() if c["pid"] != holder and c["start"] >= killed_at]
     assert successors, "nobody took over"
     expiry = lease.expires_at.replace(tzinfo=timezone.utc).timestamp()
     assert successors[0]["start"] >= expiry - 0.01, "taken over before the killed holder's lease expired"

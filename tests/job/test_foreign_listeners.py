@@ -113,3 +113,47 @@ def test_a_listener_the_app_puts_on_our_engine_itself_still_runs(app_engine: Eng
     finally:
         ours.dispose()
     assert seen == ["SELECT 1"]
+
+
+INSTRUMENTORS = {
+    "sqlite": "opentelemetry.instrumentation.sqlite3:SQLite3Instrumentor",
+    "postgresql+psycopg": "opentelemetry.instrumentation.psycopg:PsycopgInstrumentor",
+}  # psycopg2's is wrapped the same way (dbapi.wrap_connect), but no tracer it takes shows at the spy used here
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", pytest.param("postgresql+psycopg", marks=pytest.mark.postgres)])
+def test_our_connections_are_the_drivers_own_not_an_instrumentations(
+    scheme: str, tmp_path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20, item 5: the DB-API instrumentations take a tracer, under the TracerProvider's lock, for every connection
+    they wrap; under eventlet that lock is green and our job connects from an OS thread, so it must never be taken
+    there. With the driver's instrumentation on, an engine of ours connects through the driver's own ``connect``
+    (it asks for no tracer), while the app's engine on the same URL goes through the instrumentation's wrapper."""
+    import importlib
+
+    from opentelemetry.instrumentation import dbapi
+
+    if scheme == "sqlite":
+        url = f"sqlite:///{tmp_path / 'app.db'}"
+    else:
+        url = request.getfixturevalue("postgres_database").replace("postgresql://", f"{scheme}://", 1)
+    module, name = INSTRUMENTORS[scheme].split(":")
+    instrumentor = getattr(importlib.import_module(module), name)()
+    tracers: list[tuple[object, ...]] = []
+    real_get_tracer = dbapi.get_tracer
+    monkeypatch.setattr(dbapi, "get_tracer", lambda *a, **k: tracers.append(a) or real_get_tracer(*a, **k))
+    instrumentor.instrument()
+    ours, apps = engine_for(url), create_engine(url)
+    try:
+        with ours.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+            own = conn.connection.dbapi_connection
+        assert tracers == []
+        assert type(own).__module__.split(".")[0] in ("sqlite3", "psycopg", "psycopg2"), type(own)
+        with apps.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+        assert tracers, "the instrumentation took no tracer for the app's connection: this test proves nothing"
+    finally:
+        ours.dispose()
+        apps.dispose()
+        instrumentor.uninstrument()

@@ -60,6 +60,7 @@ SETTINGS_VARIABLES = {
     config.OTEL_SEGMENTS_CACHE_SIZE: "cache_size",
     config.OTEL_SEGMENTS_TRUST_BAGGAGE: "trust_baggage",
     config.OTEL_SEGMENTS_USER_ID_HASH_KEY: "user_id_hash_key",
+    config.OTEL_SEGMENTS_CHANGE_CAPTURE: "change_capture",
     config.POSTHOG_API_KEY: "posthog_api_key",
     config.POSTHOG_HOST: "posthog_host",
 }
@@ -141,6 +142,8 @@ def assert_documented(name: str, raw: object, settings: Settings) -> None:
             assert value == (text.lower() == "true")
     elif field == "schema":
         assert value == (text or default)
+    elif field == "change_capture":
+        assert value == (text.lower() if text.lower() in config.CHANGE_CAPTURES else default)
     elif field == "token":
         # It goes into an HTTP header and gRPC metadata: printable ASCII without spaces, or nothing.
         assert value is None or (value.reveal().isascii() and value.reveal().isprintable() and " " not in value.reveal())

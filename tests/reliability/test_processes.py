@@ -305,9 +305,12 @@ def _rig_env(posthog: Capture, receiver: Receiver, db_path: Path, **extra: str) 
 _reports: list[str] = []
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def _report(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After the module: each test's notes and request latency by phase, in the run's output (not asserted)."""
+    """At the end of the run: each test's notes and request latency by phase (not asserted).
+
+    Session-scoped, so the module's tests need not share one xdist worker (tests/scheduling.py).
+    """
     yield
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")

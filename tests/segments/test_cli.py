@@ -111,3 +111,37 @@ def test_a_newer_state_is_one_line_exit_2(tmp_path: Path) -> None:
     out = _run("compute", "--changed", "--database-url", f"sqlite:///{db}", "--schema", "tests.segments.data:OTHER", cwd=root)
     assert out.returncode == 2 and "newer otel_segments" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_triggers_print_apply_and_drop(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from otel_segments.segments.binding import bind
+    from otel_segments.segments.captured import ChangeCapture
+    from otel_segments.segments.triggers import CHANGE_TABLE, trigger_names
+
+    db = tmp_path / "app.sqlite"
+    assert _run("demo", "--users", "5", "--database", str(db)).returncode == 0
+    url = f"sqlite:///{db}"
+    engine = create_engine(url)
+    bound = bind(TIMETRACKER, engine)
+    printed = _run("triggers", "--database-url", url)
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.count("CREATE TRIGGER") == len(trigger_names(bound)) == 18
+    with engine.connect() as conn:  # printing changes nothing
+        assert ChangeCapture().missing(conn, bound)[0] == CHANGE_TABLE
+    applied = _run("triggers", "--apply", OTEL_SEGMENTS_DATABASE_URL=url)
+    assert applied.returncode == 0 and "18 triggers" in applied.stderr and applied.stdout == ""
+    assert _run("triggers", "--apply", OTEL_SEGMENTS_DATABASE_URL=url).returncode == 0  # again: replaces, no error
+    with engine.begin() as conn:
+        assert ChangeCapture().missing(conn, bound) == []
+        conn.execute(text("UPDATE users SET role = 'admin' WHERE id = 2"))
+        assert conn.execute(text(f"SELECT kind, ident FROM {CHANGE_TABLE}")).all() == [("user", "2")]
+    dropping = _run("triggers", "--drop", "--database-url", url)
+    assert dropping.returncode == 0 and dropping.stdout.count("DROP TRIGGER") == 18 and CHANGE_TABLE in dropping.stdout
+    assert _run("triggers", "--drop", "--apply", "--database-url", url).returncode == 0
+    with engine.connect() as conn:
+        assert ChangeCapture().missing(conn, bound) == [CHANGE_TABLE, *sorted(trigger_names(bound))]
+    engine.dispose()
+    missing = _run("triggers", "--database-url", f"sqlite:///{tmp_path / 'none.sqlite'}")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr

@@ -97,6 +97,7 @@ class Server:
     process: subprocess.Popen[bytes] | None = None
     answers: list[dict[str, Any] | None] = field(default_factory=list)
     stop_load: threading.Event = field(default_factory=threading.Event)
+    loader: threading.Thread | None = None
     settled_after: float | None = None
 
     @property
@@ -129,7 +130,8 @@ class Server:
             self.process = subprocess.Popen(
                 command, cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        threading.Thread(target=self._load, daemon=True).start()
+        self.loader = threading.Thread(target=self._load, daemon=True)
+        self.loader.start()
 
     def _load(self) -> None:
         n = 0
@@ -146,7 +148,11 @@ class Server:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
+        # the client's request in flight is answered before the server is told to stop: a request the
+        # server was never meant to serve (it is shutting down) is not counted as lost
         self.stop_load.set()
+        if self.loader is not None:
+            self.loader.join(timeout=HANG_S + 5)
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
