@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, func, insert, select, text
 
@@ -46,12 +47,15 @@ from scale_data import build  # noqa: E402
 from otel_segments.segments.aggregate import aggregate_users  # noqa: E402
 from otel_segments.segments.batch import Aggregator  # noqa: E402
 from otel_segments.segments.binding import bind  # noqa: E402
+from otel_segments.segments.captured import ChangeCapture  # noqa: E402
 from otel_segments.segments.demo import time_entries  # noqa: E402
 from otel_segments.segments.presence import presence, presence_total  # noqa: E402
-from otel_segments.segments.refresh import refresh  # noqa: E402
+from otel_segments.segments.refresh import RefreshResult, refresh  # noqa: E402
+from otel_segments.segments.refresh import refresh as run_refresh  # noqa: E402
 from otel_segments.segments.schema import TIMETRACKER  # noqa: E402
 from otel_segments.segments.state import RefreshState  # noqa: E402
 from otel_segments.segments.state_tables import properties_json  # noqa: E402
+from otel_segments.segments.triggers import create_ddl, drop_ddl  # noqa: E402
 from otel_segments.segments.windows import SLACK  # noqa: E402
 
 CLI = ROOT / ".venv" / "bin" / "otel-segments"
@@ -205,14 +209,24 @@ def measure(engine: Engine, n_users: int, workdir: Path, seed: int = 1) -> dict[
     return out
 
 
-def quiet_cycles(engine: Engine, n_users: int, import_rows: int, seed: int = 2) -> dict[str, float]:
+def quiet_cycles(engine: Engine, n_users: int, import_rows: int, seed: int = 2, *, exact: bool = False) -> dict[str, float]:
     """Quiet incremental cycles (no new row since the last one), median of five each: with nothing written for a
     while; once the slack has passed after a bulk import of ``import_rows`` entries (one stamp for all); and after
     a writer whose stamps are 10 minutes behind ours wrote 1% of users' entries. The clock is moved by ``now``
     (past :data:`~otel_segments.segments.windows.SLACK`), not waited for. Also the presence digest against
-    ``count(*)`` of the users (best of five): what a quiet cycle reads of the users table."""
+    ``count(*)`` of the users (best of five): what a quiet cycle reads of the users table (windows mode). With
+    ``exact``, the triggers are created first and every refresh runs in exact mode (``captured.py``)."""
     bound = bind(TIMETRACKER, engine)
     state = RefreshState(engine)
+    capture = ChangeCapture() if exact else None
+    if exact:
+        with engine.begin() as conn:
+            for statement in create_ddl(conn, bound):
+                conn.execute(statement)
+
+    def refresh(*args: Any, **kwargs: Any) -> RefreshResult:
+        return run_refresh(*args, capture=capture, **kwargs)
+
     out: dict[str, float] = {}
     reader = Aggregator(bound, datetime.now(timezone.utc), engine.dialect.name)
     with engine.connect() as conn:
@@ -301,9 +315,18 @@ def cli_compute(url: str) -> float:
 
 
 QUIET_HEADER = (
-    f"{'database':<11}{'count ms':>10}{'presence ms':>12}{'x count':>9}{'total ms':>10}{'x count':>9}{'quiet ms':>10}"
+    f"{'database':<11}{'mode':<9}{'count ms':>10}{'presence ms':>12}{'x count':>9}{'total ms':>10}{'x count':>9}{'quiet ms':>10}"
     f"{'import s':>10}{'after s':>10}{'import q ms':>12}{'behind':>10}{'behind q ms':>12}"
 )
+
+
+def quiet_row(name: str, mode: str, q: dict[str, float]) -> str:
+    return (
+        f"{name:<11}{mode:<9}{q['count_ms']:>10.1f}{q['grouped_ms']:>12.1f}{q['grouped_ms'] / q['count_ms']:>8.1f}x"
+        f"{q['total_ms']:>10.1f}{q['total_ms'] / q['count_ms']:>8.1f}x{q['quiet_ms']:>10.0f}"
+        f"{q['import_s']:>10.1f}{q['after_import_s']:>10.1f}{q['import_quiet_ms']:>12.0f}"
+        f"{q['behind_computed']:>10.0f}{q['behind_quiet_ms']:>12.0f}"
+    )
 
 
 @contextlib.contextmanager
@@ -361,24 +384,24 @@ def main() -> int:
             reuse = (args.keep or args.postgres_url) and reusable(big, args.users, args.entries)
             built = 0.0 if reuse else build(big, args.users, args.entries, datetime.now(timezone.utc))
             tables = {t.strip() for t in args.tables.split(",")}
-            if "quiet" not in tables:
-                r = measure(big, args.users, workdir)
-            else:
-                forget_state(big)
-                q = quiet_cycles(big, args.users, args.import_rows)
-                quiet_rows.append(
-                    f"{name:<11}{q['count_ms']:>10.1f}{q['grouped_ms']:>12.1f}{q['grouped_ms'] / q['count_ms']:>8.1f}x"
-                    f"{q['total_ms']:>10.1f}{q['total_ms'] / q['count_ms']:>8.1f}x{q['quiet_ms']:>10.0f}"
-                    f"{q['import_s']:>10.1f}{q['after_import_s']:>10.1f}{q['import_quiet_ms']:>12.0f}"
-                    f"{q['behind_computed']:>10.0f}{q['behind_quiet_ms']:>12.0f}"
-                )
-                print(QUIET_HEADER if len(quiet_rows) == 1 else "", end="\n" if len(quiet_rows) == 1 else "")
-                print(quiet_rows[-1], flush=True)
+            if "quiet" in tables:
+                for exact in (False, True):
+                    if exact:
+                        build(big, args.users, args.entries, datetime.now(timezone.utc))  # without the imported entries
+                    forget_state(big)
+                    q = quiet_cycles(big, args.users, args.import_rows, exact=exact)
+                    if exact:
+                        with big.begin() as conn:
+                            for statement in drop_ddl(conn, bind(TIMETRACKER, big)):
+                                conn.execute(statement)
+                    quiet_rows.append(quiet_row(name, "exact" if exact else "windows", q))
+                    print(QUIET_HEADER if len(quiet_rows) == 1 else "", end="\n" if len(quiet_rows) == 1 else "")
+                    print(quiet_rows[-1], flush=True)
                 if "main" not in tables:
                     big.dispose()
                     continue
                 build(big, args.users, args.entries, datetime.now(timezone.utc))  # without the imported entries
-                r = measure(big, args.users, workdir)
+            r = measure(big, args.users, workdir)
             big.dispose()
             small_url = urls[name]("scale_cli")
             small = create_engine(small_url)
@@ -406,6 +429,8 @@ def main() -> int:
         print("quiet = an incremental cycle with nothing new (median of 5); import s = the bulk import itself; after = the")
         print("cycle that finds it; after-import quiet = quiet cycles once the slack passed; behind = a writer 10 minutes")
         print("behind our clock wrote 1% of users' entries (users = found by the next cycle), then quiet cycles.")
+        print("mode: windows (the default) or exact (OTEL_SEGMENTS_CHANGE_CAPTURE=triggers: the triggers created first);")
+        print("the presence columns are the windows' (exact mode reads no presence).")
     if "main" not in args.tables:
         return 0
     print("\nfull = refresh(full=True) into an empty state (x f+r: against floor + rules, the SQL and the Python that no")
