@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_scale.py [--users 100000] [--entries 10000000]
         [--cli-users 10000] [--cli-entries 1000000] [--databases sqlite,postgresql] [--keep DIR]
+        [--import-rows 1000000] [--tables main,quiet]
 
 Data is TimeTracker-shaped and stored in time order, as an app appends it (``scale_data.py``), with the
 indexes docs/segments.md recommends. PostgreSQL is a throwaway server started here (shared_buffers 1 GB,
@@ -33,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, func, insert, select, text
 
@@ -43,12 +45,18 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from scale_data import build  # noqa: E402
 
 from otel_segments.segments.aggregate import aggregate_users  # noqa: E402
+from otel_segments.segments.batch import Aggregator  # noqa: E402
 from otel_segments.segments.binding import bind  # noqa: E402
+from otel_segments.segments.captured import ChangeCapture  # noqa: E402
 from otel_segments.segments.demo import time_entries  # noqa: E402
-from otel_segments.segments.refresh import refresh  # noqa: E402
+from otel_segments.segments.presence import presence, presence_total  # noqa: E402
+from otel_segments.segments.refresh import RefreshResult, refresh  # noqa: E402
+from otel_segments.segments.refresh import refresh as run_refresh  # noqa: E402
 from otel_segments.segments.schema import TIMETRACKER  # noqa: E402
 from otel_segments.segments.state import RefreshState  # noqa: E402
 from otel_segments.segments.state_tables import properties_json  # noqa: E402
+from otel_segments.segments.triggers import create_ddl, drop_ddl  # noqa: E402
+from otel_segments.segments.windows import SLACK  # noqa: E402
 
 CLI = ROOT / ".venv" / "bin" / "otel-segments"
 
@@ -171,6 +179,8 @@ def measure(engine: Engine, n_users: int, workdir: Path, seed: int = 1) -> dict[
     state = RefreshState(engine)
     out["full_first"] = timed(lambda: refresh(engine, state, bound, now=datetime.now(timezone.utc), full=True))
     out["full_again"] = timed(lambda: refresh(engine, state, bound, now=datetime.now(timezone.utc), full=True))
+    quiet = refresh(engine, state, bound, now=datetime.now(timezone.utc), full=True)  # rows digests stored: only changes
+    out["full_quiet"], out["full_quiet_computed"] = quiet.seconds, quiet.computed
     out["full_apart"] = float("nan")
     if engine.dialect.name == "sqlite":  # OTEL_SEGMENTS_STATE_URL on another file: the next batch is read ahead
         apart = RefreshState(create_engine(f"sqlite:///{workdir / 'state_apart.sqlite'}"))
@@ -199,6 +209,87 @@ def measure(engine: Engine, n_users: int, workdir: Path, seed: int = 1) -> dict[
     return out
 
 
+def quiet_cycles(engine: Engine, n_users: int, import_rows: int, seed: int = 2, *, exact: bool = False) -> dict[str, float]:
+    """Quiet incremental cycles (no new row since the last one), median of five each: with nothing written for a
+    while; once the slack has passed after a bulk import of ``import_rows`` entries (one stamp for all); and after
+    a writer whose stamps are 10 minutes behind ours wrote 1% of users' entries. The clock is moved by ``now``
+    (past :data:`~otel_segments.segments.windows.SLACK`), not waited for. Also the presence digest against
+    ``count(*)`` of the users (best of five): what a quiet cycle reads of the users table (windows mode). With
+    ``exact``, the triggers are created first and every refresh runs in exact mode (``captured.py``)."""
+    bound = bind(TIMETRACKER, engine)
+    state = RefreshState(engine)
+    capture = ChangeCapture() if exact else None
+    if exact:
+        with engine.begin() as conn:
+            for statement in create_ddl(conn, bound):
+                conn.execute(statement)
+
+    def refresh(*args: Any, **kwargs: Any) -> RefreshResult:
+        return run_refresh(*args, capture=capture, **kwargs)
+
+    out: dict[str, float] = {}
+    reader = Aggregator(bound, datetime.now(timezone.utc), engine.dialect.name)
+    with engine.connect() as conn:
+        out["count_ms"] = best_ms(lambda: conn.execute(text("SELECT count(*) FROM users")).scalar())
+        out["grouped_ms"] = best_ms(lambda: presence(conn, reader))
+        out["total_ms"] = best_ms(lambda: presence_total(conn, reader))
+    clock = datetime.now(timezone.utc)
+    refresh(engine, state, bound, now=clock)
+
+    def median_quiet(start: datetime) -> tuple[float, datetime]:
+        times = []
+        for i in range(5):
+            times.append(refresh(engine, state, bound, now=start + timedelta(seconds=i + 1)).seconds)
+        return statistics.median(times), start + timedelta(seconds=6)
+
+    clock += SLACK + timedelta(seconds=1)
+    refresh(engine, state, bound, now=clock)
+    out["quiet_ms"], clock = median_quiet(clock)
+    out["quiet_ms"] *= 1000
+    imported = time.perf_counter()
+    bulk_import(engine, n_users, import_rows, clock)
+    out["import_s"] = time.perf_counter() - imported
+    out["after_import_s"] = refresh(engine, state, bound, now=clock + timedelta(seconds=1)).seconds
+    clock += SLACK + timedelta(seconds=2)
+    refresh(engine, state, bound, now=clock)  # the slack has passed: the import is behind the cursors
+    quiet, clock = median_quiet(clock)
+    out["import_quiet_ms"] = quiet * 1000
+    rng = random.Random(seed)
+    behind = clock - timedelta(minutes=10)
+    append_entries(engine, rng.sample(range(1, n_users + 1), k=max(1, n_users // 100)), behind)
+    out["behind_computed"] = refresh(engine, state, bound, now=clock + timedelta(seconds=1)).computed
+    clock += SLACK + timedelta(seconds=2)
+    refresh(engine, state, bound, now=clock)
+    quiet, clock = median_quiet(clock)
+    out["behind_quiet_ms"] = quiet * 1000
+    return out
+
+
+def best_ms(action: Callable[[], object], runs: int = 5) -> float:
+    return min(timed(action) for _ in range(runs)) * 1000
+
+
+def bulk_import(engine: Engine, n_users: int, rows: int, when: datetime) -> None:
+    """``rows`` entries in one statement, all stamped ``when`` (an import), owned round-robin by every user."""
+    stamp = when.replace(tzinfo=None).isoformat(sep=" ")
+    with engine.begin() as conn:
+        top = conn.execute(select(func.max(time_entries.c.id))).scalar() or 0
+        columns = "id, user_id, project_id, start_time, created_at, updated_at, source, duration_seconds"
+        params = {"top": top, "n": rows, "u": n_users, "t": stamp}
+        if engine.dialect.name == "sqlite":
+            source = "(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n) SELECT i FROM s)"
+            stamped = ":t"
+        else:
+            source, stamped = "generate_series(1, :n) AS g(i)", "CAST(:t AS timestamp)"
+        conn.execute(
+            text(
+                f"INSERT INTO time_entries ({columns}) SELECT :top + i, 1 + i % :u, 1, {stamped}, {stamped}, {stamped}, "
+                f"'manual', 60 FROM {source}"
+            ),
+            params,
+        )
+
+
 def cli_start() -> float:
     """Best of three: the interpreter starting and importing what ``otel-segments compute`` needs, computing nothing."""
     best = float("inf")
@@ -221,6 +312,21 @@ def cli_compute(url: str) -> float:
         )
         best = min(best, time.perf_counter() - started)
     return best
+
+
+QUIET_HEADER = (
+    f"{'database':<11}{'mode':<9}{'count ms':>10}{'presence ms':>12}{'x count':>9}{'total ms':>10}{'x count':>9}{'quiet ms':>10}"
+    f"{'import s':>10}{'after s':>10}{'import q ms':>12}{'behind':>10}{'behind q ms':>12}"
+)
+
+
+def quiet_row(name: str, mode: str, q: dict[str, float]) -> str:
+    return (
+        f"{name:<11}{mode:<9}{q['count_ms']:>10.1f}{q['grouped_ms']:>12.1f}{q['grouped_ms'] / q['count_ms']:>8.1f}x"
+        f"{q['total_ms']:>10.1f}{q['total_ms'] / q['count_ms']:>8.1f}x{q['quiet_ms']:>10.0f}"
+        f"{q['import_s']:>10.1f}{q['after_import_s']:>10.1f}{q['import_quiet_ms']:>12.0f}"
+        f"{q['behind_computed']:>10.0f}{q['behind_quiet_ms']:>12.0f}"
+    )
 
 
 @contextlib.contextmanager
@@ -255,13 +361,16 @@ def main() -> int:
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--keep", type=Path, help="directory for the SQLite files, kept and reused (default: a temporary one)")
     parser.add_argument("--postgres-url", help="an existing PostgreSQL server's admin URL (its databases are reused)")
+    parser.add_argument("--import-rows", type=int, default=1_000_000, help="entries of the bulk import of the quiet cycles")
+    parser.add_argument("--tables", default="main,quiet", help="which tables: main (refresh and compute), quiet (quiet cycles)")
     args = parser.parse_args()
     names = [n.strip() for n in args.databases.split(",") if n.strip()]
     print(f"{args.users:,} users / {args.entries:,} entries in time order; compute at {args.cli_users:,} / {args.cli_entries:,}")
     print("floor = one hand-written pass, same aggregates, DB-API cursor; ratios are against it (same run).\n")
     header = (
         f"{'database':<11}{'build s':>8}{'floor s':>8}{'rules s':>8}{'full s':>8}{'x floor':>8}{'x f+r':>7}{'again s':>8}"
-        f"{'x floor':>8}{'apart s':>8}{'x floor':>8}{'nothing ms':>11}{'(users)':>8}{'1% s':>7}{'(users)':>8}"
+        f"{'x floor':>8}{'quiet s':>8}{'x floor':>8}{'(users)':>8}{'apart s':>8}{'x floor':>8}{'nothing ms':>11}{'(users)':>8}"
+        f"{'1% s':>7}{'(users)':>8}"
         f"{'cli floor s':>12}{'start s':>8}{'compute s':>10}{'x floor':>8}"
     )
     with contextlib.ExitStack() as stack:
@@ -269,10 +378,29 @@ def main() -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         urls = stack.enter_context(databases(names, workdir, args.postgres_url))
         rows = []
+        quiet_rows = []
         for name in names:
             big = create_engine(urls[name]("scale_big"))
             reuse = (args.keep or args.postgres_url) and reusable(big, args.users, args.entries)
             built = 0.0 if reuse else build(big, args.users, args.entries, datetime.now(timezone.utc))
+            tables = {t.strip() for t in args.tables.split(",")}
+            if "quiet" in tables:
+                for exact in (False, True):
+                    if exact:
+                        build(big, args.users, args.entries, datetime.now(timezone.utc))  # without the imported entries
+                    forget_state(big)
+                    q = quiet_cycles(big, args.users, args.import_rows, exact=exact)
+                    if exact:
+                        with big.begin() as conn:
+                            for statement in drop_ddl(conn, bind(TIMETRACKER, big)):
+                                conn.execute(statement)
+                    quiet_rows.append(quiet_row(name, "exact" if exact else "windows", q))
+                    print(QUIET_HEADER if len(quiet_rows) == 1 else "", end="\n" if len(quiet_rows) == 1 else "")
+                    print(quiet_rows[-1], flush=True)
+                if "main" not in tables:
+                    big.dispose()
+                    continue
+                build(big, args.users, args.entries, datetime.now(timezone.utc))  # without the imported entries
             r = measure(big, args.users, workdir)
             big.dispose()
             small_url = urls[name]("scale_cli")
@@ -287,6 +415,7 @@ def main() -> int:
                 f"{name:<11}{built:>8.0f}{r['floor']:>8.2f}{r['rules']:>8.2f}{r['full_first']:>8.2f}"
                 f"{r['full_first'] / r['floor']:>7.2f}x{r['full_first'] / (r['floor'] + r['rules']):>6.2f}x"
                 f"{r['full_again']:>8.2f}{r['full_again'] / r['floor']:>7.2f}x"
+                f"{r['full_quiet']:>8.2f}{r['full_quiet'] / r['floor']:>7.2f}x{r['full_quiet_computed']:>8.0f}"
                 f"{r['full_apart']:>8.2f}{r['full_apart'] / r['floor']:>7.2f}x"
                 f"{r['nothing'] * 1000:>11.0f}{r['nothing_computed']:>8.0f}"
                 f"{r['one_percent']:>7.3f}{r['one_percent_computed']:>8.0f}"
@@ -294,8 +423,20 @@ def main() -> int:
             )
             print(header if len(rows) == 1 else "", end="\n" if len(rows) == 1 else "")
             print(rows[-1], flush=True)
+    if "quiet" in args.tables:
+        print(f"\nquiet cycles ({args.import_rows:,}-row import): presence = the users' presence digest, grouped in buckets")
+        print("(what every quiet cycle read before) and its total alone (what a quiet cycle reads now), best of 5, x count(*);")
+        print("quiet = an incremental cycle with nothing new (median of 5); import s = the bulk import itself; after = the")
+        print("cycle that finds it; after-import quiet = quiet cycles once the slack passed; behind = a writer 10 minutes")
+        print("behind our clock wrote 1% of users' entries (users = found by the next cycle), then quiet cycles.")
+        print("mode: windows (the default) or exact (OTEL_SEGMENTS_CHANGE_CAPTURE=triggers: the triggers created first);")
+        print("the presence columns are the windows' (exact mode reads no presence).")
+    if "main" not in args.tables:
+        return 0
     print("\nfull = refresh(full=True) into an empty state (x f+r: against floor + rules, the SQL and the Python that no")
-    print("refresh avoids); again = the same with the state in place (digests compared, due times advanced); apart =")
+    print("refresh avoids); again = the same with the state in place, its first time (no rows digest stored yet:")
+    print("everyone recomputed, digests compared, rows digests stored); quiet = once more, nothing changed: only the")
+    print("users whose rows digest differs or who are due are computed (users = how many); apart =")
     print("SQLite, the state in another file (OTEL_SEGMENTS_STATE_URL), so the next batch is read while this one is")
     print("computed (not with the state in the app's own file in rollback-journal mode: its writes would wait for each read);")
     print("nothing = incremental cycle with no new row (median of 5; users = recomputed, those the")

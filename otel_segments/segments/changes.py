@@ -36,18 +36,18 @@ Every query is one per table and column, on the column the mapping names (index 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Integer, Text, cast, func, select
+from sqlalchemy import Column, func, select
 from sqlalchemy.engine import Connection, Engine
 
 from .batch import Aggregator
 from .binding import BoundSchema
-from .driver_values import as_text, decode, from_text
+from .driver_values import as_text, from_text
 from .fingerprints import fingerprint
+from .presence import bucket_of, presence, presence_total, whole
 from .queries import ID_CHUNK
 from .state import RefreshState
 from .windows import Source, scan
@@ -61,9 +61,8 @@ PREFIX = "changes:"
 SWEEP = PREFIX + "sweep"
 #: The state's row count after the last refresh (``refresh.py`` keeps it).
 STATE_USERS = PREFIX + "state_users"
-#: The app's users' :func:`presence`, in this many buckets by id (a power of two).
+#: The app's users' :func:`.presence.presence`.
 PRESENCE = PREFIX + "presence"
-PRESENCE_BUCKETS = 64
 
 
 @dataclass
@@ -195,7 +194,10 @@ def _missing_users(
     (an id reused for a new account among them), and the app's ids are compared with the state's. ``state_users`` is
     the state's count as the last refresh left it (counting the state's rows costs a scan of its table each cycle)."""
     uid = reader.bound.users.c[reader.mapping.users.id]
-    now = presence(conn, reader)
+    total = presence_total(conn, reader)
+    if total is not None and stored is not None and total == whole(stored) and total[0] == state_users:
+        return set(), set(), total[0], total[0], stored  # a quiet cycle: one aggregate without grouping
+    now = presence(conn, reader) if total is not None else None
     if now is None:  # a dialect without a hash function: the count alone
         app_count = conn.execute(select(func.count()).where(uid.is_not(None))).scalar() or 0
     else:
@@ -208,66 +210,10 @@ def _missing_users(
     if now is not None and stored is not None:
         changed = sorted({int(b) for b in set(now) | set(stored) if now.get(b) != stored.get(b)})
         if changed:
-            bucket = _bucket(conn, reader)
+            bucket = bucket_of(conn, reader)
             query = select(uid).where(uid.is_not(None), bucket.in_(changed))
             missing |= {str(row[0]) for row in conn.execution_options(yield_per=ID_CHUNK).execute(query)}
     return missing, known - app_ids, len(known), app_count, now
-
-
-def presence(conn: Connection, reader: Aggregator) -> dict[str, list[int]] | None:
-    """Per bucket of users by a hash of their id: [users, sum of a hash of (id, created_at)], computed where the rows
-    are (one aggregate, no row leaves the database). A user deleted and another added in one cycle, or an id reused
-    for a new account, change it though the count stays. None where the database has no hash function for us."""
-    u = reader.mapping.users
-    uid = reader.bound.users.c[u.id]
-    if _integers(conn, uid):  # SQLite, integer ids: arithmetic, no call into Python per row
-        stamp = func.coalesce(func.julianday(reader.bound.users.c[u.created_at]), 0) if u.created_at else 0
-        mixed = (uid * 2654435761 + cast(stamp * 86_400_000, Integer)) % 2147483647
-        query = select(uid.op("&")(PRESENCE_BUCKETS - 1), func.count(), func.sum(mixed))
-    else:
-        hashed = _hash_function(conn)
-        if hashed is None:
-            return None
-        ident = cast(uid, Text)
-        if u.created_at:
-            ident = ident.concat("|").concat(func.coalesce(cast(reader.bound.users.c[u.created_at], Text), ""))
-        query = select(_bucket(conn, reader), func.count(), func.sum(hashed(ident)))
-    buckets = conn.execute(query.where(uid.is_not(None)).group_by(query.selected_columns[0]))
-    return {str(int(b)): [int(n), int(total or 0)] for b, n, total in buckets}
-
-
-def _integers(conn: Connection, uid: Any) -> bool:
-    try:
-        return conn.dialect.name == "sqlite" and uid.type.python_type is int
-    except NotImplementedError:
-        return False
-
-
-def _bucket(conn: Connection, reader: Aggregator) -> Any:
-    uid = reader.bound.users.c[reader.mapping.users.id]
-    if _integers(conn, uid):
-        return uid.op("&")(PRESENCE_BUCKETS - 1)
-    hashed = _hash_function(conn)
-    assert hashed is not None
-    return hashed(cast(uid, Text)).op("&")(PRESENCE_BUCKETS - 1)
-
-
-def _hash_function(conn: Connection) -> Any:
-    """PostgreSQL's ``hashtext``; on SQLite (which has none) ours, registered on the connection; else None."""
-    if conn.dialect.name == "postgresql":
-        return func.hashtext
-    if conn.dialect.name == "sqlite":
-        raw = conn.connection.driver_connection
-        create = getattr(raw, "create_function", None)
-        if create is not None:
-            create("otel_segments_hash", 1, _hash31, deterministic=True)
-            return func.otel_segments_hash
-    return None
-
-
-def _hash31(value: Any) -> int:
-    text = value if isinstance(value, str) else str(decode(value)[0])
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=4).digest(), "big") >> 1
 
 
 def input_fingerprints(reader: Aggregator, conn: Connection, *, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any, int]:

@@ -28,6 +28,8 @@ from . import UserSegment, changes
 from .aggregate import DEFAULT_BATCH_SIZE, AggregatedUser, aggregate_users
 from .binding import BoundSchema, bind
 from .captured import CAPTURE, WINDOWS, ChangeCapture, windows_after_triggers
+from .digests import DIALECTS as DIGEST_DIALECTS
+from .digests import changed_users
 from .driver_values import ROW_ERRORS, Problem, cause
 from .prefetch import concurrent_reads
 from .rules import utc
@@ -106,20 +108,39 @@ def refresh(
         user_ids = sorted(found.user_ids)
     is_full = user_ids is None
     problems: list[Problem] = []
-    # read ahead only when there is a next batch to read
-    prefetch = is_full and found.app_users > batch_size and concurrent_reads(app_engine, state.engine)
-    users = aggregate_users(
-        app_engine, bound, now=now, user_ids=user_ids, batch_size=batch_size, problems=problems, prefetch=prefetch
-    )
+    digests: dict[str, str] = {}  # rows digests (``digests.py``) of the users about to be computed
+    app_ids: set[str] = set()
+    users: Iterator[AggregatedUser]
+    if is_full and found.state_users > 0 and app_engine.dialect.name in DIGEST_DIALECTS:
+        # the state is in place: only the users whose rows changed are computed (all of them after a migration,
+        # which stores their rows digests)
+        users = changed_users(
+            app_engine,
+            bound,
+            state,
+            now=now,
+            batch_size=batch_size,
+            problems=problems,
+            retry={str(uid) for uid in retry},
+            digests=digests,
+            app_ids=app_ids,
+        )
+    else:
+        # read ahead only when there is a next batch to read
+        prefetch = is_full and found.app_users > batch_size and concurrent_reads(app_engine, state.engine)
+        users = aggregate_users(
+            app_engine, bound, now=now, user_ids=user_ids, batch_size=batch_size, problems=problems, prefetch=prefetch
+        )
     computed = changed = 0
     rows = found.state_users  # the state's rows, kept up to date below: the next find() need not count them
     returned: set[str] = set()
     added: set[str] = set()  # users without a state row, to be saved
     for chunk in _chunks(users, _WRITE_BATCH):
         known = state.stored([u.activity.user_id for u in chunk])
-        to_save: list[tuple[UserSegment, str, datetime, datetime, str]] = []
-        to_touch: list[tuple[str, datetime, datetime, str]] = []
+        to_save: list[tuple[UserSegment, str, datetime, datetime, str, str | None]] = []
+        to_touch: list[tuple[str, datetime, datetime, str, str | None]] = []
         for user in chunk:
+            rows_digest = digests.pop(user.activity.user_id, None)
             try:
                 segment = user.segment(now)
                 digest = segment.digest()
@@ -131,9 +152,9 @@ def refresh(
             if stored is None:
                 added.add(segment.distinct_id)
             if stored is None or stored[0] != digest:
-                to_save.append((segment, digest, now, due, user.inputs))
-            elif stored[2] != user.inputs or not now < stored[1] <= due:
-                to_touch.append((segment.distinct_id, now, due, user.inputs))
+                to_save.append((segment, digest, now, due, user.inputs, rows_digest))
+            elif stored[2] != user.inputs or not now < stored[1] <= due or (rows_digest is not None and stored[3] != rows_digest):
+                to_touch.append((segment.distinct_id, now, due, user.inputs, rows_digest))
             # else nothing to write: the stored due time comes no later than the new one (at worst an early recompute)
             returned.add(segment.distinct_id)
         to_save = _stored(state.save, to_save, lambda row: row[0].distinct_id, state.users.name, problems)
@@ -146,6 +167,7 @@ def refresh(
                 on_change(segment)
     set_aside = sorted({p.user_id for p in problems if p.skipped})
     returned.update(set_aside)  # they still exist: their state stays until they can be computed
+    returned.update(app_ids)  # users the rows digests found unchanged: they exist, their state stays
     gone = found.removed | (set(user_ids or ()) - returned)  # candidates the users table no longer has
     if is_full:
         gone = state.user_ids() - returned

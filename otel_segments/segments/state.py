@@ -2,10 +2,11 @@
 
 The tables and their rows are ``state_tables.py``'s. ``schema_version`` (in the meta table): version 1
 is what releases before the version existed wrote (no ``schema_version`` row); version 2 adds
-``user_state.inputs``, the fingerprint the sweep compares. A process migrates an older state in place at
-its first refresh, which runs under the lease, so once per fleet (:meth:`RefreshState.migrate`); stored
-digests stay, so nothing is resent. A process that finds a newer version than it knows raises
-:class:`StateVersionError` and runs no refresh.
+``user_state.inputs``, the fingerprint the sweep compares; version 3 adds ``user_state.rows_digest``, what a
+full refresh compares in the database (``digests.py``; NULL in a migrated state until the next full refresh).
+A process migrates an older state in place at its first refresh, which runs under the lease, so once per
+fleet (:meth:`RefreshState.migrate`); stored digests stay, so nothing is resent. A process that finds a newer
+version than it knows raises :class:`StateVersionError` and runs no refresh.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
+    Text,
     and_,
     bindparam,
     delete,
@@ -32,7 +34,7 @@ from . import UserSegment
 from .rules import utc
 from .state_tables import HASHED, ID_CHUNK, properties_json, segment_from_row, state_key, tables, upsert
 
-SCHEMA_VERSION = 2  # what this release writes; see the module docstring for each version
+SCHEMA_VERSION = 3  # what this release writes; see the module docstring for each version
 
 
 class StateVersionError(Exception):
@@ -51,7 +53,7 @@ class RefreshState:
         metadata.create_all(engine, checkfirst=True)  # only the missing tables: an older state keeps its own until migrate()
         with engine.begin() as conn:
             unversioned = conn.execute(select(self.meta.c.value).where(self.meta.c.key == self.VERSION)).scalar() is None
-            if unversioned and "inputs" in {c["name"] for c in inspect(conn).get_columns(self.users.name)}:
+            if unversioned and "rows_digest" in {c["name"] for c in inspect(conn).get_columns(self.users.name)}:
                 upsert(conn, self.meta, [{"key": self.VERSION, "value": str(SCHEMA_VERSION)}], ["key"])  # created here
         self.check_version()
 
@@ -78,8 +80,11 @@ class RefreshState:
         if version == SCHEMA_VERSION:
             return False
         with self.engine.begin() as conn:
-            if version < 2 and "inputs" not in {c["name"] for c in inspect(conn).get_columns(self.users.name)}:
+            columns = {c["name"] for c in inspect(conn).get_columns(self.users.name)}
+            if version < 2 and "inputs" not in columns:
                 conn.execute(text(f"ALTER TABLE {self.users.name} ADD COLUMN inputs VARCHAR(32)"))
+            if version < 3 and "rows_digest" not in columns:
+                conn.execute(text(f"ALTER TABLE {self.users.name} ADD COLUMN rows_digest TEXT"))
             upsert(conn, self.meta, [{"key": self.VERSION, "value": str(SCHEMA_VERSION)}], ["key"])
         return True
 
@@ -158,10 +163,16 @@ class RefreshState:
                 removed += max(result.rowcount, 0)
         return removed
 
-    def stored(self, user_ids: Sequence[str]) -> dict[str, tuple[str, datetime, str | None]]:
-        """(digest, due_at, inputs) of each of ``user_ids`` that has a state row."""
-        found = self._by_user(self.users.c.digest, user_ids, self.users.c.due_at, self.users.c.inputs)
-        return {uid: (digest, utc(due), inputs) for uid, (digest, due, inputs) in found.items()}
+    def stored(self, user_ids: Sequence[str]) -> dict[str, tuple[str, datetime, str | None, str | None]]:
+        """(digest, due_at, inputs, rows_digest) of each of ``user_ids`` that has a state row."""
+        u = self.users.c
+        found = self._by_user(u.digest, user_ids, u.due_at, u.inputs, u.rows_digest)
+        return {uid: (digest, utc(due), inputs, rows) for uid, (digest, due, inputs, rows) in found.items()}
+
+    def rows_digests(self, user_ids: Sequence[str]) -> dict[str, tuple[str | None, datetime]]:
+        """(rows_digest, due_at) of each of ``user_ids`` that has a state row: what ``digests.py`` compares in Python."""
+        found = self._by_user(self.users.c.rows_digest, user_ids, self.users.c.due_at)
+        return {uid: (rows, utc(due)) for uid, (rows, due) in found.items()}
 
     def due(self, now: datetime) -> Iterator[str]:
         """Users whose segment can have changed with the clock alone, or is older than the maximum age."""
@@ -170,8 +181,11 @@ class RefreshState:
             keys = [row[0] for row in conn.execution_options(yield_per=ID_CHUNK).execute(query)]
             yield from self._app_ids(conn, keys)
 
-    def save(self, rows: Sequence[tuple[UserSegment, str, datetime, datetime, str | None]]) -> None:
-        """Store (segment, digest, computed_at, due_at, inputs) for users whose digest changed."""
+    def save(self, rows: Sequence[tuple[UserSegment, str, datetime, datetime, str | None, str | None]]) -> None:
+        """Store (segment, digest, computed_at, due_at, inputs, rows_digest) for users whose digest changed.
+
+        ``rows_digest`` None (the refresh did not ask the database for it) clears the stored one: a stored rows
+        digest always belongs to the rows the stored segment was computed from (``digests.py``)."""
         if not rows:
             return
         values = [
@@ -182,23 +196,31 @@ class RefreshState:
                 "due_at": utc(due_at),
                 "properties": properties_json(segment),
                 "inputs": inputs,
+                "rows_digest": rows_digest,
             }
-            for segment, digest, computed_at, due_at, inputs in rows
+            for segment, digest, computed_at, due_at, inputs, rows_digest in rows
         ]
         with self.engine.begin() as conn:
             upsert(conn, self.users, values, ["user_id"])
 
-    def touch(self, rows: Sequence[tuple[str, datetime, datetime, str | None]]) -> None:
-        """Advance computed_at / due_at / inputs of users recomputed with an unchanged digest (properties stay)."""
+    def touch(self, rows: Sequence[tuple[str, datetime, datetime, str | None, str | None]]) -> None:
+        """Advance computed_at / due_at / inputs / rows_digest of users recomputed with an unchanged digest
+        (properties stay). A rows digest of None keeps the stored one: the segment it belongs to did not change."""
         if not rows:
             return
         statement = (
             update(self.users)
             .where(self.users.c.user_id == bindparam("uid"))
-            .values(computed_at=bindparam("computed"), due_at=bindparam("due"), inputs=bindparam("fp"))
+            .values(
+                computed_at=bindparam("computed"),
+                due_at=bindparam("due"),
+                inputs=bindparam("fp"),
+                rows_digest=func.coalesce(bindparam("rows", type_=Text), self.users.c.rows_digest),
+            )
         )
+        values = [{"uid": state_key(u), "computed": utc(c), "due": utc(d), "fp": f, "rows": r} for u, c, d, f, r in rows]
         with self.engine.begin() as conn:
-            conn.execute(statement, [{"uid": state_key(u), "computed": utc(c), "due": utc(d), "fp": f} for u, c, d, f in rows])
+            conn.execute(statement, values)
 
     # -- read side ------------------------------------------------------------------------------
 

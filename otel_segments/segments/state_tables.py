@@ -3,8 +3,9 @@
 ``otel_segments_user_state``: per user, the digest of the last computed
 properties, when they were computed, when they are next due (the first moment a
 property changes with the clock alone, or the maximum age), the input fingerprint
-the sweep compares, and the properties themselves as JSON so a restarted process
-fills its cache without recomputing.
+the sweep compares, the properties themselves as JSON so a restarted process
+fills its cache without recomputing, and the digest of the rows the stored properties were computed from
+(``digests.py``; NULL when the refresh that stored them did not ask the database for it).
 
 ``otel_segments_delivery``: per (sink, user), the digest last delivered. A user
 is pending for a sink while its computed digest differs from its delivered one,
@@ -57,6 +58,7 @@ def tables(prefix: str) -> tuple[MetaData, Table, Table, Table]:
         Column("due_at", DateTime(timezone=True), nullable=False),
         Column("properties", Text, nullable=False),
         Column("inputs", String(32)),  # version 2
+        Column("rows_digest", Text),  # version 3: ``digests.py``
     )
     Index(f"{prefix}user_state_due_at", users.c.due_at)
     delivery = Table(
