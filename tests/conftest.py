@@ -23,9 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     scheduling.assign(items)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook; the suite also runs without xdist (.venv-oldest)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    return scheduling.make_scheduler(config, log)
 
 
 @pytest.fixture

@@ -257,10 +257,18 @@ def _settled(server: Server, posthog: Capture) -> bool:
         engine.dispose()
 
 
-def _events(posthog: Capture, server: Server) -> list[dict[str, Any]]:
+def _accepted(posthog: Capture, server: Server) -> list[dict[str, Any]]:
     with posthog.lock:
-        requests = [r for r in posthog.requests if r["body"].get("api_key") == server.api_key and r["status"] == 200]
-    return [e for r in requests for e in r["body"]["batch"]]
+        return [r for r in posthog.requests if r["body"].get("api_key") == server.api_key and r["status"] == 200]
+
+
+def _events(posthog: Capture, server: Server) -> list[dict[str, Any]]:
+    return [e for r in _accepted(posthog, server) for e in r["body"]["batch"]]
+
+
+def _batches(posthog: Capture, server: Server) -> list[set[str]]:
+    """The users of each batch PostHog accepted."""
+    return [{e["distinct_id"] for e in r["body"]["batch"]} for r in _accepted(posthog, server)]
 
 
 @pytest.mark.parametrize("model", list(MODELS))
@@ -274,10 +282,13 @@ def test_the_job_delivers_every_user_and_requests_are_served_throughout(
     posthog, receiver = peers
     log = server.text()
     assert TOKEN not in log and server.api_key not in log
-    # nothing of ours goes wrong: no warning, no traceback through our code. One exception: a cycle that the
-    # eventlet master runs while eventlet patches it (before it forks) fails once; retried, nothing lost
+    # nothing of ours goes wrong: no warning, no traceback through our code. Two exceptions: a cycle that the
+    # eventlet master runs while eventlet patches it (before it forks) fails once; retried, nothing lost. And on a
+    # busy machine (six servers refreshing at once beside the rest of the suite) a full refresh may outlive its 30 s
+    # lease, which the job rightly says; a refresh that never ends fails the delivery assertions below instead
     race = "RuntimeError: cannot notify on un-acquired lock"
-    lines = [line for line in log.splitlines() if "otel_segments:" in line]
+    slow = "longer than its 30s lease"
+    lines = [line for line in log.splitlines() if "otel_segments:" in line and slow not in line]
     ours = _our_tracebacks(log)
     if model == "eventlet":
         assert sum(line.endswith(race) for line in lines) <= 1, lines
@@ -286,11 +297,14 @@ def test_the_job_delivers_every_user_and_requests_are_served_throughout(
     assert not lines and not ours, (lines, ours)
 
     # every user, each change exactly once (as time passes, a window edge changes a few users: sent again, once),
-    # each with the segment the engine computes for the moment of its refresh
+    # each with the segment the engine computes for the moment of its refresh. README's one exception: the batch in
+    # flight when a process stops (a pre-fork master at its fork) may arrive twice, and only that batch
     events = _events(posthog, server)
     assert {e["distinct_id"] for e in events} == {str(u) for u in range(1, USERS + 1)}, log[-4000:]
     counts = changes(events)
-    assert set(counts.values()) == {1}, [c for c, n in counts.items() if n > 1][:5]
+    assert set(counts.values()) <= {1, 2}, [c for c, n in counts.items() if n > 2][:5]
+    twice = {user for (user, _), n in counts.items() if n == 2}
+    assert not twice or any(twice <= batch for batch in _batches(posthog, server)), sorted(twice)[:20]
     for event in events:
         properties = event["properties"]
         engine_says = computed(properties["$set"]["last_segment_update"])[event["distinct_id"]]
