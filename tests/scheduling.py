@@ -57,7 +57,6 @@ SPLIT = frozenset(
         "tests/job/test_configure_errors.py",
         "tests/segments/test_cli.py",
         "tests/segments/test_sql_rules.py",
-        "tests/e2e/test_phoenix.py",
     }
 )
 _SHARED_SCOPES = {"module", "class", "package"}
