@@ -103,5 +103,3 @@ def one_line(exc: BaseException) -> str:
     """The driver's own message, first line only: no SQL, no parameters, no URL."""
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
-
-

@@ -28,6 +28,7 @@ from .output import add_row, segments_table
 if TYPE_CHECKING:
     from ..job.refresh_job import RefreshJob
 
+
 def run_demo(args: argparse.Namespace, err: Console) -> int:
     from ..segments.demo import create_demo_database
 
@@ -103,5 +104,3 @@ def demo_job(engine: Engine) -> tuple[RefreshJob, bool]:
     process = detect_process_properties()
     sinks = sink_factories(Settings.from_env(), Resource.create(dict(process.attributes)), process)
     return RefreshJob(engine, load_schema(DEFAULT_SCHEMA), sinks=sinks), bool(sinks)
-
-

@@ -79,5 +79,3 @@ def add_row(table: Table, s: UserSegment) -> None:
         str(p.get("total_hours_tracked", "")),
         "yes" if p.get("is_admin") else "",
     )
-
-

@@ -196,9 +196,7 @@ class RefreshJob:
             self._counts = None  # only the holder reports cohort sizes, so a fleet reports each once
             self._sync_cache(state)
             return CycleResult(holder=False)
-        refreshed = refresh(
-            self.app_engine, state, self._ensure_bound(), now=now, max_age=self.max_age, capture=self._capture
-        )
+        refreshed = refresh(self.app_engine, state, self._ensure_bound(), now=now, max_age=self.max_age, capture=self._capture)
         self._reporter.problems(refreshed)
         if refreshed.changed or self._counts is None:
             self._counts = count(state.segments())

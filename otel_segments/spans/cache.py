@@ -21,6 +21,7 @@ _logger = logging.getLogger(__name__)
 #: Segment properties sent on a span, at most (the built-in rules make about 30); see ``context.MAX_USER_PROPERTIES``.
 MAX_SEGMENT_PROPERTIES = 64
 
+
 def segment_attributes(properties: Mapping[str, object], only: Collection[str] | None = None) -> dict[str, Any]:
     """``app.user.<P>`` span attributes for segment properties; None, unsupported values and person keys left out.
 
