@@ -41,6 +41,11 @@ class Sink(Protocol):
     def shutdown(self, timeout_s: float = 5.0) -> None: ...
 
 
+#: A sink may also say, from another thread, that its delivery in flight was already answered with a failure and
+#: is only being retried (``failing``, see :class:`~otel_segments.sinks.otlp.OtlpSegmentSink`); one without says no.
+FAILING = "failing"
+
+
 class Delivery:
     """The job's sinks: ``sinks`` maps a sink's name (its key in the delivery state) to a factory.
 
@@ -65,6 +70,7 @@ class Delivery:
         #: Per sink, user id -> digest of the update the peer refused for good (named once per update).
         self._quarantine: dict[str, dict[str, str]] = {}
         self.delivering_since: float | None = None  # monotonic start of the sink.deliver() call in flight
+        self._in_flight: Sink | None = None  # the sink of that call
 
     def run(
         self,
@@ -91,6 +97,11 @@ class Delivery:
                 self._report_sink(name, error)
         return delivered, failed
 
+    def failing(self) -> bool:
+        """The delivery in flight was already answered with a failure and its sink is only retrying (see :data:`FAILING`)."""
+        sink = self._in_flight
+        return sink is not None and bool(getattr(sink, FAILING, False))
+
     def quarantined(self) -> dict[str, int]:
         """Per sink, how many users it refused for good (only sinks with any)."""
         return {name: len(users) for name, users in self._quarantine.items() if users}
@@ -111,7 +122,7 @@ class Delivery:
     def forget_sinks(self) -> None:
         """In a forked child: the parent's sinks, their connections and their delivery in flight stay the parent's."""
         self._sinks = {}
-        self.delivering_since = None
+        self._in_flight = self.delivering_since = None
 
     def _sink(self, name: str) -> Sink:
         sink = self._sinks.get(name)
@@ -143,7 +154,7 @@ class Delivery:
                 break
             after = batch[-1].distinct_id
             busy = time.thread_time()
-            self.delivering_since = time.monotonic()
+            self._in_flight, self.delivering_since = sink, time.monotonic()
             try:
                 # Fenced by the lease up to the moment each request leaves: see Lease.held.
                 with fenced(lease.held):
@@ -157,7 +168,7 @@ class Delivery:
                     break
                 raise
             finally:
-                self.delivering_since = None
+                self._in_flight = self.delivering_since = None
             sent += self._record(name, state, batch, None, refused)
             if deadline is None:  # a stop or a hand-over sets the wake event, and ends the pause
                 self._rest((time.thread_time() - busy) * DELIVERY_PACE)

@@ -134,7 +134,8 @@ class SegmentsMetricReader(MetricReader):
         retries a down or refusing collector for its own whole timeout (``OTEL_EXPORTER_OTLP_TIMEOUT``, 10 s by
         default) and ignores the ``timeout_millis`` it is given: this export added 7-12 s to the app's exit. So it
         runs on a thread of its own, and at the deadline the exporter is shut down, which ends its retries (1.28+;
-        on older releases the thread is left behind, and an OS thread does not hold the process's exit).
+        on older releases the thread is left behind, and an OS thread does not hold the process's exit). It is
+        shut down at once when the collector fails that export (or the periodic one in flight): it would only retry.
         """
         if self._shut:
             return
@@ -142,7 +143,10 @@ class SegmentsMetricReader(MetricReader):
         self._stop.set()
         deadline = min(self._exit_deadline() or math.inf, time.monotonic() + min(LAST_EXPORT_S, timeout_millis / 1000))
         if not self._thread.is_current():
-            self._thread.join(max(0.0, deadline - time.monotonic()))  # a periodic export in flight ends with the rest
+            self._wait(self._thread, deadline)  # a periodic export in flight ends with the rest
+        if getattr(self._exporter, "failing", False):
+            self._shut_exporter()  # the collector is failing the export in flight: it would fail this one too
+            return
         last = native.Thread(self._last_collection)
         try:
             last.start()
@@ -153,8 +157,14 @@ class SegmentsMetricReader(MetricReader):
             finally:
                 timer.cancel()
         else:
-            last.join(max(0.0, deadline - time.monotonic()))
+            self._wait(last, deadline)
         self._shut_exporter(max(0.0, deadline - time.monotonic()))
+
+    def _wait(self, thread: native.Thread, deadline: float) -> None:
+        """Join ``thread`` until ``deadline``, or until its export was answered with a failure (it would only retry)."""
+        while not thread.join(min(0.05, max(0.0, deadline - time.monotonic()))) and time.monotonic() < deadline:
+            if getattr(self._exporter, "failing", False):  # see signal_support.GaugeExporter
+                return
 
     def _shut_exporter(self, seconds: float = 0.0) -> None:
         """Shut the exporter down once (a second call would log the SDK's "already shutdown" warning)."""

@@ -109,6 +109,14 @@ class OtlpSegmentSink:
     def __repr__(self) -> str:
         return f"OtlpSegmentSink(exporter={type(self._exporter).__name__}, batch_size={self.batch_size})"
 
+    @property
+    def failing(self) -> bool:
+        """The export in flight was answered with a failure (no answer, 5xx, gRPC UNAVAILABLE...) and is being retried.
+
+        Read at exit, from the stopping thread: such a delivery is ended at once instead of getting a grace.
+        """
+        return self._support.failing
+
     def deliver(self, batch: Sequence[UserSegment]) -> list[Refusal]:
         """Export every user's record; return the users refused for good once all others were accepted (2xx / OK)."""
         with self._lock:

@@ -50,6 +50,17 @@ class SignalSupport:
         self.signal = signal
         self.refused: str | None = None  # the answer, e.g. "HTTP 404" or "gRPC UNIMPLEMENTED"
         self._url: str | None = None
+        self._in_flight: Answer | None = None  # what the export in flight was answered so far
+
+    @property
+    def failing(self) -> bool:
+        """An export is in flight and its last attempt failed: the exporter is only backing off and retrying.
+
+        Read from another thread at exit, where such an export gets no grace: the peer was just seen failing, and
+        what it carries stays pending (nothing is marked delivered that was not accepted).
+        """
+        answer = self._in_flight
+        return answer is not None and answer.failed
 
     def exporter_kwargs(self) -> dict[str, Any]:
         """Constructor options for this signal's OTLP exporter: for OTLP/HTTP, our session (see the module's docstring)."""
@@ -73,9 +84,11 @@ class SignalSupport:
         ident = threading.get_ident()
         with watch_answers() as answer:
             _GrpcStatusFilter.install().watch(ident, answer, stop_retrying_too_large)
+            self._in_flight = answer
             try:
                 yield answer
             finally:
+                self._in_flight = None
                 _GrpcStatusFilter.install().unwatch(ident)
                 if answer.status in REFUSING_STATUS:
                     self.refused = f"HTTP {answer.status}"
@@ -162,6 +175,11 @@ class GaugeExporter(MetricExporter):
             self._off = True
             _logger.warning("otel_segments: %s", self._support.message())
         return result
+
+    @property
+    def failing(self) -> bool:
+        """The export in flight was answered with a failure and is being retried (see :attr:`SignalSupport.failing`)."""
+        return self._support.failing
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return self._off or self._exporter.force_flush(timeout_millis=timeout_millis)

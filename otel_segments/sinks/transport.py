@@ -55,6 +55,13 @@ class Answer:
     location: str | None = None  # safe_url of a redirect's Location (no userinfo, no query)
     requests: int = 0
     grpc: str | None = None  # a gRPC status name the exporter logged (see otel_segments.sinks.signal_support)
+    error: str | None = None  # the class name of the last request's failure (no answer: refused, reset, timed out)
+
+    @property
+    def failed(self) -> bool:
+        """The last attempt failed (no answer, or anything but 2xx / gRPC OK): the exporter is only retrying now."""
+        status_failed = self.status is not None and not 200 <= self.status < 300
+        return self.error is not None or status_failed or self.grpc not in (None, "OK")
 
 
 @contextmanager
@@ -201,6 +208,7 @@ class PeerSession(requests.Session):
         try:
             response = super().request(method, url, *args, **kwargs)
         except requests.RequestException as error:
+            _record_error(error)
             if in_flight.ended == "deadline":
                 raise DeadlineExceededError(f"no complete answer within {seconds:g}s") from error
             if in_flight.ended == "aborted":
@@ -236,11 +244,19 @@ def _seconds(timeout: Any) -> float:
     return DEFAULT_DEADLINE_S if timeout is None else max(float(timeout), 0.001)
 
 
+def _record_error(error: Exception) -> None:
+    answer: Answer | None = getattr(_local, "answer", None)
+    if answer is not None:
+        answer.requests += 1
+        answer.error = type(error).__name__
+
+
 def _record(response: requests.Response) -> None:
     answer: Answer | None = getattr(_local, "answer", None)
     if answer is None:
         return
     answer.requests += 1
+    answer.error = None
     answer.status = response.status_code
     answer.url = safe_url(response.url)
     location = response.headers.get("Location") if 300 <= response.status_code < 400 else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import socket
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -17,6 +18,7 @@ from otel_segments.settings.config import Settings
 from otel_segments.sinks import DeliveryError
 from otel_segments.sinks.otlp import EVENT_NAME, OtlpSegmentSink, log_exporter
 from otel_segments.spans.privacy import set_privacy_policy
+from tests.delivery import wait_until
 from tests.receivers import GrpcReceiver, HttpReceiver, Receiver
 from tests.sinks.conftest import Bystander
 from tests.slow_peer import SlowPeer, shutdown_mid_delivery
@@ -231,3 +233,55 @@ def test_shutdown_ends_a_delivery_stuck_on_a_collector_that_never_answers(
     assert took < 1 + 1
     assert not alive
     assert len(outcome) == 1 and isinstance(outcome[0], DeliveryError), outcome
+
+
+def _delivering(sink: OtlpSegmentSink) -> tuple[threading.Thread, list[BaseException]]:
+    outcome: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            sink.deliver(users(3))
+        except BaseException as error:  # noqa: BLE001 - handed to the test thread
+            outcome.append(error)
+
+    worker = threading.Thread(target=deliver, daemon=True)
+    worker.start()
+    return worker, outcome
+
+
+@pytest.mark.parametrize("peer", ["down/http/protobuf", "down/grpc", "503/http/protobuf"])
+def test_a_delivery_the_collector_failed_says_it_is_only_retrying(
+    peer: str, http_receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the job's stop reads at exit to end such a delivery at once instead of granting it a grace (issue 24)."""
+    kind, protocol = peer.split("/", 1)
+    if kind == "503":
+        http_receiver.status = 503
+        endpoint = http_receiver.endpoint
+    else:
+        with socket.socket() as s:  # bound, never listening: every connection is refused
+            s.bind(("127.0.0.1", 0))
+            endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    # A 60 s timeout: the exporter retries for that long unless it is shut down.
+    sink = OtlpSegmentSink(exporter_for(endpoint, protocol, monkeypatch, timeout=60), BASE)  # type: ignore[arg-type]
+    assert not sink.failing
+    worker, outcome = _delivering(sink)
+    wait_until(lambda: sink.failing or not worker.is_alive(), "the sink saying its delivery was answered with a failure", 30)
+    if worker.is_alive():  # retrying (1.45); 1.27's HTTP exporter retries no refused connection: it failed at once
+        sink.shutdown(timeout_s=1.0)
+    worker.join(30)
+    assert not worker.is_alive() and len(outcome) == 1 and isinstance(outcome[0], DeliveryError), outcome
+    assert not sink.failing  # nothing in flight any more
+
+
+def test_a_delivery_waiting_on_a_collector_that_has_not_answered_yet_is_not_failing(
+    hang_peer: SlowPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow collector may still take the batch: the stop gives such a delivery its grace."""
+    sink = OtlpSegmentSink(exporter_for(hang_peer.url, "http/protobuf", monkeypatch, timeout=60), BASE)  # type: ignore[arg-type]
+    worker, outcome = _delivering(sink)
+    wait_until(lambda: hang_peer.first_bytes, "the delivery reaching the peer", 30)
+    assert worker.is_alive() and not sink.failing
+    sink.shutdown(timeout_s=1.0)
+    worker.join(30)
+    assert not worker.is_alive() and len(outcome) == 1, outcome
