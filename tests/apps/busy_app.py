@@ -6,8 +6,8 @@ it. Each "request" is one root span ``app-request`` holding the app's work: a
 query through its own SQLAlchemy engine (one connection each time, so a
 ``connect`` too), a GET with ``requests`` and one with ``httpx``, and every
 fourth time a new time entry (fresh activity, so the job's next cycles have
-updates to deliver). It runs for ``argv[1]`` seconds, prints ``served <n>`` and
-exits; the plugin's atexit shutdown and the SDK's flush run as in any app.
+updates to deliver). It runs for ``argv[1]`` seconds and at least :data:`MIN_REQUESTS` requests (a busy machine
+may give it fewer in that time), prints ``served <n>`` and exits; the plugin's atexit shutdown and the SDK's flush run as in any app.
 
 The SQLAlchemy instrumentation is switched on here, in code: its 0.66b1 release
 declares ``sqlalchemy<2.1``, so ``opentelemetry-instrument`` skips it beside
@@ -33,12 +33,13 @@ from otel_segments.segments.demo import time_entries
 SQLAlchemyInstrumentor().instrument(skip_dep_check=True)
 engine = create_engine(os.environ["APP_DATABASE_URL"], poolclass=NullPool)
 tracer = trace.get_tracer("tests.apps.busy_app")
+MIN_REQUESTS = 8
 
 
 def main() -> int:
     deadline = time.monotonic() + float(sys.argv[1])
     served = 0
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline or served < MIN_REQUESTS:
         with tracer.start_as_current_span("app-request"):
             with engine.begin() as conn:
                 conn.execute(text("SELECT count(*) FROM users"))
