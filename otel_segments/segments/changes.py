@@ -9,7 +9,9 @@ names (``key``: grows on insert; ``updated_at``: moves on every change):
   are read from the data each cycle, so the window follows the data's own clock (a writer behind ours, a row
   stamped in the future), a fall-back's repeated hour is covered, and once the slack has passed a bulk import
   or update is behind them: a quiet cycle reads only rows written in the last slack (plus rows stamped ahead
-  of our clock). A row that fails to read makes its owner a candidate, which the aggregation sets aside;
+  of our clock). A writer behind the rows already there (stamped on a clock ahead of it) writes below the
+  position: what that changes is found below, by content. A row that fails to read makes its owner a
+  candidate, which the aggregation sets aside;
 - a row counts as changed only when it is not among the rows the previous scan returned with the same
   values (stored in the state), so a row is recomputed once, not on every cycle it stays in the window. A
   row that moved to another user (an entry or task reassigned) makes both its old owner (when the previous
@@ -31,8 +33,9 @@ names (``key``: grows on insert; ``updated_at``: moves on every change):
   ``ceil(users / slice)`` cycles;
 - **the clock**: users whose stored ``due_at`` passed (a window edge, a day tick, the maximum age).
 
-What none of these sees waits for the maximum age: an edit that does not move ``updated_at`` (or in a
-table without one) and that changes no count or key sum (e.g. a duration corrected by hand in SQL).
+What none of these sees waits for the maximum age: an edit of an entry or a task that does not move
+``updated_at`` (or in a table without one), or that a writer behind the rows' stamps made, and that changes no
+count or key sum (e.g. a duration corrected by hand in SQL).
 Every query is one per table and column, on the column the mapping names (index it).
 """
 
