@@ -9,7 +9,9 @@ names (``key``: grows on insert; ``updated_at``: moves on every change):
   are read from the data each cycle, so the window follows the data's own clock (a writer behind ours, a row
   stamped in the future), a fall-back's repeated hour is covered, and once the slack has passed a bulk import
   or update is behind them: a quiet cycle reads only rows written in the last slack (plus rows stamped ahead
-  of our clock). A row that fails to read makes its owner a candidate, which the aggregation sets aside;
+  of our clock). A writer behind the rows already there (stamped on a clock ahead of it) writes below the
+  position: what that changes is found below, by content. A row that fails to read makes its owner a
+  candidate, which the aggregation sets aside;
 - a row counts as changed only when it is not among the rows the previous scan returned with the same
   values (stored in the state), so a row is recomputed once, not on every cycle it stays in the window. A
   row that moved to another user (an entry or task reassigned) makes both its old owner (when the previous
@@ -19,7 +21,9 @@ names (``key``: grows on insert; ``updated_at``: moves on every change):
   missing from the state whatever their ids and dates (an import), users deleted from the app (their
   state rows are removed), and a user deleted and another added, or an id reused for a new account, in
   one cycle;
-- ``projects``: a changed project makes every user with entries in it a candidate;
+- ``projects``: a digest of every project's (id, status) in buckets (``project_status.py``, one aggregate in
+  the database), not their stamps: a project archived by a writer whose clock is behind the rows' stamps, added
+  or removed makes every user with entries in it a candidate (a dialect without a hash function: its window);
 - **the sweep**: each cycle, the next slice of users in id order (:func:`sweep_size`: as many as have about
   :data:`SWEEP_ENTRIES` entries, from :data:`SWEEP_MIN_USERS` to :data:`SWEEP_USERS`) have their rule inputs
   that no column above reveals fingerprinted (their users row with admin roles, open/done task
@@ -29,8 +33,9 @@ names (``key``: grows on insert; ``updated_at``: moves on every change):
   ``ceil(users / slice)`` cycles;
 - **the clock**: users whose stored ``due_at`` passed (a window edge, a day tick, the maximum age).
 
-What none of these sees waits for the maximum age: an edit that does not move ``updated_at`` (or in a
-table without one) and that changes no count or key sum (e.g. a duration corrected by hand in SQL).
+What none of these sees waits for the maximum age: an edit of an entry or a task that does not move
+``updated_at`` (or in a table without one), or that a writer behind the rows' stamps made, and that changes no
+count or key sum (e.g. a duration corrected by hand in SQL).
 Every query is one per table and column, on the column the mapping names (index it).
 """
 
@@ -48,6 +53,7 @@ from .binding import BoundSchema
 from .driver_values import as_text, from_text
 from .fingerprints import fingerprint
 from .presence import bucket_of, presence, presence_total, whole
+from .project_status import changed_project_users, digested
 from .queries import ID_CHUNK
 from .state import RefreshState
 from .windows import Source, scan
@@ -63,6 +69,8 @@ SWEEP = PREFIX + "sweep"
 STATE_USERS = PREFIX + "state_users"
 #: The app's users' :func:`.presence.presence`.
 PRESENCE = PREFIX + "presence"
+#: The projects' digest (``project_status.py``).
+PROJECT_STATUS = PREFIX + "project_status"
 
 
 @dataclass
@@ -84,13 +92,18 @@ def find(app_engine: Engine, bound: BoundSchema, state: RefreshState, *, now: da
     reader = Aggregator(bound, now, app_engine.dialect.name)
     projects: set[Any] = set()
     with app_engine.connect() as conn:
-        for source in _sources(bound):
+        by_content = digested(conn, bound)
+        for source in _sources(bound, windowed_projects=not by_content):
             key = PREFIX + source.name
             owners, cursor = scan(conn, bound, reader, source, stored.get(key), now)
             out.cursors[key] = cursor
             if key not in stored:
                 out.complete = False
             (projects if source.name == "projects" else out.user_ids).update(owners)  # type: ignore[union-attr]
+        if by_content:
+            users, out.cursors[PROJECT_STATUS] = changed_project_users(conn, bound, stored.get(PROJECT_STATUS))
+            out.user_ids.update(users)  # type: ignore[union-attr]
+            out.complete = out.complete and PROJECT_STATUS in stored
         if projects:
             out.user_ids.update(project_users(conn, bound, projects))  # type: ignore[union-attr]
         missing, out.removed, out.state_users, out.app_users, out.cursors[PRESENCE] = _missing_users(
@@ -124,7 +137,7 @@ def sweep_size(entries_per_user: float | None) -> int:
     return max(min(SWEEP_MIN_USERS, SWEEP_USERS), min(SWEEP_USERS, int(SWEEP_ENTRIES / entries_per_user)))
 
 
-def _sources(bound: BoundSchema) -> list[Source]:
+def _sources(bound: BoundSchema, *, windowed_projects: bool) -> list[Source]:
     m = bound.mapping
     sources = []
     users_key, _ = bound.change_columns.get(bound.users.name, (None, None))
@@ -150,7 +163,7 @@ def _sources(bound: BoundSchema) -> list[Source]:
         owner = t.c[m.tasks.assignee]
         k = t.c[key] if key else None
         sources.append(Source("tasks", k, owner, k, _cols(t, updated), _named(t, m.tasks.status)))
-    if bound.projects is not None and m.projects is not None:
+    if windowed_projects and bound.projects is not None and m.projects is not None:
         p = bound.projects
         key, updated = bound.change_columns.get(p.name, (None, None))
         pid = p.c[m.projects.id]

@@ -47,10 +47,10 @@ def _mixed(conn: Connection, reader: Aggregator) -> tuple[Any, Any, Any] | None:
     """The users' id column, the hash of (id, created_at) per user and its bucket; None without a hash function."""
     u = reader.mapping.users
     uid = reader.bound.users.c[u.id]
-    if _integers(conn, uid):  # SQLite, integer ids: arithmetic, no call into Python per row
+    if integers(conn, uid):  # SQLite, integer ids: arithmetic, no call into Python per row
         stamp = func.coalesce(func.julianday(reader.bound.users.c[u.created_at]), 0) if u.created_at else 0
         return uid, (uid * 2654435761 + cast(stamp * 86_400_000, Integer)) % 2147483647, uid.op("&")(PRESENCE_BUCKETS - 1)
-    hashed = _hash_function(conn)
+    hashed = hash_function(conn)
     if hashed is None:
         return None
     ident = cast(uid, Text)
@@ -64,7 +64,7 @@ def whole(stored: dict[str, list[int]]) -> tuple[int, int]:
     return sum(n for n, _ in stored.values()), sum(total for _, total in stored.values())
 
 
-def _integers(conn: Connection, uid: Any) -> bool:
+def integers(conn: Connection, uid: Any) -> bool:
     try:
         return conn.dialect.name == "sqlite" and uid.type.python_type is int
     except NotImplementedError:
@@ -73,14 +73,21 @@ def _integers(conn: Connection, uid: Any) -> bool:
 
 def bucket_of(conn: Connection, reader: Aggregator) -> Any:
     uid = reader.bound.users.c[reader.mapping.users.id]
-    if _integers(conn, uid):
-        return uid.op("&")(PRESENCE_BUCKETS - 1)
-    hashed = _hash_function(conn)
+    return bucket_by(conn, uid, integers(conn, uid))
+
+
+def bucket_by(conn: Connection, column: Any, integer: bool) -> Any:
+    """The bucket of ``column``'s value: the value itself, masked, when ``integer`` (SQLite's integer ids: no call into
+    Python per row), else a hash of its text. ``integer`` is decided once per kind of id, so that another column
+    holding the same ids (the entries' project) falls in the same buckets."""
+    if integer:
+        return column.op("&")(PRESENCE_BUCKETS - 1)
+    hashed = hash_function(conn)
     assert hashed is not None
-    return hashed(cast(uid, Text)).op("&")(PRESENCE_BUCKETS - 1)
+    return hashed(cast(column, Text)).op("&")(PRESENCE_BUCKETS - 1)
 
 
-def _hash_function(conn: Connection) -> Any:
+def hash_function(conn: Connection) -> Any:
     """PostgreSQL's ``hashtext``; on SQLite (which has none) ours, registered on the connection; else None."""
     if conn.dialect.name == "postgresql":
         return func.hashtext

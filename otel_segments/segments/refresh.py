@@ -1,8 +1,8 @@
 """Incremental refresh: recompute only the users who can have changed, store what changed.
 
 Who can have changed is found in every input table by what it offers (``changes.py``: keys for
-inserts, ``updated_at`` for edits, counts for users missing from the state, a rotating fingerprint
-sweep for what no column shows), plus users whose stored ``due_at`` passed: the first moment a
+inserts, ``updated_at`` for edits, digests for users missing from the state and for projects' statuses, a
+rotating fingerprint sweep for what no column shows), plus users whose stored ``due_at`` passed: the first moment a
 property changes with the clock alone (an entry leaving the 24 h / 7 d / 30 d window, a day counter
 ticking), capped by ``max_age`` (default 24 h), which bounds whatever nothing else sees.
 

@@ -8,6 +8,12 @@ each cycle until our clock passes it. A window starts at the position a scan rec
 ago on our clock, so a row committed up to that late behind a newer one is still read; once the slack has
 passed, a bulk import or a bulk ``UPDATE`` is behind the cursor and a quiet cycle reads none of it.
 
+What a window cannot follow is a writer behind the rows already there: rows stamped on a clock ahead of it (a
+seed or a migration on another clock, another writer more than the slack ahead) set the position, and its
+writes land below it until its clock reaches theirs. So projects, whose rules input is their status alone, are
+compared by content instead (``project_status.py``); in entries and tasks such a write is found by the sweep when
+it moves a count or a key sum (``changes.py``), and otherwise waits for the maximum age.
+
 Naive stamps are compared in the column's zone; when the zone's offset fell between the cursor and now (a DST
 fall-back), the window is widened by the difference, so a stamp in the repeated local hour, earlier on the
 wall than the cursor though later in time, is still inside.
