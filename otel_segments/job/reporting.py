@@ -39,9 +39,10 @@ class Reporter:
         self._stuck_reported = None
 
     def failed(self, cause: str, error: BaseException) -> None:
-        """A cycle (or the lease's release) failed; the details go to DEBUG."""
+        """A cycle (or the lease's release) failed; the details go to DEBUG, and the same cause again only there."""
+        if cause != self.last_error:
+            _logger.warning("otel_segments: segment refresh failed, retrying next cycle: %s", cause)
         self.last_error = cause
-        _logger.warning("otel_segments: segment refresh failed, retrying next cycle: %s", cause)
         _logger.debug("otel_segments: refresh failure details", exc_info=error)
 
     def sink_failed(self, cause: str) -> None:

@@ -348,3 +348,31 @@ def test_forked_child_runs_the_job_and_the_pre_fork_parent_does_not(app_engine, 
     assert job.kick() is False  # the pre-fork parent (a gunicorn --preload master) stays idle
     assert RefreshState(app_engine).count() == USERS
     job.shutdown()
+
+
+def test_a_failure_repeating_every_cycle_is_named_once_until_a_cycle_works_again(app_engine, caplog) -> None:
+    """README: one clear line per fault, not one per cycle; the same failure after a recovery is named again."""
+    job = _job(app_engine, {})
+
+    def move(table: str, to: str) -> None:
+        with app_engine.begin() as conn:
+            conn.exec_driver_sql(f"ALTER TABLE {table} RENAME TO {to}")
+
+    try:
+        assert job.run_cycle(now=T1).error is None
+        with caplog.at_level(logging.INFO, logger="otel_segments"):
+            move("time_entries", "time_entries_away")  # the app's activity table gone: every cycle fails alike
+            results = [job.run_cycle(now=T1 + timedelta(minutes=m)) for m in (1, 2, 3)]
+            move("time_entries_away", "time_entries")
+            recovered = job.run_cycle(now=T1 + timedelta(minutes=4))
+            move("time_entries", "time_entries_away")
+            again = job.run_cycle(now=T1 + timedelta(minutes=5))
+            move("time_entries_away", "time_entries")
+    finally:
+        job.shutdown(timeout_s=2)
+    assert all(r is not None and r.error for r in results) and again is not None and again.error, (results, again)
+    assert recovered is not None and recovered.error is None
+    ours = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("otel_segments")]
+    failures = [m for level, m in ours if level == "WARNING" and "segment refresh failed" in m]
+    assert len(failures) == 2, ours  # the first of the three, and the one after the recovery
+    assert [m for _, m in ours if "works again" in m], ours
