@@ -285,10 +285,16 @@ def test_the_job_delivers_every_user_and_requests_are_served_throughout(
     # nothing of ours goes wrong: no warning, no traceback through our code. Two exceptions: a cycle that the
     # eventlet master runs while eventlet patches it (before it forks) fails once; retried, nothing lost. And on a
     # busy machine (six servers refreshing at once beside the rest of the suite) a full refresh may outlive its 30 s
-    # lease, which the job rightly says; a refresh that never ends fails the delivery assertions below instead
+    # lease, which the job rightly says; a refresh that never ends fails the delivery assertions below instead. Then
+    # a cycle may wait out SQLite's busy timeout (5 s) while another writes (seen at load 10 on 2 cores, where
+    # gunicorn forked its worker 10 s after start, so the master's first refresh probably still ran): README's lock
+    # row, said once (the same failure again goes to DEBUG), retried each cycle, nothing lost (asserted below)
     race = "RuntimeError: cannot notify on un-acquired lock"
     slow = "longer than its 30s lease"
+    locked = "OperationalError: database is locked"
     lines = [line for line in log.splitlines() if "otel_segments:" in line and slow not in line]
+    assert sum(line.endswith(locked) for line in lines) <= 1, lines
+    lines = [line for line in lines if not line.endswith(locked)]
     ours = _our_tracebacks(log)
     if model == "eventlet":
         assert sum(line.endswith(race) for line in lines) <= 1, lines
