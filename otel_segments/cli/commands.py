@@ -18,12 +18,15 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from ..runtime.database import EXAMPLE, DatabaseURLError, engine_for
 from ..segments import UserSegment
 from ..segments.binding import BoundSchema, bind
+from ..segments.captured import TRIGGERS, ChangeCapture
 from ..segments.cohorts import export
 from ..segments.refresh import refresh
 from ..segments.schema import load_schema
 from ..segments.state import RefreshState
 from ..settings.config import (
+    CHANGE_CAPTURES,
     DEFAULT_SCHEMA,
+    OTEL_SEGMENTS_CHANGE_CAPTURE,
     OTEL_SEGMENTS_DATABASE_URL,
     OTEL_SEGMENTS_SCHEMA,
     OTEL_SEGMENTS_STATE_URL,
@@ -80,8 +83,9 @@ def run_compute(args: argparse.Namespace, err: Console) -> int:
         state_url = args.state_url or os.environ.get(OTEL_SEGMENTS_STATE_URL, "").strip()
         state = RefreshState(open_engine(state_url, OTEL_SEGMENTS_STATE_URL) if state_url else engine)
         changed: list[UserSegment] = []
+        capture = change_capture()
         with err.status("refreshing", spinner="dots") if err.is_terminal else NoStatus():
-            result = refresh(engine, state, bound, now=now, on_change=changed.append)
+            result = refresh(engine, state, bound, now=now, on_change=changed.append, capture=capture)
         err.print(f"{result.computed} users recomputed, {result.changed} changed ({'full' if result.full else 'incremental'})")
         emit(iter(changed), args.format)
         return 0
@@ -92,6 +96,15 @@ def run_compute(args: argparse.Namespace, err: Console) -> int:
         task = progress.add_task("computing", total=total)
         emit(advancing(segments, progress, task), args.format)
     return 0
+
+
+def change_capture() -> ChangeCapture | None:
+    """Exact mode when the job's variable asks for it: a state the job refreshes with triggers, refreshed here
+    with windows, would have its mode flipped, and both would then recompute everyone once."""
+    raw = os.environ.get(OTEL_SEGMENTS_CHANGE_CAPTURE, "").strip().lower()
+    if raw and raw not in CHANGE_CAPTURES:
+        raise CliError(f"{OTEL_SEGMENTS_CHANGE_CAPTURE}={raw[:64]!r} is not one of {', '.join(CHANGE_CAPTURES)}")
+    return ChangeCapture() if raw == TRIGGERS else None
 
 
 def run_cohorts(args: argparse.Namespace, err: Console) -> int:

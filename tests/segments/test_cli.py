@@ -145,3 +145,37 @@ def test_triggers_print_apply_and_drop(tmp_path: Path) -> None:
     engine.dispose()
     missing = _run("triggers", "--database-url", f"sqlite:///{tmp_path / 'none.sqlite'}")
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_compute_changed_follows_the_jobs_change_capture(tmp_path: Path) -> None:
+    """``compute --changed`` on the job's state refreshes it the job's way: in exact mode it reads the triggers' rows
+    (a raw SQL edit that moves no timestamp is found), and never flips the state's mode back to windows."""
+    db = tmp_path / "demo.sqlite"
+    url = f"sqlite:///{db}"
+    assert _run("demo", "--users", "40", "--seed", "3", "--database", str(db)).returncode == 0  # refreshed, windows
+    applied = _run("triggers", "--apply", "--database-url", url)
+    assert applied.returncode == 0, applied.stderr
+
+    first = _run("compute", "--changed", "--database-url", url, OTEL_SEGMENTS_CHANGE_CAPTURE="triggers")
+    assert first.returncode == 0 and "(full)" in first.stderr, first.stderr  # the mode changed: everyone, once
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE users SET role = 'admin' WHERE id = 7")
+            pending = conn.exec_driver_sql("SELECT count(*) FROM otel_segments_changes").scalar()
+        assert pending, "the triggers recorded nothing"
+        second = _run("compute", "--changed", "--format", "jsonl", "--database-url", url, OTEL_SEGMENTS_CHANGE_CAPTURE="triggers")
+        assert second.returncode == 0 and "(incremental)" in second.stderr, second.stderr
+        assert [json.loads(line)["distinct_id"] for line in second.stdout.splitlines()] == ["7"]
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM otel_segments_changes").scalar() == 0  # read and cleared
+    finally:
+        engine.dispose()
+
+    third = _run("compute", "--changed", "--database-url", url, OTEL_SEGMENTS_CHANGE_CAPTURE="triggers")
+    assert third.returncode == 0 and "0 changed (incremental)" in third.stderr, third.stderr
+
+    bad = _run("compute", "--changed", "--database-url", url, OTEL_SEGMENTS_CHANGE_CAPTURE="trigger")
+    assert bad.returncode == 2 and "OTEL_SEGMENTS_CHANGE_CAPTURE='trigger' is not one of windows, triggers" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
