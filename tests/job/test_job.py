@@ -33,6 +33,7 @@ from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
 from otel_segments.sinks.otlp import OtlpSegmentSink
 from otel_segments.sinks.posthog import PostHogSink
+from otel_segments.sinks.transport import PeerSession
 from otel_segments.spans.cache import SegmentCache
 from otel_segments.spans.processor import SuperPropertiesSpanProcessor
 from tests.conftest import _free_port
@@ -376,3 +377,23 @@ def test_a_failure_repeating_every_cycle_is_named_once_until_a_cycle_works_again
     failures = [m for level, m in ours if level == "WARNING" and "segment refresh failed" in m]
     assert len(failures) == 2, ours  # the first of the three, and the one after the recovery
     assert [m for _, m in ours if "works again" in m], ours
+
+
+def test_the_flush_at_exit_ends_a_delivery_the_collector_fails_instead_of_retrying_until_the_bound(
+    app_engine, http_receiver: Receiver
+) -> None:
+    """Pending updates are tried once more at exit; a collector answering 503 to that ends it at once (the exporter
+    would retry for its 60 s timeout, the stop until 0.5 s before its bound), and they stay pending (issue 24)."""
+    exporter = OTLPLogExporter(endpoint=f"{http_receiver.endpoint}/v1/logs", timeout=60, session=PeerSession())
+    job = _job(app_engine, {"otlp": lambda: OtlpSegmentSink(exporter, Resource({"service.name": "timetracker"}))})
+    http_receiver.status = 400  # refused at once, not retried: the cycle leaves every user pending
+    first = job.run_cycle(now=T1)
+    assert first is not None and first.holder and first.delivered.get("otlp", 0) == 0, first
+    http_receiver.status = 503
+    tried = len(http_receiver.of("logs"))
+    started = time.monotonic()
+    job.shutdown(timeout_s=30)
+    took = time.monotonic() - started
+    assert len(http_receiver.of("logs")) > tried, "the flush at exit did not try the pending updates"
+    assert took < 15, f"the stop waited {took:.1f}s for a delivery the collector had failed (bound 30 s)"
+    assert len(RefreshState(app_engine).pending("otlp", limit=USERS)) == USERS  # nothing marked delivered
