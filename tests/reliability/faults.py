@@ -300,8 +300,21 @@ class HostApp:
         return "\n".join(line.text for line in self.lines)
 
     def ours(self, since: float = 0.0, until: float = math.inf) -> list[str]:
-        """The plugin's log lines (logger ``otel_segments...``) written between two ``time.monotonic()`` moments."""
-        return [line.text for line in list(self.lines) if since <= line.at <= until and " otel_segments" in line.text]
+        """The plugin's log lines (logger ``otel_segments...``) written between two ``time.monotonic()`` moments.
+
+        A line logged before the app configured logging (a cycle at start-up, while the app still imports) is
+        printed by Python's last-resort handler, the message alone (``otel_segments: ...``), WARNING or worse:
+        it is given the app's format's level here, so that it counts as the warning it is.
+        """
+        out = []
+        for line in list(self.lines):
+            if not since <= line.at <= until:
+                continue
+            if line.text.startswith("otel_segments:"):
+                out.append(f"WARNING (last resort) {line.text}")
+            elif " otel_segments" in line.text:
+                out.append(line.text)
+        return out
 
     def wait_for_log(self, text: str, since: float = 0.0, timeout_s: float = 30) -> str:
         def found() -> list[str]:

@@ -228,7 +228,9 @@ class Fault:
     clear: Callable[[], None]
     says: str  # what the plugin's warning names during the fault
     at_start: bool = False  # the peer is already broken when the app starts
-    failing_cycles: int = 2  # failed cycles (one warning each) to see before the fault clears
+    #: Warnings naming the fault to see before it clears: a sink says so each cycle it fails, a refresh once per cause
+    #: (the same failure again is at DEBUG until a cycle works: README's failure table)
+    failing_cycles: int = 2
 
 
 @dataclass
@@ -241,6 +243,7 @@ class Run:
 
 def _through(fault: Fault, app: HostApp, app_engine: Engine, state: Callable[[], RefreshState], peers: Peers) -> Run:
     """Serve requests through the whole life of ``fault``; return once every change is delivered and the app exited."""
+    began = time.monotonic()  # a fault at start is named at start (a refresh failure once, not once per cycle)
     if fault.at_start:
         fault.start()
     app.start()
@@ -256,12 +259,12 @@ def _through(fault: Fault, app: HostApp, app_engine: Engine, state: Callable[[],
                 )
                 time.sleep(0.5)  # a steady-state baseline as well
                 fault.start()
-            began = time.monotonic()
+                began = time.monotonic()
             load.phase = "fault"
             add_entries(app_engine, [int(u) for u in CHANGED])
-            wait_until(
-                lambda: sum(fault.says in line for line in app.ours(began)) >= fault.failing_cycles,
-                f"{fault.failing_cycles} plugin warnings naming {fault.says!r}",
+            wait_until(  # and requests served meanwhile: a fault at start may be named before the first request
+                lambda: sum(fault.says in line for line in app.ours(began)) >= fault.failing_cycles and load.of("fault"),
+                f"{fault.failing_cycles} plugin warnings naming {fault.says!r}, and a request served during the fault",
                 HANG_BOUND_S,
                 lambda: app.stderr,
             )
@@ -293,6 +296,8 @@ def _assert_served_and_reported(run: Run, fault: Fault) -> None:
     assert TOKEN not in text and API_KEY not in text
     warnings = [line for line in run.during if line.startswith("WARNING")]
     assert len(warnings) >= fault.failing_cycles and all(fault.says in w for w in warnings), run.during
+    refresh = [w for w in warnings if "segment refresh failed" in w]
+    assert len(refresh) == len(set(refresh)), run.during  # each refresh failure named once, not once per cycle
     # one line per failed cycle, no more: at most the cycles that fit in the fault, plus the one running at its start
     assert len(warnings) <= run.seconds * 1000 / INTERVAL_MS + 2, run.during
     assert "works again" in run.app.stderr
@@ -429,6 +434,7 @@ def test_database_down_at_start(tmp_path: Path, peers: Peers, postgres_database:
         lambda: database.set_mode(FORWARD),
         "Connection refused",
         at_start=True,
+        failing_cycles=1,  # a refresh failure is named once
     )
     try:
         run = _through(fault, _host_app(tmp_path, peers, url), engine, lambda: RefreshState(engine), peers)
@@ -451,7 +457,7 @@ def test_database_disappears_mid_refresh(tmp_path: Path, peers: Peers, postgres_
         lambda: database.cut_on(b"time_entries", then=REFUSE),
         lambda: database.set_mode(FORWARD),
         "segment refresh failed",
-        failing_cycles=3,
+        failing_cycles=2,  # two causes, each named once: the cut mid-query, then the refused connections
     )
     try:
         run = _through(fault, _host_app(tmp_path, peers, url), engine, lambda: RefreshState(engine), peers)
@@ -489,7 +495,9 @@ def test_state_database_disk_full(tmp_path: Path, peers: Peers) -> None:
         return last[0]
 
     mechanism = "tmpfs" if disk.tmpfs else "RLIMIT_FSIZE"
-    fault = Fault(f"state disk full ({mechanism})", lambda: disk.fill(app.pid), lambda: disk.free(app.pid), disk.error)
+    fault = Fault(
+        f"state disk full ({mechanism})", lambda: disk.fill(app.pid), lambda: disk.free(app.pid), disk.error, failing_cycles=1
+    )
     run = _through(fault, app, engine, state, peers)
     _assert_served_and_reported(run, fault)
     _assert_once(peers)
