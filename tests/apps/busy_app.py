@@ -7,7 +7,8 @@ query through its own SQLAlchemy engine (one connection each time, so a
 ``connect`` too), a GET with ``requests`` and one with ``httpx``, and every
 fourth time a new time entry (fresh activity, so the job's next cycles have
 updates to deliver). It runs for ``argv[1]`` seconds and at least :data:`MIN_REQUESTS` requests (a busy machine
-may give it fewer in that time), prints ``served <n>`` and exits; the plugin's atexit shutdown and the SDK's flush run as in any app.
+may give it fewer in that time), prints ``served <n>`` and exits; the plugin's atexit shutdown and the SDK's flush
+run as in any app.
 
 The SQLAlchemy instrumentation is switched on here, in code: its 0.66b1 release
 declares ``sqlalchemy<2.1``, so ``opentelemetry-instrument`` skips it beside
