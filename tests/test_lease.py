@@ -99,9 +99,7 @@ def test_a_held_lock_on_the_lease_row_fails_the_acquire_and_frees_the_connection
         thread.start()
         thread.join(30)  # the lock timeout is 5 s; 30 s bounds the wait on a loaded machine
         waiting = held.execute(
-            sqlalchemy.text(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name AND wait_event_type = 'Lock'"
-            ),
+            sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name AND wait_event_type = 'Lock'"),
             {"name": APPLICATION_NAME},
         ).scalar()
         held.rollback()

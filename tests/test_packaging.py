@@ -66,7 +66,12 @@ def test_the_wheel_in_a_fresh_venv_runs_the_quick_start(dist: Path, tmp_path: Pa
     with out.open("w") as file:
         done = subprocess.run(
             [cli, "compute", "--database-url", f"sqlite:///{db}", "--format", "jsonl"],
-            stdout=file, stderr=subprocess.PIPE, text=True, timeout=120, env=clean_env(), cwd=tmp_path,
+            stdout=file,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env=clean_env(),
+            cwd=tmp_path,
         )
     assert done.returncode == 0, done.stderr
     assert sorted(int(json.loads(line)["distinct_id"]) for line in out.read_text().splitlines()) == list(range(1, USERS + 1))

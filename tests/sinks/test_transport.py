@@ -123,9 +123,7 @@ def test_a_request_closes_every_duplicate_it_took(httpserver: HTTPServer) -> Non
     assert len(taken) == 1
 
 
-def test_a_proxy_dripping_its_connect_answer_meets_the_deadline(
-    dripping_proxy: Proxy, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_proxy_dripping_its_connect_answer_meets_the_deadline(dripping_proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", dripping_proxy.url)
     session = PeerSession()
     thread, outcome = _post_in_thread(session, f"https://{REMOTE}/batch/", timeout=2.0)
