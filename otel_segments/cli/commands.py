@@ -18,7 +18,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from ..runtime.database import EXAMPLE, DatabaseURLError, engine_for
 from ..segments import UserSegment
 from ..segments.binding import BoundSchema, bind
-from ..segments.captured import TRIGGERS, ChangeCapture
+from ..segments.captured import ChangeCapture, capture_for
 from ..segments.cohorts import export
 from ..segments.refresh import refresh
 from ..segments.schema import load_schema
@@ -32,6 +32,7 @@ from ..settings.config import (
     OTEL_SEGMENTS_STATE_URL,
     database_url,
 )
+from ..settings.values import read
 from .output import NoStatus, advancing, emit, progress_bar
 
 EXIT_USAGE = 2
@@ -101,10 +102,10 @@ def run_compute(args: argparse.Namespace, err: Console) -> int:
 def change_capture() -> ChangeCapture | None:
     """Exact mode when the job's variable asks for it: a state the job refreshes with triggers, refreshed here
     with windows, would have its mode flipped, and both would then recompute everyone once."""
-    raw = os.environ.get(OTEL_SEGMENTS_CHANGE_CAPTURE, "").strip().lower()
-    if raw and raw not in CHANGE_CAPTURES:
+    raw = read(os.environ, OTEL_SEGMENTS_CHANGE_CAPTURE).lower()
+    if raw and raw not in CHANGE_CAPTURES:  # the job warns and keeps the default; a command asked by hand says no
         raise CliError(f"{OTEL_SEGMENTS_CHANGE_CAPTURE}={raw[:64]!r} is not one of {', '.join(CHANGE_CAPTURES)}")
-    return ChangeCapture() if raw == TRIGGERS else None
+    return capture_for(raw)
 
 
 def run_cohorts(args: argparse.Namespace, err: Console) -> int:

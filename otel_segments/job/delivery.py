@@ -34,16 +34,13 @@ DELIVERY_PACE = 1.0
 class Sink(Protocol):
     """See :mod:`otel_segments.sinks`: ``deliver`` returns the users refused for good (None: nobody), or raises
     :class:`DeliveryError` naming who was accepted before it stopped; ``shutdown`` may be called from any thread,
-    at any time, and ends a delivery in flight instead of waiting for it."""
+    at any time, and ends a delivery in flight instead of waiting for it. A sink may also have ``failing``, read from
+    another thread: its delivery in flight was already answered with a failure and is only being retried (see
+    :class:`~otel_segments.sinks.otlp.OtlpSegmentSink`); one without says no."""
 
     def deliver(self, batch: list[UserSegment]) -> Sequence[Refusal] | None: ...
 
     def shutdown(self, timeout_s: float = 5.0) -> None: ...
-
-
-#: A sink may also say, from another thread, that its delivery in flight was already answered with a failure and
-#: is only being retried (``failing``, see :class:`~otel_segments.sinks.otlp.OtlpSegmentSink`); one without says no.
-FAILING = "failing"
 
 
 class Delivery:
@@ -98,9 +95,9 @@ class Delivery:
         return delivered, failed
 
     def failing(self) -> bool:
-        """The delivery in flight was already answered with a failure and its sink is only retrying (see :data:`FAILING`)."""
+        """The delivery in flight was already answered with a failure and its sink is only retrying (see :class:`Sink`)."""
         sink = self._in_flight
-        return sink is not None and bool(getattr(sink, FAILING, False))
+        return sink is not None and bool(getattr(sink, "failing", False))
 
     def quarantined(self) -> dict[str, int]:
         """Per sink, how many users it refused for good (only sinks with any)."""

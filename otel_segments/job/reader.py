@@ -144,7 +144,7 @@ class SegmentsMetricReader(MetricReader):
         deadline = min(self._exit_deadline() or math.inf, time.monotonic() + min(LAST_EXPORT_S, timeout_millis / 1000))
         if not self._thread.is_current():
             self._wait(self._thread, deadline)  # a periodic export in flight ends with the rest
-        if getattr(self._exporter, "failing", False):
+        if self._failing():
             self._shut_exporter()  # the collector is failing the export in flight: it would fail this one too
             return
         last = native.Thread(self._last_collection)
@@ -163,8 +163,12 @@ class SegmentsMetricReader(MetricReader):
     def _wait(self, thread: native.Thread, deadline: float) -> None:
         """Join ``thread`` until ``deadline``, or until its export was answered with a failure (it would only retry)."""
         while not thread.join(min(0.05, max(0.0, deadline - time.monotonic()))) and time.monotonic() < deadline:
-            if getattr(self._exporter, "failing", False):  # see signal_support.GaugeExporter
+            if self._failing():
                 return
+
+    def _failing(self) -> bool:
+        """The export in flight was answered with a failure (``signal_support.GaugeExporter``; another exporter: no)."""
+        return bool(getattr(self._exporter, "failing", False))
 
     def _shut_exporter(self, seconds: float = 0.0) -> None:
         """Shut the exporter down once (a second call would log the SDK's "already shutdown" warning)."""

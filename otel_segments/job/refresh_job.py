@@ -35,7 +35,7 @@ from sqlalchemy.engine import Engine
 from ..runtime import native, watchdog
 from ..runtime.untraced import untraced
 from ..segments.binding import BoundSchema, bind
-from ..segments.captured import TRIGGERS, ChangeCapture
+from ..segments.captured import capture_for
 from ..segments.refresh import DEFAULT_MAX_AGE, RefreshResult, refresh
 from ..segments.schema import SchemaMapping
 from ..segments.state import RefreshState, StateVersionError
@@ -100,7 +100,7 @@ class RefreshJob:
         self.lease_ttl = lease_ttl or max(2 * interval, MIN_LEASE_TTL)
         self.delivery_batch = delivery_batch
         #: Exact mode (``OTEL_SEGMENTS_CHANGE_CAPTURE=triggers``): changes recorded by the app database's triggers.
-        self._capture = ChangeCapture() if change_capture == TRIGGERS else None
+        self._capture = capture_for(change_capture)
         self._state: RefreshState | None = None
         self._bound: BoundSchema | None = None
         self._lease: Lease | None = None

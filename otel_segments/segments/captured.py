@@ -132,3 +132,8 @@ def _role_users(conn: Connection, bound: BoundSchema, roles: set[str]) -> set[st
         query = select(association.c[r.user_id]).distinct().where(column.in_(ids[start : start + ID_CHUNK]))
         out.update(str(row[0]) for row in conn.execute(query))
     return out
+
+
+def capture_for(mode: str) -> ChangeCapture | None:
+    """The capture of ``OTEL_SEGMENTS_CHANGE_CAPTURE``'s ``mode``: exact mode's for ``triggers``, none (windows) else."""
+    return ChangeCapture() if mode == TRIGGERS else None

@@ -52,7 +52,7 @@ from .batch import Aggregator
 from .binding import BoundSchema
 from .driver_values import as_text, from_text
 from .fingerprints import fingerprint
-from .presence import bucket_of, presence, presence_total, whole
+from .presence import bucket_of, changed_buckets, presence, presence_total, whole
 from .project_status import changed_project_users, digested
 from .queries import ID_CHUNK
 from .state import RefreshState
@@ -221,7 +221,7 @@ def _missing_users(
     known = state.user_ids()
     missing = app_ids - known
     if now is not None and stored is not None:
-        changed = sorted({int(b) for b in set(now) | set(stored) if now.get(b) != stored.get(b)})
+        changed = changed_buckets(now, stored)
         if changed:
             bucket = bucket_of(conn, reader)
             query = select(uid).where(uid.is_not(None), bucket.in_(changed))

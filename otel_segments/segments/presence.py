@@ -64,6 +64,11 @@ def whole(stored: dict[str, list[int]]) -> tuple[int, int]:
     return sum(n for n, _ in stored.values()), sum(total for _, total in stored.values())
 
 
+def changed_buckets(now: dict[str, list[int]], stored: dict[str, list[int]]) -> list[int]:
+    """The buckets whose [count, digest] differs between two digests (in either one only, too)."""
+    return sorted({int(b) for b in set(now) | set(stored) if now.get(b) != stored.get(b)})
+
+
 def integers(conn: Connection, uid: Any) -> bool:
     try:
         return conn.dialect.name == "sqlite" and uid.type.python_type is int

@@ -24,7 +24,7 @@ from sqlalchemy import Text, cast, func, select
 from sqlalchemy.engine import Connection
 
 from .binding import BoundSchema
-from .presence import bucket_by, hash_function, integers, whole
+from .presence import bucket_by, changed_buckets, hash_function, integers, whole
 from .queries import ID_CHUNK
 
 
@@ -51,7 +51,7 @@ def changed_project_users(
     now = {str(int(b)): [int(c), int(s or 0)] for b, c, s in conn.execute(query)}
     if stored is None:
         return set(), now
-    changed = sorted({int(b) for b in set(now) | set(stored) if now.get(b) != stored.get(b)})
+    changed = changed_buckets(now, stored)
     if not changed:
         return set(), now
     a = bound.mapping.activity

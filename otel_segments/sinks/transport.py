@@ -208,7 +208,7 @@ class PeerSession(requests.Session):
         try:
             response = super().request(method, url, *args, **kwargs)
         except requests.RequestException as error:
-            _record_error(error)
+            _record(error=error)
             if in_flight.ended == "deadline":
                 raise DeadlineExceededError(f"no complete answer within {seconds:g}s") from error
             if in_flight.ended == "aborted":
@@ -244,19 +244,15 @@ def _seconds(timeout: Any) -> float:
     return DEFAULT_DEADLINE_S if timeout is None else max(float(timeout), 0.001)
 
 
-def _record_error(error: Exception) -> None:
-    answer: Answer | None = getattr(_local, "answer", None)
-    if answer is not None:
-        answer.requests += 1
-        answer.error = type(error).__name__
-
-
-def _record(response: requests.Response) -> None:
+def _record(response: requests.Response | None = None, *, error: Exception | None = None) -> None:
+    """What this request got, in the thread's :class:`Answer` if one is watching: a response, or no answer (``error``)."""
     answer: Answer | None = getattr(_local, "answer", None)
     if answer is None:
         return
     answer.requests += 1
-    answer.error = None
+    answer.error = type(error).__name__ if error is not None else None
+    if response is None:
+        return
     answer.status = response.status_code
     answer.url = safe_url(response.url)
     location = response.headers.get("Location") if 300 <= response.status_code < 400 else None
