@@ -1,4 +1,4 @@
-"""The refresh job: one cycle = lease, incremental refresh, delivery to every sink, cache update.
+"""The refresh job: one cycle = lease, incremental refresh, span cache update, delivery to every sink.
 
 A cycle is started by :meth:`RefreshJob.kick`, which the
 :class:`~otel_segments.job.reader.SegmentsMetricReader` calls on each collection; it
@@ -200,8 +200,8 @@ class RefreshJob:
         self._reporter.problems(refreshed)
         if refreshed.changed or self._counts is None:
             self._counts = count(state.segments())
+        self._sync_cache(state)  # spans need the stored segment, not its delivery: a backlog may take minutes
         delivered, failed = self._delivery.run(state, lease, lease_ttl=self.lease_ttl, batch=self.delivery_batch)
-        self._sync_cache(state)
         quarantined = self._delivery.quarantined()
         if refreshed.quarantined:
             quarantined["refresh"] = refreshed.quarantined

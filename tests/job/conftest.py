@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 
 from otel_segments.segments.demo import create_demo_database
 from tests.segments.data import NOW
-from tests.sinks.conftest import Capture, _no_posthog_env, capture  # noqa: F401 - fixtures shared with the sink tests
+from tests.sinks.conftest import Capture, _no_posthog_env, capture, hang_peer  # noqa: F401 - fixtures shared with the sink tests
 
 USERS = 40
 

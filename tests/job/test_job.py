@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from datetime import timedelta
@@ -41,6 +42,7 @@ from tests.job.conftest import USERS
 from tests.receivers import Receiver
 from tests.segments.data import NOW, naive
 from tests.sinks.conftest import Capture
+from tests.slow_peer import SlowPeer
 
 T1 = NOW + timedelta(seconds=1)
 ALL = {str(i) for i in range(1, USERS + 1)}
@@ -154,6 +156,24 @@ def test_cache_feeds_spans_with_the_users_segment(app_engine) -> None:
     assert not any(k.startswith("app.user.engagement") for k in spans[("after", "no-such-user")])
     assert cache.get("no-such-user") == {}  # known to have no segment: not looked up again
     job.shutdown()
+
+
+def test_spans_get_the_stored_segment_while_its_delivery_is_still_in_flight(app_engine, hang_peer: SlowPeer) -> None:
+    # a first cycle's delivery (a backlog, a slow peer) may take minutes: spans need the stored segment, not its delivery
+    cache = SegmentCache(100)
+    cache.get("3")  # a span asked for user 3
+    job = _job(app_engine, {"posthog": lambda: _posthog(hang_peer.url, timeout_s=120)}, cache=cache)
+    cycle = threading.Thread(target=job.run_cycle, kwargs={"now": T1}, daemon=True)
+    cycle.start()
+    deadline = time.monotonic() + 60
+    while not (cache.get("3") and hang_peer.accepted) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    expected = next(s for s in compute_segments(app_engine, TIMETRACKER, now=T1, user_ids=["3"]))
+    assert (cache.get("3") or {}).get("app.user.engagement_level") == expected.set["engagement_level"]
+    assert hang_peer.accepted and cycle.is_alive()  # PostHog has the batch and has not answered it
+    job.shutdown(timeout_s=2)
+    cycle.join(timeout=30)
+    assert len(RefreshState(app_engine).pending("posthog", limit=1000)) == USERS  # unanswered: still pending
 
 
 def test_posthog_500_then_recovers_without_loss_or_duplicates(app_engine, capture: Capture, caplog) -> None:
