@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta, timezone
-from zoneinfo import ZoneInfo
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -18,15 +17,12 @@ from hypothesis.stateful import initialize, precondition, rule
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import Engine
 
-from otel_segments.segments.binding import bind
 from otel_segments.segments.captured import ChangeCapture
 from otel_segments.segments.demo import roles, tasks, time_entries, user_roles, users
-from otel_segments.segments.refresh import refresh
-from otel_segments.segments.schema import TIMETRACKER
-from otel_segments.segments.state import RefreshState
+from otel_segments.segments.refresh import RefreshResult, refresh
 from otel_segments.segments.triggers import CHANGE_TABLE, create_ddl
 
-from .test_incremental_equals_full import FALL, MAX_AGE, OFFSET, PROFILE, START, WRITER, ZONES, History, naive
+from .test_incremental_equals_full import DRIFT, MAX_AGE, OFFSET, PROFILE, WRITER, ZONES, History, naive
 
 # The suite's run: 8 histories of 25 steps (about 30 s a database on a loaded machine); a longer run by the variable.
 EXACT_PROFILE = settings(PROFILE, max_examples=int(os.environ.get("OTEL_SEGMENTS_PROPERTY_EXAMPLES", "8")))
@@ -38,21 +34,17 @@ class ExactHistory(History):
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {CHANGE_TABLE}")
         super().__init__()
 
-    @initialize(zone=st.sampled_from(ZONES), fall=st.booleans(), writer=WRITER)
-    def start(self, zone: str, fall: bool, writer: timedelta) -> None:
-        self.zone = ZoneInfo(zone)
-        self.now = FALL if fall else START
-        self.writer = writer
-        self.bound = bind(TIMETRACKER, self.engine, app_timezone=zone)
+    @initialize(zone=st.sampled_from(ZONES), fall=st.booleans(), writer=WRITER, drift=DRIFT)
+    def start(self, zone: str, fall: bool, writer: timedelta, drift: float) -> None:
+        self.begin(zone, fall, writer, drift)
         with self.engine.begin() as conn:
             for statement in create_ddl(conn, self.bound):
                 conn.execute(statement)
         self.capture = ChangeCapture()
-        self.state = RefreshState(self.engine)
         self.refresh()
 
-    def refresh(self) -> None:
-        refresh(self.engine, self.state, self.bound, now=self.now, max_age=MAX_AGE, capture=self.capture)
+    def refresh(self) -> RefreshResult:
+        return refresh(self.engine, self.state, self.bound, now=self.now, max_age=MAX_AGE, capture=self.capture)
 
     @precondition(lambda self: self.entries)
     @rule(data=st.data())

@@ -10,6 +10,11 @@ are inserted (any time, back-dated or ahead), edited, moved and deleted; thousan
 in one statement with one stamp; tasks are assigned, reassigned, completed, reopened and deleted; roles and admin
 grants change; users log in; projects are archived; the clock jumps across window and day edges.
 
+A writer's clock may also drift against ours (running slow or fast, up to half the speed of real time). And half the
+histories read the entries through a view that fails on a row an edit "poisons" (as a view over malformed JSON, or a
+failing cast, does): its user is set aside while the row is poisoned, everyone else is refreshed, and once an edit
+cures the row (or moves or deletes it) the user is correct again at the next cycle.
+
 The one difference the design accepts is named: ``silent_fix``, a hand edit in SQL that moves no ``updated_at`` and
 changes no count or key (a duration corrected in place). Such a user may stay stale until the maximum age, never longer.
 """
@@ -17,19 +22,20 @@ changes no count or key (a duration corrected in place). Such a user may stay st
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import Engine
 
 from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.binding import bind
 from otel_segments.segments.demo import metadata, projects, roles, tasks, time_entries, user_roles, users
-from otel_segments.segments.refresh import refresh
+from otel_segments.segments.refresh import RefreshResult, refresh
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
 
@@ -40,11 +46,18 @@ ZONES = ("UTC", "America/Los_Angeles", "Europe/Berlin", "Asia/Kolkata", "Pacific
 # The app's writers' clock against ours, for a whole history: behind or ahead by minutes to days (the writers then
 # differ among themselves by half SKEW at most: windows need writers within SLACK of each other, not of us).
 WRITER = st.sampled_from([0, 0, -600, 600, -2 * 86400, 3 * 86400]).map(lambda s: timedelta(seconds=s))
+# How fast the writer's clock runs against ours, minus one: stamps still move forward, slower or faster than real time.
+DRIFT = st.sampled_from([0.0, 0.0, 0.001, -0.001, 0.05, -0.05, 0.5, -0.5])
 SKEW = st.integers(-240, 240).map(lambda s: timedelta(seconds=s))  # writers' clocks, seconds from ours
 OFFSET = st.one_of(
     st.integers(-45 * 86400, 2 * 3600),  # any time from 45 days back to 2 hours ahead
     st.sampled_from([-86400, -7 * 86400, -30 * 86400]).flatmap(lambda e: st.integers(e - 5, e + 5)),  # on window edges
 ).map(lambda s: timedelta(seconds=s))
+#: The entries as the app reads them through a view: a 'poison' row fails to read (SQLite: an integer overflow;
+#: PostgreSQL: a division by zero), each row evaluated on its own, as a view over malformed JSON or a failing cast is.
+POISON = "poison"
+ENTRIES_VIEW = replace(TIMETRACKER, name="entries-view", activity=replace(TIMETRACKER.activity, table="entries_v"))
+FAILS = {"sqlite": "abs(-9223372036854775807 - 1)", "postgresql": "1 / (user_id - user_id)"}
 STATUSES = ("todo", "in_progress", "review", "done", "cancelled")
 PROJECTS = (1, 2, 3)
 
@@ -63,10 +76,13 @@ def naive(value: datetime, zone: ZoneInfo | timezone) -> datetime:
 
 class History(RuleBasedStateMachine):
     engine: Engine
+    view = False  # the entries read through the poisoning view
 
     def __init__(self) -> None:
         super().__init__()
         engine = self.engine
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP VIEW IF EXISTS entries_v")
         metadata.drop_all(engine)
         RefreshState(engine)  # make sure the state tables exist, then empty them: a fresh state per history
         with engine.begin() as conn:
@@ -90,13 +106,30 @@ class History(RuleBasedStateMachine):
         self.next_task = 1
         self.stale_until: dict[str, datetime] = {}  # silent fixes: the user may be stale until then
 
-    @initialize(zone=st.sampled_from(ZONES), fall=st.booleans(), writer=WRITER)
-    def start(self, zone: str, fall: bool, writer: timedelta) -> None:
+    def begin(self, zone: str, fall: bool, writer: timedelta, drift: float) -> None:
+        """The history's zone, start and writer clock; the state and both bindings (the job's and the oracle's)."""
         self.zone = ZoneInfo(zone)
         self.now = FALL if fall else START  # a spring-forward (Europe) or a fall-back (America) inside the run
         self.writer = writer
-        self.bound = bind(TIMETRACKER, self.engine, app_timezone=zone)
+        self.drift = drift
+        self.bound = bind(ENTRIES_VIEW if self.view else TIMETRACKER, self.engine, app_timezone=zone)
+        self.tables = bind(TIMETRACKER, self.engine, app_timezone=zone)  # the oracle reads the tables themselves
         self.state = RefreshState(self.engine)
+
+    @initialize(zone=st.sampled_from(ZONES), fall=st.booleans(), writer=WRITER, drift=DRIFT, view=st.booleans())
+    def start(self, zone: str, fall: bool, writer: timedelta, drift: float, view: bool) -> None:
+        self.view = view
+        if view:
+            fails = FAILS[self.engine.dialect.name]
+            columns = "id, user_id, project_id, start_time, created_at, updated_at, source"
+            with self.engine.begin() as conn:
+                conn.execute(
+                    text(
+                        f"CREATE VIEW entries_v AS SELECT {columns}, CASE WHEN source = '{POISON}' THEN {fails} "
+                        "ELSE duration_seconds END AS duration_seconds FROM time_entries"
+                    )
+                )
+        self.begin(zone, fall, writer, drift)
         self.refresh()
 
     # -- the app's writes ------------------------------------------------------------------------------------
@@ -296,6 +329,21 @@ class History(RuleBasedStateMachine):
     )
     def advance_clock(self, step: timedelta) -> None:
         self.now += step
+        self.writer += step * self.drift
+
+    @precondition(lambda self: self.view and self.entries)
+    @rule(data=st.data(), skew=SKEW)
+    def poison_entry(self, data, skew: timedelta) -> None:
+        """An edit leaves a row the app's view cannot read: its user is set aside while it stays so."""
+        eid = data.draw(st.sampled_from(self.entries))
+        self.write(update(time_entries).where(time_entries.c.id == eid).values(source=POISON, updated_at=self.local(skew)))
+
+    @precondition(lambda self: self.view and self.entries)
+    @rule(skew=SKEW)
+    def cure_entries(self, skew: timedelta) -> None:
+        """The app repairs every poisoned row (an ordinary edit): their users are correct again at the next cycle."""
+        cured = update(time_entries).where(time_entries.c.source == POISON).values(source="manual", updated_at=self.local(skew))
+        self.write(cured)
 
     @precondition(lambda self: self.entries)
     @rule(data=st.data())
@@ -311,16 +359,24 @@ class History(RuleBasedStateMachine):
 
     # -- after every step ------------------------------------------------------------------------------------
 
-    def refresh(self) -> None:
-        refresh(self.engine, self.state, self.bound, now=self.now, max_age=MAX_AGE)
+    def refresh(self) -> RefreshResult:
+        return refresh(self.engine, self.state, self.bound, now=self.now, max_age=MAX_AGE)
 
     @invariant()
     def incremental_equals_full(self) -> None:
         if not hasattr(self, "state"):
             return
-        self.refresh()
-        got = {s.distinct_id: s.digest() for s in self.state.segments()}
-        want = {s.distinct_id: s.digest() for s in compute_segments(self.engine, self.bound, now=self.now)}
+        result = self.refresh()
+        with self.engine.connect() as conn:
+            poisoned = {str(u) for u in conn.scalars(select(time_entries.c.user_id).where(time_entries.c.source == POISON))}
+        # a poisoned user is set aside, never anyone else; the others are as the full recompute says
+        assert {p.user_id for p in result.problems if p.skipped} <= poisoned, result.problems
+        got = {s.distinct_id: s.digest() for s in self.state.segments() if s.distinct_id not in poisoned}
+        want = {
+            s.distinct_id: s.digest()
+            for s in compute_segments(self.engine, self.tables, now=self.now)
+            if s.distinct_id not in poisoned
+        }
         assert set(got) == set(want)
         differ = {uid for uid in want if got[uid] != want[uid]}
         accepted = {uid for uid in differ if uid in self.stale_until and self.now < self.stale_until[uid]}
