@@ -24,7 +24,7 @@ from .binding import BoundSchema
 from .driver_values import ROW_ERRORS, Problem, StageError, cause, decode, read_datetime
 from .fingerprints import fingerprint
 from .plan import advise_index
-from .queries import BAD_DATES, DERIVED, KEY_SUM, OLDEST, PROJECTS, SegmentQueries
+from .queries import BAD_DATES, DERIVED, ID_CHUNK, KEY_SUM, OLDEST, PROJECTS, SegmentQueries
 from .rules import WINDOWS, UserActivity, next_change, person_properties
 
 
@@ -146,10 +146,13 @@ class Aggregator:
     ) -> Iterator[AggregatedUser]:
         """The users of ``ids`` computed in halves down to one; the users that still fail alone are set aside.
 
-        When every user of several fails alone, nothing is wrong with a row: the error is the database's, and is raised.
+        When every user of several fails alone and a user outside them fails too (or there is none), nothing is wrong
+        with a row: the error is the database's, and is raised. Those users may just be the only candidates of an
+        incremental cycle, each with a poisoned row: then another user's aggregation works, and they are set aside.
         """
         done: list[AggregatedUser] = []
         skipped: list[Problem] = []
+        failing: list[Any] = []
         stack = [list(ids)]
         while stack:
             part = stack.pop()
@@ -167,10 +170,24 @@ class Aggregator:
                     continue
                 where = failure.table if isinstance(failure, StageError) else self.bound.users.name
                 skipped.append(Problem(str(part[0]), self._locate(conn, part[0], where), cause(err), skipped=True))
-        if len(skipped) > 1 and not done:
+                failing.append(part[0])
+        if len(skipped) > 1 and not done and not self._works_for_another(conn, failing):
             raise error.error if isinstance(error, StageError) else error
         problems.extend(skipped)
         yield from done
+
+    def _works_for_another(self, conn: Connection, failing: Sequence[Any]) -> bool:
+        """The aggregation of one user outside ``failing`` runs: what failed for each of them was in their rows."""
+        uid = self.bound.users.c[self.mapping.users.id]
+        try:
+            other = conn.execute(select(uid).where(uid.not_in(failing[:ID_CHUNK])).limit(1)).scalar()
+            if other is None:
+                return False
+            list(self.batch(conn, self.fetch_users(conn, ids=[other], problems=[], derive=True), ids=[other]))
+        except (*ROW_ERRORS, StageError) as failure:
+            recover(conn, failure.error if isinstance(failure, StageError) else failure)
+            return False
+        return True
 
     def _locate(self, conn: Connection, user_id: Any, table: str) -> str:
         """``table.column``: the first of the table's mapped columns that fails to read alone for the user."""

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timezone, tzinfo
+from decimal import Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Column, MetaData, Table, inspect
@@ -104,7 +105,7 @@ def bind(mapping: SchemaMapping, engine: Engine, *, app_timezone: tzinfo | str |
             zone = _zone(mapping.name, reflected.name, overrides.get(column.name, spec.timezone), app_zone)
             if zone is not timezone.utc:
                 zones[(reflected.name, column.name)] = zone
-        changes[reflected.name] = tuple(_present(reflected, name) for name in (spec.key, getattr(spec, "updated_at", None)))  # type: ignore[assignment]
+        changes[reflected.name] = (_key(reflected, spec.key), _present(reflected, getattr(spec, "updated_at", None)))
     return BoundSchema(
         mapping=mapping,
         users=users,
@@ -125,6 +126,23 @@ def _present(table: Table, name: str | None) -> str | None:
         _logger.info("otel_segments: %s.%s is absent: changes it would show are found by the sweep", table.name, name)
         return None
     return name
+
+
+def _key(table: Table, name: str | None) -> str | None:
+    """A key that grows on insert: a number. A uuid or text key has no such order (and PostgreSQL no ``max()`` of a
+    uuid): it is not read, and new rows are found as without a key (the presence digest, the stamps)."""
+    name = _present(table, name)
+    if name is None:
+        return None
+    try:
+        python_type = table.c[name].type.python_type
+    except NotImplementedError:
+        python_type = None
+    if python_type in (int, Decimal):
+        return name
+    kind = table.c[name].type.__class__.__name__
+    _logger.info("otel_segments: %s.%s is a %s, not a key that grows on insert: not read", table.name, name, kind)
+    return None
 
 
 def _app_zone(given: tzinfo | str | None) -> tzinfo:

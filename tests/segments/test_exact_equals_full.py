@@ -18,11 +18,10 @@ from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import Engine
 
 from otel_segments.segments.captured import ChangeCapture
-from otel_segments.segments.demo import roles, tasks, time_entries, user_roles, users
 from otel_segments.segments.refresh import RefreshResult, refresh
 from otel_segments.segments.triggers import CHANGE_TABLE, create_ddl
 
-from .test_incremental_equals_full import DRIFT, MAX_AGE, OFFSET, PROFILE, WRITER, ZONES, History, naive
+from .test_incremental_equals_full import DRIFT, IDS, MAX_AGE, OFFSET, PROFILE, WRITER, ZONES, History, naive
 
 # The suite's run: 8 histories of 25 steps (about 30 s a database on a loaded machine); a longer run by the variable.
 EXACT_PROFILE = settings(PROFILE, max_examples=int(os.environ.get("OTEL_SEGMENTS_PROPERTY_EXAMPLES", "8")))
@@ -34,9 +33,9 @@ class ExactHistory(History):
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {CHANGE_TABLE}")
         super().__init__()
 
-    @initialize(zone=st.sampled_from(ZONES), fall=st.booleans(), writer=WRITER, drift=DRIFT)
-    def start(self, zone: str, fall: bool, writer: timedelta, drift: float) -> None:
-        self.begin(zone, fall, writer, drift)
+    @initialize(zone=st.sampled_from(ZONES), fall=st.booleans(), writer=WRITER, drift=DRIFT, ids=IDS)
+    def start(self, zone: str, fall: bool, writer: timedelta, drift: float, ids: str) -> None:
+        self.begin(zone, fall, writer, drift, ids)
         with self.engine.begin() as conn:
             for statement in create_ddl(conn, self.bound):
                 conn.execute(statement)
@@ -52,7 +51,7 @@ class ExactHistory(History):
         """A duration corrected in SQL, no updated_at moved: no longer an accepted difference."""
         eid = data.draw(st.sampled_from(self.entries))
         duration = data.draw(st.integers(0, 50000))
-        self.write(update(time_entries).where(time_entries.c.id == eid).values(duration_seconds=duration))
+        self.write(update(self.db.time_entries).where(self.db.time_entries.c.id == eid).values(duration_seconds=duration))
 
     @precondition(lambda self: self.entries and self.users)
     @rule(data=st.data(), what=st.sampled_from(("move", "backdate", "source", "project")))
@@ -65,20 +64,22 @@ class ExactHistory(History):
             "source": lambda: {"source": data.draw(st.sampled_from(("timer", "manual", "import")))},
             "project": lambda: {"project_id": data.draw(st.sampled_from((None, 1, 2, 3)))},
         }[what]()
-        self.write(update(time_entries).where(time_entries.c.id == eid).values(**values))
+        self.write(update(self.db.time_entries).where(self.db.time_entries.c.id == eid).values(**values))
 
     @precondition(lambda self: self.tasks)
     @rule(data=st.data())
     def raw_task_reassign(self, data) -> None:
         tid = data.draw(st.sampled_from(self.tasks))
         assignee = data.draw(st.one_of(st.none(), st.sampled_from(self.users))) if self.users else None
-        self.write(update(tasks).where(tasks.c.id == tid).values(assigned_to=assignee))
+        self.write(update(self.db.tasks).where(self.db.tasks.c.id == tid).values(assigned_to=assignee))
 
     @precondition(lambda self: self.users)
     @rule(data=st.data(), created=OFFSET)
     def raw_account_date(self, data, created: timedelta) -> None:
         uid = data.draw(st.sampled_from(self.users))
-        self.write(update(users).where(users.c.id == uid).values(created_at=naive(self.now + created, timezone.utc)))
+        self.write(
+            update(self.db.users).where(self.db.users.c.id == uid).values(created_at=naive(self.now + created, timezone.utc))
+        )
 
     @precondition(lambda self: self.users)
     @rule(data=st.data())
@@ -88,8 +89,12 @@ class ExactHistory(History):
         self.grant_role_two(data)
         self.refresh()
         with self.engine.begin() as conn:
-            name = conn.execute(select(roles.c.name).where(roles.c.id == 2)).scalar()
-            conn.execute(update(roles).where(roles.c.id == 2).values(name="viewer" if name == "super_admin" else "super_admin"))
+            name = conn.execute(select(self.db.roles.c.name).where(self.db.roles.c.id == 2)).scalar()
+            conn.execute(
+                update(self.db.roles)
+                .where(self.db.roles.c.id == 2)
+                .values(name="viewer" if name == "super_admin" else "super_admin")
+            )
 
     @precondition(lambda self: self.entries)
     @rule(duration=st.integers(0, 9000))
@@ -102,7 +107,7 @@ class ExactHistory(History):
     @rule(data=st.data())
     def revoke_all_grants(self, data) -> None:
         uid = data.draw(st.sampled_from(self.users))
-        self.write(delete(user_roles).where(user_roles.c.user_id == uid))
+        self.write(delete(self.db.user_roles).where(self.db.user_roles.c.user_id == uid))
 
     @precondition(lambda self: self.users)
     @rule(data=st.data())
@@ -110,8 +115,8 @@ class ExactHistory(History):
         """The role :meth:`rename_role` renames, granted."""
         uid = data.draw(st.sampled_from(self.users))
         with self.engine.begin() as conn:
-            conn.execute(delete(user_roles).where(user_roles.c.user_id == uid, user_roles.c.role_id == 2))
-            conn.execute(insert(user_roles), [{"user_id": uid, "role_id": 2}])
+            conn.execute(delete(self.db.user_roles).where(self.db.user_roles.c.user_id == uid, self.db.user_roles.c.role_id == 2))
+            conn.execute(insert(self.db.user_roles), [{"user_id": uid, "role_id": 2}])
 
 
 def test_exact_mode_equals_full_recompute_after_every_step(engine: Engine) -> None:

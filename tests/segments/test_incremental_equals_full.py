@@ -21,20 +21,24 @@ changes no count or key (a duration corrected in place). Such a user may stay st
 
 from __future__ import annotations
 
+import hashlib
 import os
+import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import MetaData, String, Uuid, delete, insert, select, text, update
 from sqlalchemy.engine import Engine
 
 from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.binding import bind
-from otel_segments.segments.demo import metadata, projects, roles, tasks, time_entries, user_roles, users
+from otel_segments.segments.demo import metadata
 from otel_segments.segments.refresh import RefreshResult, refresh
 from otel_segments.segments.schema import TIMETRACKER
 from otel_segments.segments.state import RefreshState
@@ -48,6 +52,7 @@ ZONES = ("UTC", "America/Los_Angeles", "Europe/Berlin", "Asia/Kolkata", "Pacific
 WRITER = st.sampled_from([0, 0, -600, 600, -2 * 86400, 3 * 86400]).map(lambda s: timedelta(seconds=s))
 # How fast the writer's clock runs against ours, minus one: stamps still move forward, slower or faster than real time.
 DRIFT = st.sampled_from([0.0, 0.0, 0.001, -0.001, 0.05, -0.05, 0.5, -0.5])
+IDS = st.sampled_from(("integer", "integer", "text", "uuid"))  # the type of the app's user ids
 SKEW = st.integers(-240, 240).map(lambda s: timedelta(seconds=s))  # writers' clocks, seconds from ours
 OFFSET = st.one_of(
     st.integers(-45 * 86400, 2 * 3600),  # any time from 45 days back to 2 hours ahead
@@ -57,7 +62,7 @@ OFFSET = st.one_of(
 #: PostgreSQL: a division by zero), each row evaluated on its own, as a view over malformed JSON or a failing cast is.
 POISON = "poison"
 ENTRIES_VIEW = replace(TIMETRACKER, name="entries-view", activity=replace(TIMETRACKER.activity, table="entries_v"))
-FAILS = {"sqlite": "abs(-9223372036854775807 - 1)", "postgresql": "1 / (user_id - user_id)"}
+FAILS = {"sqlite": "abs(-9223372036854775807 - 1)", "postgresql": "1 / (id - id)"}
 STATUSES = ("todo", "in_progress", "review", "done", "cancelled")
 PROJECTS = (1, 2, 3)
 
@@ -68,6 +73,18 @@ PROFILE = settings(
     derandomize=bool(os.environ.get("CI")),  # CI: the same histories every run
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+
+
+def tables(ids: str, dialect: str) -> MetaData:
+    """The demo tables with user ids (and every column naming one) of type ``ids``."""
+    if ids == "integer":
+        return metadata
+    copy = MetaData()
+    for table in metadata.sorted_tables:
+        table.to_metadata(copy)
+    for table, column in (("users", "id"), ("user_roles", "user_id"), ("tasks", "assigned_to"), ("time_entries", "user_id")):
+        copy.tables[table].c[column].type = Uuid() if ids == "uuid" and dialect == "postgresql" else String(36)
+    return copy
 
 
 def naive(value: datetime, zone: ZoneInfo | timezone) -> datetime:
@@ -88,16 +105,9 @@ class History(RuleBasedStateMachine):
         with engine.begin() as conn:
             for name in ("otel_segments_delivery", "otel_segments_user_state", "otel_segments_meta"):
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
-        metadata.create_all(engine)
-        with engine.begin() as conn:
-            conn.execute(insert(roles), [{"id": 1, "name": "admin"}, {"id": 2, "name": "viewer"}])
-            conn.execute(
-                insert(projects),
-                [{"id": p, "name": f"p{p}", "status": "active", "updated_at": naive(START, timezone.utc)} for p in PROJECTS],
-            )
         self.now = START
         self.writer = timedelta(0)
-        self.users: list[int] = []
+        self.users: list[Any] = []
         self.entries: list[int] = []
         self.tasks: list[int] = []
         self.next_user = 1000
@@ -106,8 +116,28 @@ class History(RuleBasedStateMachine):
         self.next_task = 1
         self.stale_until: dict[str, datetime] = {}  # silent fixes: the user may be stale until then
 
-    def begin(self, zone: str, fall: bool, writer: timedelta, drift: float) -> None:
-        """The history's zone, start and writer clock; the state and both bindings (the job's and the oracle's)."""
+    def begin(self, zone: str, fall: bool, writer: timedelta, drift: float, ids: str) -> None:
+        """The app's tables with user ids of type ``ids``; the history's zone, start and writer clock; the state and
+        both bindings (the job's and the oracle's)."""
+        self.ids = ids
+        app = tables(ids, self.engine.dialect.name)
+        self.db = SimpleNamespace(**app.tables)  # the tables as the app declares them (a bind is cast to its type)
+        with self.engine.begin() as conn:
+            app.create_all(conn)
+            conn.execute(insert(self.db.roles), [{"id": 1, "name": "admin"}, {"id": 2, "name": "viewer"}])
+            conn.execute(
+                insert(self.db.projects),
+                [{"id": p, "name": f"p{p}", "status": "active", "updated_at": naive(START, timezone.utc)} for p in PROJECTS],
+            )
+            if self.view:
+                fails = FAILS[self.engine.dialect.name]
+                columns = "id, user_id, project_id, start_time, created_at, updated_at, source"
+                conn.execute(
+                    text(
+                        f"CREATE VIEW entries_v AS SELECT {columns}, CASE WHEN source = '{POISON}' THEN {fails} "
+                        "ELSE duration_seconds END AS duration_seconds FROM time_entries"
+                    )
+                )
         self.zone = ZoneInfo(zone)
         self.now = FALL if fall else START  # a spring-forward (Europe) or a fall-back (America) inside the run
         self.writer = writer
@@ -116,21 +146,21 @@ class History(RuleBasedStateMachine):
         self.tables = bind(TIMETRACKER, self.engine, app_timezone=zone)  # the oracle reads the tables themselves
         self.state = RefreshState(self.engine)
 
-    @initialize(zone=st.sampled_from(ZONES), fall=st.booleans(), writer=WRITER, drift=DRIFT, view=st.booleans())
-    def start(self, zone: str, fall: bool, writer: timedelta, drift: float, view: bool) -> None:
+    @initialize(zone=st.sampled_from(ZONES), fall=st.booleans(), writer=WRITER, drift=DRIFT, ids=IDS, view=st.booleans())
+    def start(self, zone: str, fall: bool, writer: timedelta, drift: float, ids: str, view: bool) -> None:
         self.view = view
-        if view:
-            fails = FAILS[self.engine.dialect.name]
-            columns = "id, user_id, project_id, start_time, created_at, updated_at, source"
-            with self.engine.begin() as conn:
-                conn.execute(
-                    text(
-                        f"CREATE VIEW entries_v AS SELECT {columns}, CASE WHEN source = '{POISON}' THEN {fails} "
-                        "ELSE duration_seconds END AS duration_seconds FROM time_entries"
-                    )
-                )
-        self.begin(zone, fall, writer, drift)
+        self.begin(zone, fall, writer, drift, ids)
         self.refresh()
+
+    def user_id(self, n: int) -> Any:
+        """The app's id for the n-th account: its integer, the integer as text (which sorts otherwise), or a uuid
+        derived from it (no order at all; PostgreSQL's own type, text on SQLite as apps store it there)."""
+        if self.ids == "integer":
+            return n
+        if self.ids == "text":
+            return str(n)
+        derived = uuid.UUID(bytes=hashlib.md5(str(n).encode()).digest())
+        return derived if self.engine.dialect.name == "postgresql" else str(derived)
 
     # -- the app's writes ------------------------------------------------------------------------------------
 
@@ -156,9 +186,10 @@ class History(RuleBasedStateMachine):
     )
     def add_user(self, created: timedelta, imported: bool, role: str, auth: str) -> None:
         if imported:  # an import: an id below the newest, a creation date from any time
-            uid, self.next_import = self.next_import, self.next_import - 1
+            n, self.next_import = self.next_import, self.next_import - 1
         else:
-            uid, self.next_user = self.next_user, self.next_user + 1
+            n, self.next_user = self.next_user, self.next_user + 1
+        uid = self.user_id(n)
         row = {
             "id": uid,
             "username": f"u{uid}",
@@ -166,7 +197,7 @@ class History(RuleBasedStateMachine):
             "auth_provider": auth,
             "created_at": naive(self.now - created, timezone.utc),
         }
-        self.write(insert(users), [row])
+        self.write(insert(self.db.users), [row])
         self.users.append(uid)
 
     @precondition(lambda self: self.users)
@@ -191,7 +222,7 @@ class History(RuleBasedStateMachine):
             "duration_seconds": duration,
             "updated_at": self.local(skew),
         }
-        self.write(insert(time_entries), [row])
+        self.write(insert(self.db.time_entries), [row])
         self.entries.append(self.next_entry)
         self.next_entry += 1
 
@@ -210,13 +241,13 @@ class History(RuleBasedStateMachine):
             values["project_id"] = data.draw(st.sampled_from((None, *PROJECTS)))
         else:
             values["user_id"] = data.draw(st.sampled_from(self.users))
-        self.write(update(time_entries).where(time_entries.c.id == eid).values(**values))
+        self.write(update(self.db.time_entries).where(self.db.time_entries.c.id == eid).values(**values))
 
     @precondition(lambda self: self.entries)
     @rule(data=st.data())
     def delete_entry(self, data) -> None:
         eid = data.draw(st.sampled_from(self.entries))
-        self.write(delete(time_entries).where(time_entries.c.id == eid))
+        self.write(delete(self.db.time_entries).where(self.db.time_entries.c.id == eid))
         self.entries.remove(eid)
 
     @precondition(lambda self: self.users)
@@ -224,7 +255,7 @@ class History(RuleBasedStateMachine):
     def add_task(self, data, status: str, skew: timedelta) -> None:
         assignee = data.draw(st.one_of(st.none(), st.sampled_from(self.users)))
         row = {"id": self.next_task, "project_id": 1, "assigned_to": assignee, "status": status, "updated_at": self.local(skew)}
-        self.write(insert(tasks), [row])
+        self.write(insert(self.db.tasks), [row])
         self.tasks.append(self.next_task)
         self.next_task += 1
 
@@ -237,39 +268,45 @@ class History(RuleBasedStateMachine):
             values["assigned_to"] = data.draw(st.one_of(st.none(), st.sampled_from(self.users)))
         else:  # completed, reopened, cancelled
             values["status"] = data.draw(st.sampled_from(STATUSES))
-        self.write(update(tasks).where(tasks.c.id == tid).values(**values))
+        self.write(update(self.db.tasks).where(self.db.tasks.c.id == tid).values(**values))
 
     @precondition(lambda self: self.tasks)
     @rule(data=st.data())
     def delete_task(self, data) -> None:
         tid = data.draw(st.sampled_from(self.tasks))
-        self.write(delete(tasks).where(tasks.c.id == tid))
+        self.write(delete(self.db.tasks).where(self.db.tasks.c.id == tid))
         self.tasks.remove(tid)
 
     @precondition(lambda self: self.users)
     @rule(data=st.data(), role=st.sampled_from(("user", "admin", "viewer")), auth=st.sampled_from(("local", "oidc", "ldap")))
     def change_role(self, data, role: str, auth: str) -> None:
         uid = data.draw(st.sampled_from(self.users))
-        self.write(update(users).where(users.c.id == uid).values(role=role, auth_provider=auth))  # users has no updated_at
+        self.write(
+            update(self.db.users).where(self.db.users.c.id == uid).values(role=role, auth_provider=auth)
+        )  # users has no updated_at
 
     @precondition(lambda self: self.users)
     @rule(data=st.data(), grant=st.booleans(), role_id=st.sampled_from((1, 2)))
     def grant_role(self, data, grant: bool, role_id: int) -> None:
         uid = data.draw(st.sampled_from(self.users))
         with self.engine.begin() as conn:
-            conn.execute(delete(user_roles).where(user_roles.c.user_id == uid, user_roles.c.role_id == role_id))
+            conn.execute(
+                delete(self.db.user_roles).where(self.db.user_roles.c.user_id == uid, self.db.user_roles.c.role_id == role_id)
+            )
             if grant:
-                conn.execute(insert(user_roles), [{"user_id": uid, "role_id": role_id}])
+                conn.execute(insert(self.db.user_roles), [{"user_id": uid, "role_id": role_id}])
 
     @precondition(lambda self: self.users)
     @rule(data=st.data(), skew=SKEW)
     def login(self, data, skew: timedelta) -> None:
         uid = data.draw(st.sampled_from(self.users))
-        self.write(update(users).where(users.c.id == uid).values(last_login=self.utc(skew)))
+        self.write(update(self.db.users).where(self.db.users.c.id == uid).values(last_login=self.utc(skew)))
 
     @rule(project=st.sampled_from(PROJECTS), status=st.sampled_from(("active", "archived", "inactive")), skew=SKEW)
     def set_project_status(self, project: int, status: str, skew: timedelta) -> None:
-        self.write(update(projects).where(projects.c.id == project).values(status=status, updated_at=self.utc(skew)))
+        self.write(
+            update(self.db.projects).where(self.db.projects.c.id == project).values(status=status, updated_at=self.utc(skew))
+        )
 
     @precondition(lambda self: self.users)
     @rule(data=st.data(), reuse=st.booleans(), role=st.sampled_from(("user", "admin", "viewer")))
@@ -279,15 +316,17 @@ class History(RuleBasedStateMachine):
         if reuse:
             uid = old
         else:
-            uid, self.next_import = self.next_import, self.next_import - 1
+            uid, self.next_import = self.user_id(self.next_import), self.next_import - 1
         with self.engine.begin() as conn:
-            gone = [row.id for row in conn.execute(time_entries.select().where(time_entries.c.user_id == old))]
-            conn.execute(delete(time_entries).where(time_entries.c.user_id == old))
-            conn.execute(update(tasks).where(tasks.c.assigned_to == old).values(assigned_to=None, updated_at=self.local()))
-            conn.execute(delete(user_roles).where(user_roles.c.user_id == old))
-            conn.execute(delete(users).where(users.c.id == old))
+            gone = [row.id for row in conn.execute(self.db.time_entries.select().where(self.db.time_entries.c.user_id == old))]
+            conn.execute(delete(self.db.time_entries).where(self.db.time_entries.c.user_id == old))
+            conn.execute(
+                update(self.db.tasks).where(self.db.tasks.c.assigned_to == old).values(assigned_to=None, updated_at=self.local())
+            )
+            conn.execute(delete(self.db.user_roles).where(self.db.user_roles.c.user_id == old))
+            conn.execute(delete(self.db.users).where(self.db.users.c.id == old))
             created = naive(self.now - data.draw(OFFSET), timezone.utc)
-            conn.execute(insert(users), [{"id": uid, "username": f"n{uid}", "role": role, "created_at": created}])
+            conn.execute(insert(self.db.users), [{"id": uid, "username": f"n{uid}", "role": role, "created_at": created}])
         self.entries = [e for e in self.entries if e not in gone]
         self.users.remove(old)
         self.users.append(uid)
@@ -310,7 +349,7 @@ class History(RuleBasedStateMachine):
             }
             for i in range(count)
         ]
-        self.write(insert(time_entries), rows)
+        self.write(insert(self.db.time_entries), rows)
         self.entries += [row["id"] for row in rows]
         self.next_entry += count
 
@@ -318,7 +357,7 @@ class History(RuleBasedStateMachine):
     @rule(skew=SKEW, duration=st.integers(0, 9000))
     def bulk_update(self, skew: timedelta, duration: int) -> None:
         """One UPDATE of every entry, one stamp for all."""
-        self.write(update(time_entries).values(duration_seconds=duration, updated_at=self.local(skew)))
+        self.write(update(self.db.time_entries).values(duration_seconds=duration, updated_at=self.local(skew)))
 
     @rule(
         step=st.one_of(
@@ -336,13 +375,21 @@ class History(RuleBasedStateMachine):
     def poison_entry(self, data, skew: timedelta) -> None:
         """An edit leaves a row the app's view cannot read: its user is set aside while it stays so."""
         eid = data.draw(st.sampled_from(self.entries))
-        self.write(update(time_entries).where(time_entries.c.id == eid).values(source=POISON, updated_at=self.local(skew)))
+        self.write(
+            update(self.db.time_entries)
+            .where(self.db.time_entries.c.id == eid)
+            .values(source=POISON, updated_at=self.local(skew))
+        )
 
     @precondition(lambda self: self.view and self.entries)
     @rule(skew=SKEW)
     def cure_entries(self, skew: timedelta) -> None:
         """The app repairs every poisoned row (an ordinary edit): their users are correct again at the next cycle."""
-        cured = update(time_entries).where(time_entries.c.source == POISON).values(source="manual", updated_at=self.local(skew))
+        cured = (
+            update(self.db.time_entries)
+            .where(self.db.time_entries.c.source == POISON)
+            .values(source="manual", updated_at=self.local(skew))
+        )
         self.write(cured)
 
     @precondition(lambda self: self.entries)
@@ -351,9 +398,11 @@ class History(RuleBasedStateMachine):
         """The accepted difference: a duration corrected in SQL, no updated_at moved, no count or key changed."""
         eid = data.draw(st.sampled_from(self.entries))
         with self.engine.begin() as conn:
-            owner = conn.execute(time_entries.select().where(time_entries.c.id == eid)).one().user_id
+            owner = conn.execute(self.db.time_entries.select().where(self.db.time_entries.c.id == eid)).one().user_id
             conn.execute(
-                update(time_entries).where(time_entries.c.id == eid).values(duration_seconds=data.draw(st.integers(0, 50000)))
+                update(self.db.time_entries)
+                .where(self.db.time_entries.c.id == eid)
+                .values(duration_seconds=data.draw(st.integers(0, 50000)))
             )
         self.stale_until.setdefault(str(owner), self.now + MAX_AGE)
 
@@ -368,7 +417,10 @@ class History(RuleBasedStateMachine):
             return
         result = self.refresh()
         with self.engine.connect() as conn:
-            poisoned = {str(u) for u in conn.scalars(select(time_entries.c.user_id).where(time_entries.c.source == POISON))}
+            poisoned = {
+                str(u)
+                for u in conn.scalars(select(self.db.time_entries.c.user_id).where(self.db.time_entries.c.source == POISON))
+            }
         # a poisoned user is set aside, never anyone else; the others are as the full recompute says
         assert {p.user_id for p in result.problems if p.skipped} <= poisoned, result.problems
         got = {s.distinct_id: s.digest() for s in self.state.segments() if s.distinct_id not in poisoned}

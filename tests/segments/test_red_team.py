@@ -95,6 +95,40 @@ def test_a_poisoned_row_inside_a_change_window_sets_aside_its_user_alone(engine:
     assert {u: d for u, d in got.items() if u != str(poisoned)} == {u: d for u, d in want.items() if u != str(poisoned)}
 
 
+def test_two_poisoned_rows_as_the_only_changes_of_a_cycle_set_aside_their_users_not_the_refresh(engine: Engine) -> None:
+    # every candidate failing alone was taken for the database's error: the refresh raised, every cycle (the property
+    # test found it: two entries poisoned in one step, nothing else changed)
+    create_demo_database(engine, users_count=30, seed=4, now=NOW)
+    fails = "abs(-9223372036854775807 - 1)" if engine.dialect.name == "sqlite" else "1 / (id - id)"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE VIEW entries_v AS SELECT id, user_id, project_id, start_time, created_at, updated_at, source, "
+                f"CASE WHEN source = 'poison' THEN {fails} ELSE duration_seconds END AS duration_seconds FROM time_entries"
+            )
+        )
+    bound = bind(VIEWS, engine, app_timezone="UTC")
+    state = RefreshState(engine)
+    refresh(engine, state, bound, now=LATER)
+    refresh(engine, state, bound, now=LATER + timedelta(seconds=1))
+    with engine.connect() as conn:
+        owners = [r[0] for r in conn.execute(select(time_entries.c.user_id).distinct().order_by(time_entries.c.user_id).limit(2))]
+    stamp = naive(LATER + timedelta(seconds=2))
+    _write(
+        engine,
+        *(
+            update(time_entries).where(time_entries.c.id == _entry_of(engine, owner)).values(source="poison", updated_at=stamp)
+            for owner in owners
+        ),
+    )
+    result = refresh(engine, state, bound, now=LATER + timedelta(seconds=3))
+    assert sorted((p.user_id, p.skipped) for p in result.problems) == sorted((str(o), True) for o in owners)
+    want = _full(engine, bind(TIMETRACKER, engine, app_timezone="UTC"), LATER + timedelta(seconds=3))
+    assert {u: d for u, d in _digests(state).items() if u not in map(str, owners)} == {
+        u: d for u, d in want.items() if u not in map(str, owners)
+    }
+
+
 # -- 2. ids JSON cannot encode ---------------------------------------------------------------------------------------
 
 UUIDS = SchemaMapping(
@@ -136,6 +170,40 @@ def test_uuid_user_ids_are_kept_in_the_state_as_text_and_read_back_as_uuids(engi
         found = found or next(state.segments([shown])).set["role"] == "admin"
     assert found
     assert _digests(state) == _full(engine, bound, NOW + timedelta(seconds=5))
+
+
+def test_a_uuid_or_text_id_mapped_as_the_growing_key_is_not_read_as_one(engine: Engine, caplog) -> None:
+    # Django's mapping names auth_user.id the key; a custom user model with a UUIDField primary key makes it a uuid,
+    # which has no max() on PostgreSQL and no order that grows: every refresh failed. A text id is the same
+    md = MetaData()
+    accounts, named = (
+        Table(name, md, Column("id", kind, primary_key=True), Column("role", String(20)), Column("created_at", DateTime))
+        for name, kind in (("accounts", Uuid), ("named", String(36)))
+    )
+    Table("events", md, Column("pk", Integer, primary_key=True), Column("account", Uuid), Column("at", DateTime))
+    md.create_all(engine)
+    first = uuid.UUID(int=11)
+    _write(
+        engine,
+        insert(accounts).values(id=first, role="user", created_at=naive(NOW - timedelta(days=3))),
+        insert(named).values(id="n1", role="user", created_at=naive(NOW - timedelta(days=3))),
+    )
+    keyed = replace(UUIDS, users=replace(UUIDS.users, key="id"))
+    with caplog.at_level(logging.INFO, logger="otel_segments"):
+        bound = bind(keyed, engine, app_timezone="UTC")
+        texts = bind(replace(keyed, users=replace(keyed.users, table="named")), engine, app_timezone="UTC")
+    said = [r.getMessage() for r in caplog.records if "not a key that grows on insert" in r.getMessage()]
+    assert len(said) == 2 and "accounts.id is a " in said[0] and "named.id is a " in said[1], said
+    assert bound.change_columns["accounts"] == (None, None) and bound.change_columns["events"] == ("pk", None)
+    state = RefreshState(engine)
+    assert refresh(engine, state, bound, now=NOW).full
+    later = uuid.UUID(int=5)  # below the first: no key would have found it anyway
+    _write(engine, insert(accounts).values(id=later, role="admin", created_at=naive(NOW - timedelta(days=1))))
+    result = refresh(engine, state, bound, now=NOW + timedelta(seconds=1))
+    assert not result.full and not result.problems
+    assert _digests(state) == _full(engine, bound, NOW + timedelta(seconds=1))
+    assert len(_digests(state)) == 2
+    assert texts.change_columns["named"] == (None, None)
 
 
 # -- 3. the data's own clock ------------------------------------------------------------------------------------
