@@ -213,3 +213,25 @@ def _stop_group(pid: int) -> None:
             except ProcessLookupError:
                 return
             time.sleep(0.1)
+
+
+#: README's "Configuration" table, one row per variable: ``| `NAME` | default | meaning |``.
+CONFIG_ROW = re.compile(r"^\| `(?P<name>[A-Z_]+)` \| (?P<default>[^|]+) \|", re.M)
+
+
+def test_readme_states_the_defaults_the_code_applies() -> None:
+    """A default is stated once, in README's configuration table (the docs point there): it is the code's."""
+    from otel_segments.settings.config import Settings
+
+    stated = {m["name"]: m["default"].strip().strip("`") for m in CONFIG_ROW.finditer((ROOT / "README.md").read_text())}
+    applied = Settings.from_env({"POSTHOG_API_KEY": "phc_x"})
+    fields = {
+        "OTEL_SEGMENTS_SCHEMA": applied.schema,
+        "OTEL_SEGMENTS_CHANGE_CAPTURE": applied.change_capture,
+        "OTEL_SEGMENTS_REFRESH_INTERVAL": applied.refresh_interval_ms,
+        "OTEL_SEGMENTS_MAX_SEGMENT_AGE": applied.max_segment_age_ms,
+        "OTEL_SEGMENTS_CACHE_SIZE": applied.cache_size,
+        "OTEL_SEGMENTS_SPAN_PROPERTIES": applied.span_properties,
+        "POSTHOG_HOST": applied.posthog_host,
+    }
+    assert {name: stated.get(name) for name in fields} == {name: str(value) for name, value in fields.items()}
