@@ -32,7 +32,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..settings.django_variables import OTEL_SEGMENTS_ACTIVITY_TABLE, GroupRoles, django_admin_flag, django_group_roles
+from ..settings.django_variables import (
+    OTEL_SEGMENTS_ACTIVITY_TABLE,
+    OTEL_SEGMENTS_DJANGO_USER_TABLE,
+    GroupRoles,
+    django_admin_flag,
+    django_group_roles,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -151,10 +157,15 @@ TIMETRACKER = SchemaMapping(
 BUILTIN: dict[str, SchemaMapping] = {"timetracker": TIMETRACKER}
 
 
-def django(activity: str, admin: str = "is_superuser", group_roles: GroupRoles | None = ()) -> SchemaMapping:
+def django(
+    activity: str, admin: str = "is_superuser", group_roles: GroupRoles | None = (), users: str = "auth_user"
+) -> SchemaMapping:
     """Django's ``django.contrib.auth`` tables, with the app's activity table named as ``table:timestamp[:user_id]``.
 
-    Users are ``auth_user`` (joined ``date_joined``, ``last_login``); an admin is
+    Users are ``auth_user``, or a custom user model's table (``users``, from
+    ``OTEL_SEGMENTS_DJANGO_USER_TABLE``: ``<table>[:<groups table>:<user column>]``; its groups default to where
+    Django keeps a many-to-many field's rows, ``<table>_groups`` with a ``<model>_id`` column), joined
+    ``date_joined``, ``last_login`` (an ``AbstractUser`` subclass has them); an admin is
     whoever has the ``admin`` flag (``is_superuser``, or ``is_staff`` by
     ``OTEL_SEGMENTS_DJANGO_ADMIN``), the flag the spans read too, so both agree.
     The role is named by the user's groups (``auth_user_groups``, ``auth_group``)
@@ -169,10 +180,18 @@ def django(activity: str, admin: str = "is_superuser", group_roles: GroupRoles |
             "e.g. shop_order:created_at"
         )
     table, timestamp, user_id = (*parts, "user_id") if len(parts) == 2 else parts
+    people = [p.strip() for p in users.split(":")]
+    if len(people) not in (1, 3) or not all(people):
+        raise SchemaError(
+            f"{OTEL_SEGMENTS_DJANGO_USER_TABLE}={users!r}: write <table> or <table>:<groups table>:<user column>, "
+            "e.g. accounts_user"
+        )
+    model = people[0]
+    groups, member = people[1:] if len(people) == 3 else (f"{model}_groups", f"{model.rsplit('_', 1)[-1]}_id")
     return SchemaMapping(
         name="django",
         users=UsersTable(
-            table="auth_user",
+            table=model,
             created_at="date_joined",
             role=None,
             auth_method=None,
@@ -180,7 +199,8 @@ def django(activity: str, admin: str = "is_superuser", group_roles: GroupRoles |
             roles=None
             if group_roles is None
             else RolesAssociation(
-                table="auth_user_groups",
+                table=groups,
+                user_id=member,
                 role_id="group_id",
                 roles_table="auth_group",
                 admin_names=(),
@@ -199,7 +219,8 @@ def django(activity: str, admin: str = "is_superuser", group_roles: GroupRoles |
 def load_schema(name: str, env: Mapping[str, str] | None = None) -> SchemaMapping:
     """A built-in mapping by name, or ``module:object`` naming a :class:`SchemaMapping`.
 
-    ``django`` reads its activity table from ``OTEL_SEGMENTS_ACTIVITY_TABLE``, its admin flag from
+    ``django`` reads its activity table from ``OTEL_SEGMENTS_ACTIVITY_TABLE``, a custom user model's table from
+    ``OTEL_SEGMENTS_DJANGO_USER_TABLE``, its admin flag from
     ``OTEL_SEGMENTS_DJANGO_ADMIN`` and its group roles from ``OTEL_SEGMENTS_DJANGO_ROLES`` in ``env``
     (default: the process's).
     """
@@ -208,7 +229,8 @@ def load_schema(name: str, env: Mapping[str, str] | None = None) -> SchemaMappin
         activity = (os.environ if env is None else env).get(OTEL_SEGMENTS_ACTIVITY_TABLE, "").strip()
         if not activity:
             raise SchemaError(f"schema 'django' needs {OTEL_SEGMENTS_ACTIVITY_TABLE}=<table>:<timestamp column>")
-        return django(activity, django_admin_flag(env), django_group_roles(env))
+        users = (os.environ if env is None else env).get(OTEL_SEGMENTS_DJANGO_USER_TABLE, "").strip() or "auth_user"
+        return django(activity, django_admin_flag(env), django_group_roles(env), users)
     if name in BUILTIN:
         return BUILTIN[name]
     module_name, sep, attribute = name.partition(":")

@@ -17,6 +17,8 @@ _logger = logging.getLogger(__name__)
 OTEL_SEGMENTS_DJANGO_ADMIN = "OTEL_SEGMENTS_DJANGO_ADMIN"
 OTEL_SEGMENTS_ACTIVITY_TABLE = "OTEL_SEGMENTS_ACTIVITY_TABLE"
 OTEL_SEGMENTS_DJANGO_ROLES = "OTEL_SEGMENTS_DJANGO_ROLES"
+#: A custom user model's table (``AUTH_USER_MODEL``), for the ``django`` schema mapping: ``<table>[:<groups>:<column>]``.
+OTEL_SEGMENTS_DJANGO_USER_TABLE = "OTEL_SEGMENTS_DJANGO_USER_TABLE"
 #: Which groups name a user's role: () the first group (lowest id) by its name; else (group, role) pairs, first held wins.
 GroupRoles = tuple[tuple[str, str], ...]
 #: The flags of Django's user model that may make an admin; the first is the default.

@@ -11,18 +11,23 @@ spans follow (``group_role``): the first group by id, or ``OTEL_SEGMENTS_DJANGO_
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import Boolean, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, insert
+from sqlalchemy import Boolean, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Uuid, insert, text
 from sqlalchemy.engine import Engine
 
 from otel_segments.segments.aggregate import compute_segments
+from otel_segments.segments.binding import bind
+from otel_segments.segments.refresh import refresh
 from otel_segments.segments.schema import SchemaError, load_schema
+from otel_segments.segments.state import RefreshState
 from otel_segments.settings.django_variables import (
     OTEL_SEGMENTS_ACTIVITY_TABLE,
     OTEL_SEGMENTS_DJANGO_ADMIN,
     OTEL_SEGMENTS_DJANGO_ROLES,
+    OTEL_SEGMENTS_DJANGO_USER_TABLE,
     django_group_roles,
     group_role,
 )
@@ -161,3 +166,88 @@ def test_an_unreadable_roles_entry_is_reported_once_and_left_out(caplog: pytest.
     assert [r.getMessage() for r in caplog.records] == [
         "otel_segments: OTEL_SEGMENTS_DJANGO_ROLES entry 'oops' is not <group>=<role>; it is left out"
     ]
+
+
+def _custom_user_tables(engine: Engine, model: str = "accounts_user", member: str = "user_id") -> list[uuid.UUID]:
+    """A custom user model (``AUTH_USER_MODEL = "accounts.User"``, an ``AbstractUser`` with a ``UUIDField`` primary
+    key), its groups where Django keeps them, Django's ``auth_group``, and an app table of activity."""
+    md = MetaData()
+    users = Table(
+        model,
+        md,
+        Column("id", Uuid, primary_key=True),
+        Column("password", String(128), nullable=False),
+        Column("last_login", DateTime(timezone=True)),
+        Column("is_superuser", Boolean, nullable=False),
+        Column("email", String(254), nullable=False),
+        Column("is_staff", Boolean, nullable=False),
+        Column("date_joined", DateTime(timezone=True), nullable=False),
+    )
+    groups = Table("auth_group", md, Column("id", Integer, primary_key=True), Column("name", String(150), unique=True))
+    membership = Table(
+        f"{model}_groups",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column(member, ForeignKey(f"{model}.id"), nullable=False),
+        Column("group_id", ForeignKey("auth_group.id"), nullable=False),
+    )
+    orders = Table(
+        "shop_order",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("user_id", ForeignKey(f"{model}.id"), nullable=False),
+        Column("placed_at", DateTime(timezone=True), nullable=False),
+    )
+    md.create_all(engine)
+    ids = [uuid.UUID(int=n * 7919) for n in range(1, 5)]
+    with engine.begin() as conn:
+        for n, uid in enumerate(ids):
+            conn.execute(
+                insert(users).values(
+                    id=uid, password="!", last_login=NOW - timedelta(hours=1), is_superuser=n == 0,
+                    email=f"m{n}@example.com", is_staff=n < 2, date_joined=NOW - timedelta(days=90),
+                )
+            )  # fmt: skip
+        conn.execute(insert(groups).values([{"id": i, "name": name} for i, name in GROUPS.items()]))
+        conn.execute(insert(membership).values([{member: ids[u - 1], "group_id": g} for u, g in MEMBERSHIP]))
+        conn.execute(insert(orders).values([{"user_id": ids[0], "placed_at": NOW - timedelta(hours=2 + n)} for n in range(3)]))
+    return ids
+
+
+def test_a_custom_user_model_with_uuid_ids_is_one_variable_and_its_changes_are_found(engine: Engine) -> None:
+    ids = _custom_user_tables(engine)
+    env = {OTEL_SEGMENTS_ACTIVITY_TABLE: "shop_order:placed_at", OTEL_SEGMENTS_DJANGO_USER_TABLE: "accounts_user"}
+    mapping = load_schema("django", env)
+    assert (mapping.users.table, mapping.users.roles.table, mapping.users.roles.user_id) == (
+        "accounts_user",
+        "accounts_user_groups",
+        "user_id",
+    )
+    bound = bind(mapping, engine, app_timezone="UTC")
+    state = RefreshState(engine)
+    assert refresh(engine, state, bound, now=NOW).full
+    with engine.begin() as conn:  # a sign-up: a uuid below every other, no key could find it
+        conn.execute(
+            text(
+                "INSERT INTO accounts_user (id, password, is_superuser, email, is_staff, date_joined) "
+                "VALUES (:id, '!', :no, 'new@example.com', :no, :joined)"
+            ),
+            {"id": uuid.UUID(int=1) if engine.dialect.name == "postgresql" else uuid.UUID(int=1).hex, "no": False, "joined": NOW},
+        )
+    result = refresh(engine, state, bound, now=NOW + timedelta(seconds=1))
+    assert not result.full and not result.problems
+    got = {s.distinct_id: s.set for s in state.segments()}
+    want = {s.distinct_id: s.set for s in compute_segments(engine, bound, now=NOW + timedelta(seconds=1))}
+    assert {u: p.get("role") for u, p in got.items()} == {u: p.get("role") for u, p in want.items()}
+    assert len(got) == 5 and {u: p["is_admin"] for u, p in got.items()} == {u: p["is_admin"] for u, p in want.items()}
+    roles = {u: p.get("role") for u, p in want.items()}
+    assert [roles[str(ids[n])] if str(ids[n]) in roles else roles[ids[n].hex] for n in (2, 3)] == ["editors", "admin"]
+
+
+def test_a_custom_user_model_names_its_groups_table_and_column_when_they_differ() -> None:
+    env = {OTEL_SEGMENTS_ACTIVITY_TABLE: "shop_order:placed_at", OTEL_SEGMENTS_DJANGO_USER_TABLE: "people:people_teams:person_id"}
+    roles = load_schema("django", env).users.roles
+    assert (roles.table, roles.user_id) == ("people_teams", "person_id")
+    for wrong in ("people:people_teams", "people::person_id", ":x:y"):
+        with pytest.raises(SchemaError, match="OTEL_SEGMENTS_DJANGO_USER_TABLE"):
+            load_schema("django", {**env, OTEL_SEGMENTS_DJANGO_USER_TABLE: wrong})
