@@ -12,7 +12,8 @@ database. A status change, a project added or removed, shows whatever its stamps
 
 A quiet cycle asks one aggregate without grouping over ``projects`` (a small table). When it moved, the buckets
 are read, and the users with entries in a project of a changed bucket are candidates: one read of the entries'
-project column, whose bucket is computed the same way, so a removed project's users are found too. Dialects
+project column, whose bucket is computed the same way, so a removed project's users are found too (and when a
+project was removed, the users with entries of no project: what ``ON DELETE SET NULL`` leaves). Dialects
 without a hash function for us keep the change window (``changes.py``).
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Text, cast, func, select
+from sqlalchemy import Text, and_, cast, func, or_, select
 from sqlalchemy.engine import Connection
 
 from .binding import BoundSchema
@@ -59,7 +60,12 @@ def changed_project_users(
     entries = bound.activity.c[a.project_id]
     owner = bound.activity.c[a.user_id]
     in_bucket = bucket_by(conn, entries, integers(conn, pid))
-    query = select(owner).distinct().where(entries.is_not(None), owner.is_not(None), in_bucket.in_(changed))
+    affected = and_(entries.is_not(None), in_bucket.in_(changed))
+    if any(now.get(b, [0, 0])[0] < count for b, (count, _) in stored.items()):
+        # a project deleted: a foreign key's ON DELETE SET NULL took it off its entries with no stamp moved, so the
+        # users with an entry of no project are candidates too (a rare event, and a bounded read of one column)
+        affected = or_(affected, entries.is_(None))
+    query = select(owner).distinct().where(owner.is_not(None), affected)
     return {str(row[0]) for row in conn.execution_options(yield_per=ID_CHUNK).execute(query)}, now
 
 

@@ -147,7 +147,9 @@ class History(RuleBasedStateMachine):
         self.state = RefreshState(self.engine)
 
     @initialize(zone=st.sampled_from(ZONES), fall=st.booleans(), writer=WRITER, drift=DRIFT, ids=IDS, view=st.booleans())
-    def start(self, zone: str, fall: bool, writer: timedelta, drift: float, ids: str, view: bool) -> None:
+    def start(
+        self, zone: str, fall: bool, writer: timedelta, drift: float = 0.0, ids: str = "integer", view: bool = False
+    ) -> None:
         self.view = view
         self.begin(zone, fall, writer, drift, ids)
         self.refresh()
