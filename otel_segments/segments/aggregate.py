@@ -18,6 +18,7 @@ from .batch import AggregatedUser, Aggregator, recover
 from .binding import BoundSchema, bind
 from .driver_values import ROW_ERRORS, Problem
 from .prefetch import Resume, batches, concurrent_reads
+from .quarantine import bisect, safe_batch
 from .queries import ID_CHUNK
 from .rules import utc
 from .schema import SchemaMapping
@@ -78,14 +79,14 @@ def aggregate_users(
                     if not ids:
                         raise
                     last = ids[-1]
-                    yield from reader.bisect(conn, ids, found, error)
+                    yield from bisect(reader, conn, ids, found, error)
                     if len(ids) < batch_size:
                         return
                     continue
                 if not users:
                     return
                 last = users[-1][0]
-                yield from reader.safe_batch(conn, users, found, whole=whole)
+                yield from safe_batch(reader, conn, users, found, whole=whole)
                 if len(users) < batch_size:
                     return
         else:
@@ -96,7 +97,7 @@ def aggregate_users(
                     users = reader.fetch_users(conn, ids=chunk, problems=found, derive=True)
                 except ROW_ERRORS as error:
                     recover(conn, error)
-                    yield from reader.bisect(conn, chunk, found, error)
+                    yield from bisect(reader, conn, chunk, found, error)
                     continue
                 if users:
-                    yield from reader.safe_batch(conn, users, found, ids=chunk)
+                    yield from safe_batch(reader, conn, users, found, ids=chunk)

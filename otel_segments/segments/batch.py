@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -24,7 +23,7 @@ from .binding import BoundSchema
 from .driver_values import ROW_ERRORS, Problem, StageError, cause, decode, read_datetime
 from .fingerprints import fingerprint
 from .plan import advise_index
-from .queries import BAD_DATES, DERIVED, ID_CHUNK, KEY_SUM, OLDEST, PROJECTS, SegmentQueries
+from .queries import BAD_DATES, DERIVED, KEY_SUM, OLDEST, PROJECTS, SegmentQueries
 from .rules import WINDOWS, UserActivity, next_change, person_properties
 
 
@@ -119,103 +118,6 @@ class Aggregator:
             users, read = users[:limit], [p for p in read if p.user_id != dropped]
         problems.extend(read)
         return users, whole
-
-    def safe_batch(
-        self,
-        conn: Connection,
-        users: Sequence[Any],
-        problems: list[Problem],
-        *,
-        ids: Sequence[Any] | None = None,
-        whole: bool = False,
-    ) -> Iterator[AggregatedUser]:
-        """:meth:`batch`, or when it fails, :meth:`bisect` over its users: one poisoned user never stops the others.
-        ``whole``: ``users`` are every user of the table (see :func:`.plan.activity_shape`)."""
-        mark = len(problems)
-        try:
-            built = self.batch(conn, users, ids=ids, problems=problems, whole=whole)
-        except (*ROW_ERRORS, StageError) as error:
-            del problems[mark:]  # the bisection reports them again, for the users it computes
-            recover(conn, error.error if isinstance(error, StageError) else error)
-            yield from self.bisect(conn, [row[0] for row in users], problems, error)
-            return
-        yield from built
-
-    def bisect(
-        self, conn: Connection, ids: Sequence[Any], problems: list[Problem], error: BaseException
-    ) -> Iterator[AggregatedUser]:
-        """The users of ``ids`` computed in halves down to one; the users that still fail alone are set aside.
-
-        When every user of several fails alone and a user outside them fails too (or there is none), nothing is wrong
-        with a row: the error is the database's, and is raised. Those users may just be the only candidates of an
-        incremental cycle, each with a poisoned row: then another user's aggregation works, and they are set aside.
-        """
-        done: list[AggregatedUser] = []
-        skipped: list[Problem] = []
-        failing: list[Any] = []
-        stack = [list(ids)]
-        while stack:
-            part = stack.pop()
-            mark = len(problems)
-            try:
-                users = self.fetch_users(conn, ids=part, problems=problems, derive=True)
-                done.extend(self.batch(conn, users, ids=part, problems=problems))
-            except (*ROW_ERRORS, StageError) as failure:
-                del problems[mark:]
-                err = failure.error if isinstance(failure, StageError) else failure
-                recover(conn, err)
-                if len(part) > 1:
-                    half = len(part) // 2
-                    stack += [part[half:], part[:half]]
-                    continue
-                where = failure.table if isinstance(failure, StageError) else self.bound.users.name
-                skipped.append(Problem(str(part[0]), self._locate(conn, part[0], where), cause(err), skipped=True))
-                failing.append(part[0])
-        if len(skipped) > 1 and not done and not self._works_for_another(conn, failing):
-            raise error.error if isinstance(error, StageError) else error
-        problems.extend(skipped)
-        yield from done
-
-    def _works_for_another(self, conn: Connection, failing: Sequence[Any]) -> bool:
-        """The aggregation of one user outside ``failing`` runs: what failed for each of them was in their rows."""
-        uid = self.bound.users.c[self.mapping.users.id]
-        try:
-            other = conn.execute(select(uid).where(uid.not_in(failing[:ID_CHUNK])).limit(1)).scalar()
-            if other is None:
-                return False
-            list(self.batch(conn, self.fetch_users(conn, ids=[other], problems=[], derive=True), ids=[other]))
-        except (*ROW_ERRORS, StageError) as failure:
-            recover(conn, failure.error if isinstance(failure, StageError) else failure)
-            return False
-        return True
-
-    def _locate(self, conn: Connection, user_id: Any, table: str) -> str:
-        """``table.column``: the first of the table's mapped columns that fails to read alone for the user."""
-        m = self.mapping
-        if table == self.bound.users.name:
-            t, owner, names = (
-                self.bound.users,
-                m.users.id,
-                (m.users.created_at, m.users.last_login, m.users.role, m.users.auth_method),
-            )
-        elif table == self.bound.activity.name:
-            a = m.activity
-            t, owner, names = self.bound.activity, a.user_id, (a.timestamp, a.source, a.duration_seconds, a.project_id)
-        elif self.bound.tasks is not None and table == self.bound.tasks.name and m.tasks is not None:
-            t, owner, names = self.bound.tasks, m.tasks.assignee, (m.tasks.status,)
-        else:
-            return table
-        for name in names:
-            if not name:
-                continue
-            try:
-                conn.execute(select(t.c[name]).where(t.c[owner] == user_id)).all()
-                if name == getattr(m.activity, "duration_seconds", None) and t is self.bound.activity:
-                    conn.execute(select(func.sum(t.c[name])).where(t.c[owner] == user_id)).all()
-            except ROW_ERRORS as error:
-                recover(conn, error)
-                return f"{table}.{name}"
-        return table
 
     def batch(
         self,

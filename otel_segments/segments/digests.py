@@ -113,7 +113,7 @@ def changed_users(
     digests are put in ``digests`` (by id) for the caller to store, and every user id seen in ``app_ids``.
 
     A batch whose digest query fails (a row the database cannot read) is computed whole by the aggregation, which
-    sets the bad rows aside (``batch.py``), and stores no rows digest for it.
+    sets the bad rows aside (``quarantine.py``), and stores no rows digest for it.
     """
     dialect = app_engine.dialect.name
     queries = SegmentQueries(bound, now, dialect)

@@ -8,7 +8,7 @@ context, so instrumentation stays suppressed for its reads as for the caller's.
 
 Only reads run here. A batch whose rows cannot be read as they are is not bisected on this thread: it
 hands over :class:`Resume` and stops, and the caller goes on from there on its own connection, where
-bad rows are set aside one by one (``batch.py``). Not used where a second connection cannot read
+bad rows are set aside one by one (``quarantine.py``). Not used where a second connection cannot read
 concurrently: an in-memory SQLite database (a connection each: another database), or a SQLite file the
 state is written to, unless in WAL mode (its writes would wait for each read).
 """

@@ -20,7 +20,7 @@ wall than the cursor though later in time, is still inside.
 
 A row that fails to read (a view over malformed JSON, a cast that fails for one row) does not stop the scan:
 the window is re-read in halves down to the failing rows, whose owners become candidates, where the
-aggregation sets them aside (``batch.py``) like any poisoned row.
+aggregation sets them aside (``quarantine.py``) like any poisoned row.
 """
 
 from __future__ import annotations
