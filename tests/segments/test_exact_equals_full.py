@@ -62,7 +62,7 @@ class ExactHistory(History):
             "move": lambda: {"user_id": data.draw(st.sampled_from(self.users))},
             "backdate": lambda: {"created_at": naive(self.now + data.draw(OFFSET), self.zone)},
             "source": lambda: {"source": data.draw(st.sampled_from(("timer", "manual", "import")))},
-            "project": lambda: {"project_id": data.draw(st.sampled_from((None, 1, 2, 3)))},
+            "project": lambda: {"project_id": data.draw(st.sampled_from((None, *self.projects)))},
         }[what]()
         self.write(update(self.db.time_entries).where(self.db.time_entries.c.id == eid).values(**values))
 

@@ -8,7 +8,8 @@ job's by up to days (issue 21). Users are created with any ``created_at`` (past,
 ids below the newest; a user is deleted and another created in one step, with the old id or an import's; entries
 are inserted (any time, back-dated or ahead), edited, moved and deleted; thousands of entries are imported or updated
 in one statement with one stamp; tasks are assigned, reassigned, completed, reopened and deleted; roles and admin
-grants change; users log in; projects are archived; the clock jumps across window and day edges.
+grants change; users log in; projects are archived, or deleted (their entries and tasks set to no project, as
+``ON DELETE SET NULL`` does); the clock jumps across window and day edges.
 
 A writer's clock may also drift against ours (running slow or fast, up to half the speed of real time). And half the
 histories read the entries through a view that fails on a row an edit "poisons" (as a view over malformed JSON, or a
@@ -138,6 +139,7 @@ class History(RuleBasedStateMachine):
                         "ELSE duration_seconds END AS duration_seconds FROM time_entries"
                     )
                 )
+        self.projects = list(PROJECTS)
         self.zone = ZoneInfo(zone)
         self.now = FALL if fall else START  # a spring-forward (Europe) or a fall-back (America) inside the run
         self.writer = writer
@@ -209,10 +211,10 @@ class History(RuleBasedStateMachine):
         skew=SKEW,
         source=st.sampled_from(("timer", "auto", "manual", "import")),
         duration=st.one_of(st.none(), st.integers(-10, 20000)),
-        project=st.sampled_from((None, *PROJECTS)),
     )
-    def add_entry(self, data, offset: timedelta, skew: timedelta, source: str, duration, project) -> None:
+    def add_entry(self, data, offset: timedelta, skew: timedelta, source: str, duration) -> None:
         uid = data.draw(st.sampled_from(self.users))
+        project = data.draw(st.sampled_from((None, *self.projects)))
         created = self.local(offset + skew)
         row = {
             "id": self.next_entry,
@@ -240,7 +242,7 @@ class History(RuleBasedStateMachine):
         elif change == "source":
             values["source"] = data.draw(st.sampled_from(("timer", "manual")))
         elif change == "project":
-            values["project_id"] = data.draw(st.sampled_from((None, *PROJECTS)))
+            values["project_id"] = data.draw(st.sampled_from((None, *self.projects)))
         else:
             values["user_id"] = data.draw(st.sampled_from(self.users))
         self.write(update(self.db.time_entries).where(self.db.time_entries.c.id == eid).values(**values))
@@ -256,7 +258,13 @@ class History(RuleBasedStateMachine):
     @rule(data=st.data(), status=st.sampled_from(STATUSES), skew=SKEW)
     def add_task(self, data, status: str, skew: timedelta) -> None:
         assignee = data.draw(st.one_of(st.none(), st.sampled_from(self.users)))
-        row = {"id": self.next_task, "project_id": 1, "assigned_to": assignee, "status": status, "updated_at": self.local(skew)}
+        row = {
+            "id": self.next_task,
+            "project_id": self.projects[0] if self.projects else None,
+            "assigned_to": assignee,
+            "status": status,
+            "updated_at": self.local(skew),
+        }
         self.write(insert(self.db.tasks), [row])
         self.tasks.append(self.next_task)
         self.next_task += 1
@@ -304,11 +312,24 @@ class History(RuleBasedStateMachine):
         uid = data.draw(st.sampled_from(self.users))
         self.write(update(self.db.users).where(self.db.users.c.id == uid).values(last_login=self.utc(skew)))
 
-    @rule(project=st.sampled_from(PROJECTS), status=st.sampled_from(("active", "archived", "inactive")), skew=SKEW)
-    def set_project_status(self, project: int, status: str, skew: timedelta) -> None:
+    @precondition(lambda self: self.projects)
+    @rule(data=st.data(), status=st.sampled_from(("active", "archived", "inactive")), skew=SKEW)
+    def set_project_status(self, data, status: str, skew: timedelta) -> None:
+        project = data.draw(st.sampled_from(self.projects))
         self.write(
             update(self.db.projects).where(self.db.projects.c.id == project).values(status=status, updated_at=self.utc(skew))
         )
+
+    @precondition(lambda self: self.projects)
+    @rule(data=st.data())
+    def delete_project(self, data) -> None:
+        """A project deleted under foreign keys with ON DELETE SET NULL: its entries and tasks lose it, no stamp moved."""
+        project = data.draw(st.sampled_from(self.projects))
+        with self.engine.begin() as conn:
+            for table in (self.db.time_entries, self.db.tasks):
+                conn.execute(update(table).where(table.c.project_id == project).values(project_id=None))
+            conn.execute(delete(self.db.projects).where(self.db.projects.c.id == project))
+        self.projects.remove(project)
 
     @precondition(lambda self: self.users)
     @rule(data=st.data(), reuse=st.booleans(), role=st.sampled_from(("user", "admin", "viewer")))

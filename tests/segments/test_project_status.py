@@ -120,13 +120,13 @@ def test_the_history_the_property_found(engine: Engine) -> None:
     History.engine = engine
     history = History()
     history.start(zone="UTC", fall=False, writer=-BEHIND)
-    entry = {"skew": timedelta(0), "source": "timer", "duration": 60, "project": 2}
+    entry = {"skew": timedelta(0), "source": "timer", "duration": 60}
     steps = [
         lambda: history.add_user(created=timedelta(0), imported=True, role="user", auth="local"),
-        lambda: history.add_entry(Data(999), offset=-timedelta(days=30), **entry),
-        lambda: history.add_entry(Data(999), offset=-timedelta(days=7), **entry),
+        lambda: history.add_entry(Data(999, 2), offset=-timedelta(days=30), **entry),  # user 999, project 2
+        lambda: history.add_entry(Data(999, 2), offset=-timedelta(days=7), **entry),
         lambda: history.bulk_update(skew=timedelta(0), duration=120),
-        lambda: history.set_project_status(project=2, status="inactive", skew=timedelta(0)),
+        lambda: history.set_project_status(Data(2), status="inactive", skew=timedelta(0)),
     ]
     for step in steps:
         step()
