@@ -2,8 +2,8 @@
 
 A bad row never stops the others (docs/segments.md, "Bad rows"): values the driver could not hand over are read
 as ``driver_values.py`` says and reported as a :class:`~.driver_values.Problem` naming the user; a batch that
-still fails is bisected down to the users it fails for, who are set aside (reported, not computed) while the rest
-go on.
+still fails is bisected down to the users it fails for (``quarantine.py``), who are set aside (reported, not
+computed) while the rest go on.
 
 Each user's rule inputs that no change column shows are fingerprinted as they are read (``fingerprints.py``).
 """
