@@ -18,6 +18,9 @@ from .batch import AggregatedUser, Aggregator, recover
 from .driver_values import ROW_ERRORS, Problem, StageError, cause
 from .queries import ID_CHUNK
 
+#: How many users outside a failing set are tried before every failure is taken for the database's.
+PROBES = 3
+
 
 def safe_batch(
     reader: Aggregator,
@@ -78,17 +81,22 @@ def bisect(
 
 
 def _works_for_another(reader: Aggregator, conn: Connection, failing: Sequence[Any]) -> bool:
-    """The aggregation of one user outside ``failing`` runs: what failed for each of them was in their rows."""
+    """The aggregation of a user outside ``failing`` runs (of :data:`PROBES` others, one is enough: another may have a
+    poisoned row too): what failed for each of them was in their rows."""
     uid = reader.bound.users.c[reader.mapping.users.id]
     try:
-        other = conn.execute(select(uid).where(uid.not_in(failing[:ID_CHUNK])).limit(1)).scalar()
-        if other is None:
-            return False
-        list(reader.batch(conn, reader.fetch_users(conn, ids=[other], problems=[], derive=True), ids=[other]))
-    except (*ROW_ERRORS, StageError) as failure:
-        recover(conn, failure.error if isinstance(failure, StageError) else failure)
+        others = conn.execute(select(uid).where(uid.not_in(failing[:ID_CHUNK])).limit(PROBES)).scalars().all()
+    except ROW_ERRORS as error:
+        recover(conn, error)
         return False
-    return True
+    for other in others:
+        try:
+            list(reader.batch(conn, reader.fetch_users(conn, ids=[other], problems=[], derive=True), ids=[other]))
+        except (*ROW_ERRORS, StageError) as failure:
+            recover(conn, failure.error if isinstance(failure, StageError) else failure)
+            continue
+        return True
+    return False
 
 
 def _locate(reader: Aggregator, conn: Connection, user_id: Any, table: str) -> str:

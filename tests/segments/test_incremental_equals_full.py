@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from sqlalchemy import MetaData, String, Uuid, delete, insert, select, text, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from otel_segments.segments.aggregate import compute_segments
 from otel_segments.segments.binding import bind
@@ -438,12 +439,19 @@ class History(RuleBasedStateMachine):
     def incremental_equals_full(self) -> None:
         if not hasattr(self, "state"):
             return
-        result = self.refresh()
         with self.engine.connect() as conn:
             poisoned = {
                 str(u)
                 for u in conn.scalars(select(self.db.time_entries.c.user_id).where(self.db.time_entries.c.source == POISON))
             }
+            everyone = {str(u) for u in conn.scalars(select(self.db.users.c.id))}
+        try:
+            result = self.refresh()
+        except SQLAlchemyError:
+            # the one named exception: when every user of several has a poisoned row, nothing tells bad rows from a
+            # broken view or database, and the refresh raises it (one "segment refresh failed"), as documented
+            assert len(everyone) > 1 and everyone <= poisoned, (everyone, poisoned)
+            return
         # a poisoned user is set aside, never anyone else; the others are as the full recompute says
         assert {p.user_id for p in result.problems if p.skipped} <= poisoned, result.problems
         got = {s.distinct_id: s.digest() for s in self.state.segments() if s.distinct_id not in poisoned}
