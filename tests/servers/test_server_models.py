@@ -291,12 +291,14 @@ def test_the_job_delivers_every_user_and_requests_are_served_throughout(
     # lease, which the job rightly says; a refresh that never ends fails the delivery assertions below instead. Then
     # a cycle may wait out SQLite's busy timeout (5 s) while another writes (seen at load 10 on 2 cores, where
     # gunicorn forked its worker 10 s after start, so the master's first refresh probably still ran): README's lock
-    # row, said once (the same failure again goes to DEBUG), retried each cycle, nothing lost (asserted below)
+    # row, said once by each process that runs the job (the same failure again goes to DEBUG; a gunicorn master and
+    # its worker both may, and write to one log), retried each cycle, nothing lost (asserted below)
     race = "RuntimeError: cannot notify on un-acquired lock"
     slow = "longer than its 30s lease"
     locked = "OperationalError: database is locked"
+    runners = 2 if MODELS[model][0] == GUNICORN[0] else 1
     lines = [line for line in log.splitlines() if "otel_segments:" in line and slow not in line]
-    assert sum(line.endswith(locked) for line in lines) <= 1, lines
+    assert sum(line.endswith(locked) for line in lines) <= runners, lines
     lines = [line for line in lines if not line.endswith(locked)]
     ours = _our_tracebacks(log)
     if model == "eventlet":
