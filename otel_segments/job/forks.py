@@ -13,11 +13,12 @@ only says what to do:
 
 And a process may be monkey-patched after the job's engines were made (gunicorn's
 eventlet worker patches once ``opentelemetry-instrument`` loaded us):
-:meth:`ForkLifecycle.repool_if_patched` gives the engines new pools then.
+:meth:`ForkLifecycle.repool_if_greened` gives the engines new pools then.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import weakref
@@ -27,7 +28,8 @@ from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 
-from ..runtime import native
+from ..runtime import database
+from .reporting import cause_of
 
 #: A process that forks this soon after building the job (or before its first cycle) is taken for a pre-fork
 #: server's master (gunicorn --preload): it stops refreshing and its children do it. A slow app import can
@@ -35,6 +37,8 @@ from ..runtime import native
 PREFORK_WINDOW = timedelta(seconds=60)
 #: How long a fork() waits for a running cycle on SQLite to finish (see ForkLifecycle.before).
 FORK_WAIT = timedelta(seconds=10)
+
+_logger = logging.getLogger(__name__)
 
 
 class ForkLifecycle:
@@ -65,7 +69,6 @@ class ForkLifecycle:
         self.fork_wait = fork_wait
         self.started = time.monotonic()
         self._held: LockType | None = None
-        self._pools_patched = native.eventlet_patched()
 
     def register(self) -> None:
         """Run the hooks at every ``fork()`` while this object lives (a weak reference: it never keeps a job alive)."""
@@ -75,8 +78,12 @@ class ForkLifecycle:
 
         def call(hook: Callable[[ForkLifecycle], None]) -> Callable[[], None]:
             def run() -> None:
-                if (alive := ref()) is not None:
+                if (alive := ref()) is None:
+                    return
+                try:
                     hook(alive)
+                except Exception as error:  # noqa: BLE001 - the app's fork() must go on whatever happens to ours
+                    _logger.warning("otel_segments: preparing the refresh job for a fork failed: %s", cause_of(error))
 
             return run
 
@@ -86,17 +93,16 @@ class ForkLifecycle:
             after_in_child=call(ForkLifecycle.after_in_child),
         )
 
-    def repool_if_patched(self) -> None:
+    def repool_if_greened(self) -> None:
         """``eventlet.monkey_patch()`` swaps every RLock it can reach for a green one, the mutex of SQLAlchemy's pool
         queue included, while the queue's Conditions keep the methods of the lock they were made with: from then
-        on every check-in fails ("cannot notify on un-acquired lock"), every cycle with it. So the first time the
-        job finds the process patched, its engines get new pools, made with the primitives the process now has;
-        the old ones are dropped, not closed (closing goes through that queue)."""
-        if self._pools_patched or not native.eventlet_patched():
-            return
-        self._pools_patched = True
+        on every check-in fails ("cannot notify on un-acquired lock"), every cycle with it. So an engine whose pool
+        was greened gets a new one, made with the primitives the process now has; the old one is dropped, not
+        closed (closing goes through that queue). Checked at every cycle and fork, not once: a pool made while
+        eventlet patches may be greened after it was made."""
         for engine in self.engines:
-            engine.dispose(close=False)
+            if database.pool_greened(engine):
+                engine.dispose(close=False)
 
     def before(self) -> None:
         """SQLite keeps its lock state per process: a query of ours running across fork() leaves the child
@@ -109,7 +115,7 @@ class ForkLifecycle:
         lock = self._cycle_lock()
         if lock.acquire(timeout=self.fork_wait.total_seconds()):
             self._held = lock
-        self.repool_if_patched()
+        self.repool_if_greened()
         for engine in sqlite:
             engine.dispose()
 
@@ -129,4 +135,3 @@ class ForkLifecycle:
         self._on_child()
         for engine in self.engines:
             engine.dispose(close=False)  # the parent's pooled connections stay the parent's
-        self._pools_patched = native.eventlet_patched()

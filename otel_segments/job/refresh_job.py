@@ -170,7 +170,7 @@ class RefreshJob:
         try:
             self._cycles += 1
             self._cycle_started = time.monotonic()
-            self._forks.repool_if_patched()
+            self._forks.repool_if_greened()
             with untraced():
                 result = self._cycle(now)
         except StateVersionError as error:  # a newer release's state: say so once and run no more cycles

@@ -47,6 +47,8 @@ from sqlalchemy.engine import URL, Connection, Dialect, Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import Pool
 
+from . import native
+
 #: SQLAlchemy's driver name -> (module it imports, how to install it).
 DRIVERS: dict[str, tuple[str, str]] = {
     "psycopg": ("psycopg", "pip install 'otel-segments[postgresql]'"),
@@ -126,11 +128,32 @@ class OwnEngine(Engine):
 
 @functools.cache
 def _own_pool(pool_class: type[Pool]) -> type[Pool]:
-    """The dialect's pool class, less the listeners registered on ``Pool`` (or any pool class) by the app."""
+    """The dialect's pool class, less the listeners registered on ``Pool`` (or any pool class) by the app, and
+    with a marker that tells when eventlet greened its locks (:func:`pool_greened`)."""
+
+    def init(self: Pool, *args: Any, **kwargs: Any) -> None:
+        pool_class.__init__(self, *args, **kwargs)
+        # Set last, after every lock of the pool: see pool_greened.
+        self._otel_segments_marker = native.InterpreterRLock()  # type: ignore[attr-defined]
+
     # In the pool class's module: SQLAlchemy names a pool's logger after its class, and pool messages stay under
     # "sqlalchemy.pool", where an app's logging set-up looks for them, not under ours.
-    namespace = {"_sa_propagate_class_events": False, "__module__": pool_class.__module__}
+    namespace = {"_sa_propagate_class_events": False, "__module__": pool_class.__module__, "__init__": init}
     return type(f"Own{pool_class.__name__}", (pool_class,), namespace)
+
+
+def pool_greened(engine: Engine) -> bool:
+    """Whether eventlet swapped the locks of ``engine``'s pool for green ones since the pool was made.
+
+    Such a pool fails every check-in ("cannot notify on un-acquired lock"): its queue's Conditions keep the
+    methods of the lock they were made with. ``eventlet.monkey_patch()`` ends by walking everything reachable
+    from ``sys.modules`` and replacing each RLock of the interpreter's type, an object's attributes in the order
+    they were set; our pools set a marker RLock after their own locks, so a swapped marker means a swapped queue
+    lock. Why not ask eventlet whether it patched: it says so from the start of ``monkey_patch()``, before it
+    patches ``threading`` and walks, and a pool made in between is greened after it was taken for a new one.
+    """
+    marker = getattr(engine.pool, "_otel_segments_marker", None)
+    return marker is not None and type(marker) is not native.InterpreterRLock
 
 
 def _own(engine: Engine) -> OwnEngine:

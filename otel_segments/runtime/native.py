@@ -58,6 +58,18 @@ _start_new_thread, allocate_lock, get_ident = _originals()
 Lock = allocate_lock
 
 
+def _interpreter_rlock() -> type:
+    if eventlet_patched():
+        return sys.modules["eventlet.patcher"].original("_thread").RLock  # type: ignore[no-any-return]
+    import _thread
+
+    return _thread.RLock
+
+
+#: The interpreter's own RLock type: the one eventlet's patching swaps for a green one wherever it finds it.
+InterpreterRLock = _interpreter_rlock()
+
+
 def _original_sleep() -> Callable[[float], None]:
     monkey = sys.modules.get("gevent.monkey")
     if monkey is not None:

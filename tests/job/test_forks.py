@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import gc
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -114,17 +118,83 @@ def test_registering_keeps_nothing_alive() -> None:
     assert ref() is None
 
 
-def test_pools_made_before_eventlet_patched_the_process_are_replaced_once(tmp_path, monkeypatch) -> None:
-    from otel_segments.runtime import native
+#: A process that eventlet patches while it holds our engines, as gunicorn's eventlet worker does in its master after
+#: ``opentelemetry-instrument`` loaded us. eventlet records that it patched ``thread`` before it imports its green
+#: modules and patches ``threading``: a pool the job's cycle makes in that window has the interpreter's locks and is
+#: greened later. ``_green_time_modules``, the import eventlet makes in that window, is wrapped to run a cycle there.
+#: (A fork hook of ours once failed in CI on a greened pool that a one-shot "eventlet has patched" flag kept.)
+EVENTLET_PATCH = """
+import json, sys, threading
+from sqlalchemy import text
+import eventlet.patcher
+from otel_segments.job.forks import ForkLifecycle
+from otel_segments.runtime.database import engine_for, pool_greened
 
-    engine = create_engine(f"sqlite:///{tmp_path / 'a.db'}")
-    lifecycle = Calls().lifecycle([engine], threading.Lock())
-    before = engine.pool
-    lifecycle.repool_if_patched()
-    assert engine.pool is before  # not patched: nothing to do
-    monkeypatch.setattr(native, "eventlet_patched", lambda: True)
-    lifecycle.repool_if_patched()
-    patched = engine.pool
-    assert patched is not before  # a pool made now, with the primitives the process now has
-    lifecycle.repool_if_patched()
-    assert engine.pool is patched  # once
+def use(engine):
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except RuntimeError as error:
+        return str(error)
+    return "ok"
+
+engine, bystander = engine_for(sys.argv[1]), engine_for(sys.argv[1])
+use(engine), use(bystander)
+lifecycle = ForkLifecycle([engine], cycle_lock=threading.Lock, cycles=lambda: 1, on_child=lambda: None,
+                          on_prefork_master=lambda: None)
+seen = {}
+green_time_modules = eventlet.patcher._green_time_modules
+
+def a_cycle_then_green_time_modules():
+    seen["patched_in_the_window"] = eventlet.patcher.is_monkey_patched("thread")
+    lifecycle.repool_if_greened()  # what the job's cycle does first
+    engine.dispose(close=False)  # a pool made now, as the flag this replaces did
+    seen["cycle_in_the_window"] = use(engine)  # it leaves a connection in that pool
+    return green_time_modules()
+
+eventlet.patcher._green_time_modules = a_cycle_then_green_time_modules
+eventlet.monkey_patch()
+seen["greened"] = [pool_greened(engine), pool_greened(bystander)]
+seen["bystander"] = use(bystander)
+lifecycle.before()  # what os.fork() calls: it must not fail on the greened pool
+lifecycle.after_in_parent()
+seen["after_fork_hooks"] = [pool_greened(engine), use(engine)]
+pool = engine.pool
+lifecycle.repool_if_greened()
+seen["kept"] = engine.pool is pool
+print(json.dumps(seen))
+"""
+
+
+def test_a_pool_greened_by_eventlet_is_replaced_even_when_made_while_eventlet_patched(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", EVENTLET_PATCH, f"sqlite:///{tmp_path / 'a.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["patched_in_the_window"]  # eventlet says it patched before it has: a flag of that would be too early
+    assert seen["cycle_in_the_window"] == "ok"
+    assert seen["greened"] == [True, True]  # made before the walk, by a cycle or at start-up
+    assert seen["bystander"] == "cannot notify on un-acquired lock"  # what a greened pool does to every check-in
+    assert seen["after_fork_hooks"] == [False, "ok"]  # the fork hook gave the engine a new pool, and it works
+    assert seen["kept"]  # a pool made after the patch is left alone: no new pool every cycle
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+def test_a_hook_that_fails_is_one_warning_and_the_fork_goes_on(caplog) -> None:
+    def fail() -> None:
+        raise OSError("the state database is away")
+
+    lifecycle = ForkLifecycle([], cycle_lock=threading.Lock, cycles=lambda: 0, on_child=lambda: None, on_prefork_master=fail)
+    lifecycle.register()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.name == "otel_segments.job.forks"]
+    assert warnings == ["otel_segments: preparing the refresh job for a fork failed: OSError: the state database is away"]
