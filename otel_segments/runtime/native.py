@@ -33,41 +33,32 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-_NAMES = ("start_new_thread", "allocate_lock", "get_ident")
+_NAMES = ("start_new_thread", "allocate_lock", "get_ident", "RLock")
 
 
 def eventlet_patched() -> bool:
-    """Whether eventlet monkey-patched threading in this process (which also swapped its existing RLocks)."""
+    """Whether eventlet monkey-patched threading in this process. True from the start of ``monkey_patch()``, before
+    ``threading`` is patched and its existing RLocks swapped: not a sign that the patching is over."""
     patcher = sys.modules.get("eventlet.patcher")
     return patcher is not None and bool(patcher.is_monkey_patched("thread"))
 
 
-def _originals() -> tuple[Callable[..., int], Callable[[], Any], Callable[[], int]]:
+def _originals() -> tuple[Callable[..., int], Callable[[], Any], Callable[[], int], type]:
     monkey = sys.modules.get("gevent.monkey")
     if monkey is not None:
-        start, lock, ident = monkey.get_original("_thread", list(_NAMES))  # the current ones when nothing is patched
-        return start, lock, ident
+        start, lock, ident, rlock = monkey.get_original("_thread", list(_NAMES))  # the current ones when nothing is patched
+        return start, lock, ident, rlock
     if eventlet_patched():
         module = sys.modules["eventlet.patcher"].original("_thread")
     else:
         import _thread as module
-    return module.start_new_thread, module.allocate_lock, module.get_ident
+    return module.start_new_thread, module.allocate_lock, module.get_ident, module.RLock
 
 
-_start_new_thread, allocate_lock, get_ident = _originals()
+# InterpreterRLock: the interpreter's own RLock type, the one eventlet's patching swaps for a green one wherever
+# it finds it (see otel_segments.runtime.database.pool_greened).
+_start_new_thread, allocate_lock, get_ident, InterpreterRLock = _originals()
 Lock = allocate_lock
-
-
-def _interpreter_rlock() -> type:
-    if eventlet_patched():
-        return sys.modules["eventlet.patcher"].original("_thread").RLock  # type: ignore[no-any-return]
-    import _thread
-
-    return _thread.RLock
-
-
-#: The interpreter's own RLock type: the one eventlet's patching swaps for a green one wherever it finds it.
-InterpreterRLock = _interpreter_rlock()
 
 
 def _original_sleep() -> Callable[[float], None]:
